@@ -1,0 +1,46 @@
+"""The built-in corpus, vocabulary and split come out as the seed's numbers."""
+
+import numpy as np
+
+from tinytx_jax import data
+
+
+def test_corpus_numbers_match_the_seed():
+    corpus = data.builtin_corpus()
+    assert len(data.builtin_corpus(1)) == 272
+    assert len(corpus) == 81_600
+    vocab = data.Vocabulary.from_text(corpus)
+    assert vocab.size == 31
+    train, val = data.split_tokens(vocab.encode(corpus))
+    assert (len(train), len(val)) == (73_440, 8_160)
+
+
+def test_dialog_rendering_is_the_seeds():
+    assert data.render_dialog("hi", "hello!") == (
+        "<system>You are helpful.</system>\n<user>hi</user>\n<assistant>hello!</assistant>\n<eot>\n"
+    )
+
+
+def test_vocabulary_round_trip_and_unknowns():
+    vocab = data.Vocabulary.from_text(data.builtin_corpus(1))
+    assert vocab.chars == "".join(sorted(vocab.chars))
+    text = "what is 2+2?"
+    assert vocab.decode(vocab.encode(text)) == text
+    assert vocab.unknown_chars("hi ZQZ!") == "ZQ"
+    assert vocab.decode(vocab.encode("hZi")) == "hi"
+
+
+def test_split_keeps_at_least_two_training_tokens():
+    train, val = data.split_tokens(np.arange(2))
+    assert len(train) == 2 and len(val) == 0
+
+
+def test_validation_chunks_cover_every_target_once():
+    tokens = np.arange(8_160, dtype=np.int32)
+    inputs, targets, mask = data.validation_chunks(tokens, 256)
+    assert inputs.shape == targets.shape == mask.shape == (32, 256)
+    assert mask.sum() == 8_159
+    real = mask.reshape(-1) == 1
+    np.testing.assert_array_equal(inputs.reshape(-1)[real], tokens[:-1])
+    np.testing.assert_array_equal(targets.reshape(-1)[real], tokens[1:])
+    assert mask[-1].sum() == 8_159 - 31 * 256

@@ -1,0 +1,99 @@
+"""Shapes, causality, initialisation and the optional extras of the transformer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tinytx_jax.model import ModelConfig, TinyTransformer
+
+VOCAB = 31
+
+
+def init(config: ModelConfig, length: int = 16):
+    model = TinyTransformer(config)
+    params = model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32))["params"]
+    return model, params
+
+
+def random_tokens(shape, seed=1):
+    return jax.random.randint(jax.random.key(seed), shape, 0, VOCAB)
+
+
+def test_output_shapes_unbatched_and_batched():
+    model, params = init(ModelConfig(vocab_size=VOCAB))
+    assert model.apply({"params": params}, random_tokens((20,))).shape == (20, VOCAB)
+    assert model.apply({"params": params}, random_tokens((3, 20))).shape == (3, 20, VOCAB)
+
+
+def test_longer_input_uses_only_its_last_max_len_tokens():
+    model, params = init(ModelConfig(vocab_size=VOCAB, max_len=8))
+    tokens = random_tokens((12,))
+    logits = model.apply({"params": params}, tokens)
+    assert logits.shape == (8, VOCAB)
+    np.testing.assert_array_equal(logits, model.apply({"params": params}, tokens[-8:]))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(vocab_size=VOCAB),
+        ModelConfig(vocab_size=VOCAB, n_heads=4, n_layers=2, mlp=True, pre_norm=True),
+    ],
+)
+def test_future_tokens_do_not_change_past_logits(config):
+    model, params = init(config)
+    tokens = random_tokens((2, 24))
+    changed = tokens.at[:, 10:].set((tokens[:, 10:] + 1) % VOCAB)
+    before = model.apply({"params": params}, tokens)
+    after = model.apply({"params": params}, changed)
+    np.testing.assert_array_equal(before[:, :10], after[:, :10])
+    assert not np.allclose(before[:, 10:], after[:, 10:])
+
+
+def test_seed_initialisation():
+    _, params = init(ModelConfig(vocab_size=VOCAB))
+    uniform = [params["token_embed"], params["pos_embed"], params["head"]["kernel"]]
+    attention = params["block_0"]["attention"]
+    uniform += [attention[n]["kernel"] for n in ("query", "key", "value", "out")]
+    for weight in uniform:
+        assert float(jnp.abs(weight).max()) <= 0.02
+        assert float(weight.min()) < -0.015 and float(weight.max()) > 0.015
+    np.testing.assert_array_equal(params["head"]["bias"], 0.0)
+    norm = params["block_0"]["norm_0"]
+    np.testing.assert_array_equal(norm["scale"], 1.0)
+    np.testing.assert_array_equal(norm["bias"], 0.0)
+    assert params["pos_embed"].shape == (512, 64)
+    assert "mlp" not in params["block_0"]
+
+
+def test_seed_parameter_count():
+    _, params = init(ModelConfig(vocab_size=VOCAB))
+    count = sum(p.size for p in jax.tree.leaves(params))
+    assert count == 31 * 64 + 512 * 64 + 4 * 64 * 64 + 64 * 31 + 31 + 2 * 64
+
+
+def test_matches_a_hand_written_seed_forward():
+    model, params = init(ModelConfig(vocab_size=VOCAB))
+    tokens = random_tokens((9,))
+    attn = params["block_0"]["attention"]
+    h = params["token_embed"][tokens] + params["pos_embed"][:9]
+    q, k, v = (h @ attn[n]["kernel"] for n in ("query", "key", "value"))
+    scores = q @ k.T / jnp.sqrt(64.0)
+    scores = jnp.where(jnp.tril(jnp.ones((9, 9), bool)), scores, -1e9)
+    y = h + jax.nn.softmax(scores, axis=-1) @ v @ attn["out"]["kernel"]
+    y = (y - y.mean(-1, keepdims=True)) / jnp.sqrt(y.var(-1, keepdims=True) + 1e-5)
+    expected = y @ params["head"]["kernel"] + params["head"]["bias"]
+    np.testing.assert_allclose(model.apply({"params": params}, tokens), expected, atol=2e-5)
+
+
+def test_dropout_is_active_only_when_training():
+    model, params = init(ModelConfig(vocab_size=VOCAB, dropout=0.5))
+    tokens = random_tokens((16,))
+    eval_a = model.apply({"params": params}, tokens)
+    eval_b = model.apply({"params": params}, tokens)
+    np.testing.assert_array_equal(eval_a, eval_b)
+    train = model.apply(
+        {"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(3)}
+    )
+    assert not np.allclose(train, eval_a)

@@ -1,0 +1,84 @@
+"""The training loop: initial loss, the log line, falling loss, reproducibility, bad config."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from tinytx_jax import configuration, train
+
+
+def test_untrained_loss_is_near_uniform():
+    config = default.get_config()
+    task = train.build_task(config)
+    state = train.init_train_state(task, config.seed)
+    loss, acc = train.make_evaluate(task.model)(state.params, *task.val_chunks)
+    assert abs(float(loss) - math.log(31)) < 0.05
+    assert 0.0 <= float(acc) <= 1.0
+    assert task.val_targets == 8159
+
+
+def test_log_line_is_the_seeds():
+    line = train.format_epoch_line(train.EpochMetrics(12, 0.12341, 0.12339, 0.98712, 8159, 5e-4))
+    assert line == "Epoch 12, train_loss=0.1234 val_loss=0.1234 val_acc=0.987 (n=8159) lr=5.00e-04"
+
+
+def test_short_run_loss_falls_and_is_reproducible(small_config):
+    lines = []
+    state, history = train.train_and_evaluate(small_config, "unused", log=lines.append)
+    assert len(history) == 3
+    assert history[-1].val_loss < history[0].val_loss < math.log(31)
+    assert history[-1].train_loss < 1.5
+    assert int(state.step) == 3 * 40 and int(state.epoch) == 3
+    assert [ln for ln in lines if ln.startswith("Epoch")] == [
+        train.format_epoch_line(m) for m in history
+    ]
+    _, again = train.train_and_evaluate(small_config, "unused", log=lambda _: None)
+    assert [m.train_loss for m in again] == [m.train_loss for m in history]
+    small_config.seed = 8
+    _, other_seed = train.train_and_evaluate(small_config, "unused", log=lambda _: None)
+    assert other_seed[0].train_loss != history[0].train_loss
+
+
+def test_train_epoch_samples_windows_inside_the_train_split(small_config):
+    task = train.build_task(small_config)
+    state = train.init_train_state(task, 0)
+    epoch = train.make_train_epoch(task, 5, small_config.batch_size, small_config.block_size)
+    state, loss = epoch(state, task.train_tokens)
+    assert np.isfinite(float(loss)) and int(state.step) == 5
+    assert not jax.numpy.array_equal(state.rng, train.init_train_state(task, 0).rng)
+
+
+def test_print_every_thins_the_log(small_config):
+    small_config.print_every = 2
+    lines = []
+    train.train_and_evaluate(small_config, "unused", log=lines.append)
+    assert [ln.split(",")[0] for ln in lines if ln.startswith("Epoch")] == ["Epoch 2", "Epoch 3"]
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("lr", -1.0, "config.lr must be positive"),
+        ("epochs", 0, "config.epochs must be positive"),
+        ("block_size", 1024, "config.block_size (1024) must not exceed config.max_len (512)"),
+        ("n_heads", 3, "divisible by config.n_heads"),
+        ("dropout", 1.0, "config.dropout must be in [0, 1)"),
+        ("dtype", "float16", "config.dtype must be one of"),
+    ],
+)
+def test_invalid_config_values_are_named(field, value, message):
+    config = default.get_config()
+    config[field] = value
+    with pytest.raises(configuration.ConfigError) as error:
+        configuration.check_config(config)
+    assert message in str(error.value)
+
+
+def test_corpus_too_short_for_the_block_is_reported():
+    config = default.get_config()
+    config.data_repeat = 1
+    with pytest.raises(configuration.ConfigError, match=r"too few for config\.block_size"):
+        train.build_task(config)

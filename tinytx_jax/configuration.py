@@ -1,0 +1,85 @@
+"""Checks a run's ConfigDict up front, so a bad value stops with one clear line."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from tinytx_jax.model import ModelConfig
+
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says which and what to do."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming the first invalid field."""
+    positive = (
+        "lr",
+        "epochs",
+        "steps_per_epoch",
+        "block_size",
+        "batch_size",
+        "print_every",
+        "clip_norm",
+        "d_model",
+        "max_len",
+        "n_heads",
+        "n_layers",
+        "data_repeat",
+        "plateau_patience",
+        "early_stop_patience",
+    )
+    for name in positive:
+        value = config[name]
+        _require(value > 0, f"config.{name} must be positive, got {value}")
+    for name in ("weight_decay", "warmup_steps", "min_lr"):
+        _require(config[name] >= 0, f"config.{name} must be >= 0, got {config[name]}")
+    _require(
+        config.block_size <= config.max_len,
+        f"config.block_size ({config.block_size}) must not exceed config.max_len "
+        f"({config.max_len})",
+    )
+    _require(
+        config.d_model % config.n_heads == 0,
+        f"config.d_model ({config.d_model}) must be divisible by config.n_heads ({config.n_heads})",
+    )
+    _require(0.0 <= config.dropout < 1.0, f"config.dropout must be in [0, 1), got {config.dropout}")
+    _require(
+        0.0 < config.plateau_factor < 1.0,
+        f"config.plateau_factor must be in (0, 1), got {config.plateau_factor}",
+    )
+    _require(
+        config.min_lr <= config.lr,
+        f"config.min_lr ({config.min_lr}) must not exceed config.lr ({config.lr})",
+    )
+    _require(
+        0.0 < config.validation_fraction < 1.0,
+        f"config.validation_fraction must be in (0, 1), got {config.validation_fraction}",
+    )
+    _require(
+        0.0 <= config.target_val_acc <= 1.0,
+        f"config.target_val_acc must be in [0, 1] (0 disables it), got {config.target_val_acc}",
+    )
+    _require(config.dtype in DTYPES, f"config.dtype must be one of {DTYPES}, got {config.dtype!r}")
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+    """The architecture part of a run config."""
+    return ModelConfig(
+        vocab_size=vocab_size,
+        d_model=config.d_model,
+        max_len=config.max_len,
+        n_heads=config.n_heads,
+        n_layers=config.n_layers,
+        mlp=config.mlp,
+        pre_norm=config.pre_norm,
+        dropout=config.dropout,
+        dtype=config.dtype,
+    )

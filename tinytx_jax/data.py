@@ -1,0 +1,95 @@
+"""Input pipeline: the seed's built-in dialog corpus, its character vocabulary and split.
+
+Everything here is plain numpy on the host; the training loop moves the token arrays
+to the device once and samples windows there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+SYSTEM_PROMPT = "You are helpful."
+END_OF_TURN = "<eot>\n"
+ASSISTANT_END = "</assistant>"
+BUILTIN_DIALOGS: tuple[tuple[str, str], ...] = (
+    ("hi", "hello!"),
+    ("what is 2+2?", "4"),
+    ("color of sky?", "blue"),
+)
+BUILTIN_REPEAT = 300
+VALIDATION_FRACTION = 0.1
+
+
+def render_prompt(user: str, system: str = SYSTEM_PROMPT) -> str:
+    """The text the model continues to answer `user`: everything up to `<assistant>`."""
+    return f"<system>{system}</system>\n<user>{user}</user>\n<assistant>"
+
+
+def render_dialog(user: str, assistant: str, system: str = SYSTEM_PROMPT) -> str:
+    """One training dialog, byte for byte as the seed wrote it."""
+    return render_prompt(user, system) + assistant + ASSISTANT_END + "\n" + END_OF_TURN
+
+
+def builtin_corpus(repeat: int = BUILTIN_REPEAT) -> str:
+    """The seed's corpus: its three dialogs in order, the pass repeated `repeat` times."""
+    one_pass = "".join(render_dialog(user, assistant) for user, assistant in BUILTIN_DIALOGS)
+    return one_pass * repeat
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """Sorted distinct characters; a token is a character's index in that order."""
+
+    chars: str
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocabulary:
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def size(self) -> int:
+        return len(self.chars)
+
+    def unknown_chars(self, text: str) -> str:
+        """The distinct characters of `text` the vocabulary lacks, in order of appearance."""
+        known = set(self.chars)
+        return "".join(dict.fromkeys(c for c in text if c not in known))
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of `text`; characters outside the vocabulary are dropped."""
+        index = {c: i for i, c in enumerate(self.chars)}
+        return np.array([index[c] for c in text if c in index], dtype=np.int32)
+
+    def decode(self, tokens) -> str:
+        return "".join(self.chars[int(t)] for t in tokens)
+
+
+def split_tokens(
+    tokens: np.ndarray, validation_fraction: float = VALIDATION_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's split: `cutoff = max(floor(n * 0.9), 2)`, train before, validation after."""
+    cutoff = max(int(np.floor(len(tokens) * (1.0 - validation_fraction))), 2)
+    return tokens[:cutoff], tokens[cutoff:]
+
+
+def validation_chunks(tokens: np.ndarray, chunk_len: int) -> tuple[np.ndarray, ...]:
+    """Consecutive non-overlapping (input, target) chunks, padded to one fixed shape.
+
+    Returns `inputs, targets, mask`, each `[num_chunks, chunk_len]`; the mask marks
+    the real targets so a short last chunk costs no recompilation.
+    """
+    num_targets = len(tokens) - 1
+    if num_targets < 1:
+        raise ValueError("validation split needs at least 2 tokens")
+    num_chunks = -(-num_targets // chunk_len)
+    padded = num_chunks * chunk_len
+    inputs = np.zeros(padded, np.int32)
+    targets = np.zeros(padded, np.int32)
+    mask = np.zeros(padded, np.float32)
+    inputs[:num_targets] = tokens[:-1]
+    targets[:num_targets] = tokens[1:]
+    mask[:num_targets] = 1.0
+    shape = (num_chunks, chunk_len)
+    return inputs.reshape(shape), targets.reshape(shape), mask.reshape(shape)

@@ -1,0 +1,150 @@
+"""The seed's tiny causal transformer as a Flax linen module.
+
+Defaults reproduce the original exactly: one block, one head, no MLP, post-norm
+`LayerNorm(h + attn(h))` with eps 1e-5, learned positions, every weight drawn
+uniform in [-0.02, 0.02], output bias zero. Heads, blocks, an MLP, pre-norm and
+dropout are opt-in extras for experiments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+INIT_RANGE = 0.02
+LAYER_NORM_EPS = 1e-5  # LibTorch's default; Flax's is 1e-6.
+MASK_VALUE = -1e9  # The seed's additive causal mask value.
+
+
+def symmetric_uniform(scale: float = INIT_RANGE) -> nn.initializers.Initializer:
+    """Uniform in [-scale, scale]; Flax's `uniform` only spans [0, scale)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+    return init
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyperparameters; the defaults are the seed's model."""
+
+    vocab_size: int
+    d_model: int = 64
+    max_len: int = 512
+    n_heads: int = 1
+    n_layers: int = 1
+    mlp: bool = False
+    mlp_ratio: int = 4
+    pre_norm: bool = False
+    dropout: float = 0.0
+    dtype: str = "float32"
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal attention; with one head it is the seed's exactly."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.config
+        dense = lambda name: nn.Dense(  # noqa: E731
+            cfg.d_model, use_bias=False, kernel_init=symmetric_uniform(), dtype=cfg.dtype, name=name
+        )
+        batch, length, _ = h.shape
+        head_dim = cfg.d_model // cfg.n_heads
+
+        def split_heads(x):
+            return x.reshape(batch, length, cfg.n_heads, head_dim)
+
+        q = split_heads(dense("query")(h))
+        k = split_heads(dense("key")(h))
+        v = split_heads(dense("value")(h))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+        causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+        scores = jnp.where(causal, scores.astype(jnp.float32), MASK_VALUE)
+        weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        weights = nn.Dropout(cfg.dropout)(weights, deterministic=deterministic)
+        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        return dense("out")(attended.reshape(batch, length, cfg.d_model))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward layer (an extra; the seed has none)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.config
+        h = nn.Dense(
+            cfg.mlp_ratio * cfg.d_model,
+            kernel_init=symmetric_uniform(),
+            dtype=cfg.dtype,
+            name="fc_in",
+        )(h)
+        h = nn.gelu(h)
+        h = nn.Dense(cfg.d_model, kernel_init=symmetric_uniform(), dtype=cfg.dtype, name="fc_out")(
+            h
+        )
+        return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """Attention (and optionally an MLP), each with a residual and a LayerNorm."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.config
+        sublayers = [CausalSelfAttention(cfg, name="attention")]
+        if cfg.mlp:
+            sublayers.append(MLP(cfg, name="mlp"))
+        for i, sublayer in enumerate(sublayers):
+            norm = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name=f"norm_{i}")
+            if cfg.pre_norm:
+                h = h + sublayer(norm(h).astype(cfg.dtype), deterministic)
+            else:
+                h = norm(h + sublayer(h, deterministic)).astype(cfg.dtype)
+        return h
+
+
+class TinyTransformer(nn.Module):
+    """Character-level causal LM: tokens `[T]` or `[B, T]` to logits `[..., T, vocab]`.
+
+    Only the last `max_len` tokens of a longer input are used, as in the seed.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        unbatched = tokens.ndim == 1
+        if unbatched:
+            tokens = tokens[None, :]
+        tokens = tokens[:, -cfg.max_len :]
+        length = tokens.shape[1]
+
+        token_embed = self.param("token_embed", symmetric_uniform(), (cfg.vocab_size, cfg.d_model))
+        pos_embed = self.param("pos_embed", symmetric_uniform(), (cfg.max_len, cfg.d_model))
+        h = (jnp.take(token_embed, tokens, axis=0) + pos_embed[:length]).astype(cfg.dtype)
+        h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        for i in range(cfg.n_layers):
+            h = Block(cfg, name=f"block_{i}")(h, deterministic)
+        if cfg.pre_norm:
+            h = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name="final_norm")(h)
+        logits = nn.Dense(
+            cfg.vocab_size,
+            kernel_init=symmetric_uniform(),
+            bias_init=nn.initializers.zeros,
+            dtype=cfg.dtype,
+            name="head",
+        )(h)
+        logits = logits.astype(jnp.float32)
+        return logits[0] if unbatched else logits
