@@ -126,12 +126,11 @@ def make_train_epoch(
 ) -> StateUpdate:
     """A jitted `(state, train_tokens) -> (state, mean train loss)` running one epoch."""
     model, tx = task.model, task.tx
-    offsets = jnp.arange(block_size + 1)
 
     def train_step(state: TrainState, step_key: jax.Array, tokens: jax.Array):
         window_key, dropout_key = jax.random.split(step_key)
         starts = jax.random.randint(window_key, (batch_size,), 0, tokens.shape[0] - block_size)
-        windows = tokens[starts[:, None] + offsets]
+        windows = jax.vmap(lambda s: jax.lax.dynamic_slice(tokens, (s,), (block_size + 1,)))(starts)
         inputs, targets = windows[:, :-1], windows[:, 1:]
 
         def loss_fn(params):

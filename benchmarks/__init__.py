@@ -1,0 +1,1 @@
+"""Speed measurements that print figures; run from the repository root with `python -m`."""

@@ -1,0 +1,76 @@
+"""Train-step speed: ms per step after compile (median over epochs) and model FLOPs.
+
+    python -m benchmarks.train_speed [--config=configs/default.py] [--epochs=8]
+
+Each timed call is one whole jitted epoch (`steps_per_epoch` scanned steps), exactly what
+training runs; the per-step figure is that call's time divided by its steps. For the
+"one core" figure of the issue, pin the process: `taskset -c 0 python -m benchmarks.train_speed`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from tinytx_jax import configuration, train
+from tinytx_jax.model import ModelConfig
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config to time.")
+_EPOCHS = flags.DEFINE_integer("epochs", 8, "Timed epochs after the compile call.")
+
+
+def model_flops_per_step(cfg: ModelConfig, batch_size: int, length: int) -> int:
+    """Forward + backward matmul FLOPs (3x forward), counting the full attention square."""
+    d = cfg.d_model
+    per_position = cfg.n_layers * (8 * d * d + 4 * length * d) + 2 * d * cfg.vocab_size
+    if cfg.mlp:
+        per_position += cfg.n_layers * 4 * cfg.mlp_ratio * d * d
+    return 3 * batch_size * length * per_position
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    config = _CONFIG.value
+    configuration.check_config(config)
+    task = train.build_task(config)
+    state = train.init_train_state(task, config.seed)
+    epoch_fn = train.make_train_epoch(
+        task, config.steps_per_epoch, config.batch_size, config.block_size
+    )
+
+    start = time.perf_counter()
+    state, loss = epoch_fn(state, task.train_tokens)
+    loss.block_until_ready()
+    first_call = time.perf_counter() - start
+
+    step_ms = []
+    for _ in range(_EPOCHS.value):
+        start = time.perf_counter()
+        state, loss = epoch_fn(state, task.train_tokens)
+        loss.block_until_ready()
+        step_ms.append((time.perf_counter() - start) * 1e3 / config.steps_per_epoch)
+
+    flops = model_flops_per_step(task.model.config, config.batch_size, config.block_size)
+    median_ms = float(np.median(step_ms))
+    tokens_per_s = config.batch_size * config.block_size / (median_ms / 1e3)
+    print(
+        f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), "
+        f"batch {config.batch_size} x block {config.block_size}"
+    )
+    print(f"first epoch call (compile + {config.steps_per_epoch} steps): {first_call:.2f} s")
+    print(
+        f"ms/step: median {median_ms:.3f}  min {min(step_ms):.3f}  max {max(step_ms):.3f}  "
+        f"({_EPOCHS.value} epochs of {config.steps_per_epoch} steps)"
+    )
+    print(f"tokens/s: {tokens_per_s:,.0f}")
+    print(
+        f"model FLOPs/step: {flops / 1e6:.1f} M  ->  {flops / (median_ms / 1e3) / 1e9:.1f} GFLOP/s"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
