@@ -8,7 +8,7 @@ from typing import NoReturn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tinytx_jax import configuration, train
+from tinytx_jax import checkpoint, configuration, train
 
 MODES = ("train",)
 
@@ -56,10 +56,13 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except configuration.ConfigError as error:
+    except train.Interrupted as interrupted:
+        print(interrupted, flush=True)
+        sys.exit(128 + interrupted.signum)
+    except (configuration.ConfigError, checkpoint.CheckpointError, train.TrainingError) as error:
         fail(str(error))
 
 

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     configuration.check_config(config)
     task = train.build_task(config)
-    state = train.init_train_state(task, config.seed)
+    state = task.initial_state(config.seed)
     epoch_fn = train.make_train_epoch(
         task, config.steps_per_epoch, config.batch_size, config.block_size
     )

@@ -37,6 +37,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.early_stop_patience = 150
     config.target_val_acc = 0.0  # > 0: stop as soon as val_acc reaches it.
 
+    # Checkpoints in WORKDIR/checkpoints: every N epochs and at the end; the latest
+    # `keep_checkpoints` and the best by validation loss are kept.
+    config.checkpoint_every = 10
+    config.keep_checkpoints = 3
+    config.resume = True  # False: move old checkpoints aside and start over.
+
     # Logging and randomness.
     config.print_every = 1
     config.seed = 7

@@ -38,7 +38,7 @@ def scripted_run(val_losses, **overrides):
     config = default.get_config()
     config.update(overrides)
     task = train.build_task(config)
-    state = train.init_train_state(task, config.seed).replace(step=jnp.array(10_000))
+    state = task.initial_state(config.seed).replace(step=jnp.array(10_000))
     end_epoch = train.make_end_epoch(task, optim.PLATEAU_MIN_DELTA)
     rates, states = [], []
     for loss in val_losses:

@@ -13,7 +13,7 @@ from tinytx_jax import configuration, train
 def test_untrained_loss_is_near_uniform():
     config = default.get_config()
     task = train.build_task(config)
-    state = train.init_train_state(task, config.seed)
+    state = task.initial_state(config.seed)
     loss, acc = train.make_evaluate(task.model)(state.params, *task.val_chunks)
     assert abs(float(loss) - math.log(31)) < 0.05
     assert 0.0 <= float(acc) <= 1.0
@@ -25,9 +25,9 @@ def test_log_line_is_the_seeds():
     assert line == "Epoch 12, train_loss=0.1234 val_loss=0.1234 val_acc=0.987 (n=8159) lr=5.00e-04"
 
 
-def test_short_run_loss_falls_and_is_reproducible(small_config):
+def test_short_run_loss_falls_and_is_reproducible(small_config, tmp_path):
     lines = []
-    state, history = train.train_and_evaluate(small_config, "unused", log=lines.append)
+    state, history = train.train_and_evaluate(small_config, str(tmp_path / "a"), log=lines.append)
     assert len(history) == 3
     assert history[-1].val_loss < history[0].val_loss < math.log(31)
     assert history[-1].train_loss < 1.5
@@ -35,26 +35,26 @@ def test_short_run_loss_falls_and_is_reproducible(small_config):
     assert [ln for ln in lines if ln.startswith("Epoch")] == [
         train.format_epoch_line(m) for m in history
     ]
-    _, again = train.train_and_evaluate(small_config, "unused", log=lambda _: None)
+    _, again = train.train_and_evaluate(small_config, str(tmp_path / "b"), log=lambda _: None)
     assert [m.train_loss for m in again] == [m.train_loss for m in history]
     small_config.seed = 8
-    _, other_seed = train.train_and_evaluate(small_config, "unused", log=lambda _: None)
+    _, other_seed = train.train_and_evaluate(small_config, str(tmp_path / "c"), log=lambda _: None)
     assert other_seed[0].train_loss != history[0].train_loss
 
 
 def test_train_epoch_samples_windows_inside_the_train_split(small_config):
     task = train.build_task(small_config)
-    state = train.init_train_state(task, 0)
+    state = task.initial_state(0)
     epoch = train.make_train_epoch(task, 5, small_config.batch_size, small_config.block_size)
     state, loss = epoch(state, task.train_tokens)
     assert np.isfinite(float(loss)) and int(state.step) == 5
-    assert not jax.numpy.array_equal(state.rng, train.init_train_state(task, 0).rng)
+    assert not jax.numpy.array_equal(state.rng, task.initial_state(0).rng)
 
 
-def test_print_every_thins_the_log(small_config):
+def test_print_every_thins_the_log(small_config, tmp_path):
     small_config.print_every = 2
     lines = []
-    train.train_and_evaluate(small_config, "unused", log=lines.append)
+    train.train_and_evaluate(small_config, str(tmp_path), log=lines.append)
     assert [ln.split(",")[0] for ln in lines if ln.startswith("Epoch")] == ["Epoch 2", "Epoch 3"]
 
 

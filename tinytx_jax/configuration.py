@@ -35,6 +35,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "data_repeat",
         "plateau_patience",
         "early_stop_patience",
+        "checkpoint_every",
+        "keep_checkpoints",
     )
     for name in positive:
         value = config[name]

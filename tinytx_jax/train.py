@@ -21,8 +21,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from tinytx_jax import configuration, data, optim
-from tinytx_jax.model import TinyTransformer
+from tinytx_jax import checkpoint, configuration, data, interrupt, optim
+from tinytx_jax.model import ModelConfig, TinyTransformer
 
 
 class TrainState(struct.PyTreeNode):
@@ -65,11 +65,27 @@ class Task:
     train_tokens: jax.Array
     val_chunks: tuple[jax.Array, jax.Array, jax.Array]
     val_targets: int
+    corpus: str
+    data_source: str
+
+    def initial_state(self, seed: int) -> TrainState:
+        return init_train_state(self.model, self.tx, self.plateau, seed)
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Per-position cross-entropy, computed in float32."""
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def make_optimizers(
+    config: ml_collections.ConfigDict,
+) -> tuple[optax.GradientTransformation, optax.GradientTransformationExtraArgs]:
+    """The per-step chain and the per-epoch plateau transform of a run config."""
+    tx = optim.make_optimizer(config.lr, config.warmup_steps, config.clip_norm, config.weight_decay)
+    plateau = optim.make_plateau(
+        config.lr, config.plateau_factor, config.plateau_patience, config.min_lr
+    )
+    return tx, plateau
 
 
 def build_task(config: ml_collections.ConfigDict) -> Task:
@@ -88,37 +104,52 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         )
     val_inputs, val_targets, val_mask = data.validation_chunks(val_tokens, config.block_size)
     model = TinyTransformer(configuration.model_config(config, vocab.size))
+    tx, plateau = make_optimizers(config)
     return Task(
         model=model,
-        tx=optim.make_optimizer(
-            config.lr, config.warmup_steps, config.clip_norm, config.weight_decay
-        ),
-        plateau=optim.make_plateau(
-            config.lr, config.plateau_factor, config.plateau_patience, config.min_lr
-        ),
+        tx=tx,
+        plateau=plateau,
         schedule=optim.warmup_schedule(config.lr, config.warmup_steps),
         vocab=vocab,
         train_tokens=jnp.asarray(train_tokens),
         val_chunks=(jnp.asarray(val_inputs), jnp.asarray(val_targets), jnp.asarray(val_mask)),
         val_targets=int(val_mask.sum()),
+        corpus=corpus,
+        data_source=f"builtin dialogs x {config.data_repeat}",
     )
 
 
-def init_train_state(task: Task, seed: int) -> TrainState:
+def init_train_state(
+    model: TinyTransformer,
+    tx: optax.GradientTransformation,
+    plateau: optax.GradientTransformationExtraArgs,
+    seed: int,
+) -> TrainState:
     """Fresh parameters and optimizer state, all derived from `seed`."""
-    params_key, train_key = jax.random.split(jax.random.key(seed))
-    dummy = jnp.zeros((1, task.model.config.max_len), jnp.int32)
-    params = task.model.init(params_key, dummy)["params"]
+    params_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+    dummy = jnp.zeros((1, model.config.max_len), jnp.int32)
+    params = model.init(params_key, dummy)["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         epoch=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=task.tx.init(params),
-        plateau_state=task.plateau.init(params),
+        opt_state=tx.init(params),
+        plateau_state=plateau.init(params),
         rng=train_key,
         best_val_loss=jnp.array(jnp.inf, jnp.float32),
         epochs_since_best=jnp.zeros((), jnp.int32),
     )
+
+
+def abstract_train_state(
+    config: ml_collections.ConfigDict, model_config: ModelConfig
+) -> TrainState:
+    """The train state's shapes and dtypes, on the default device, without computing it."""
+    tx, plateau = make_optimizers(config)
+    model = TinyTransformer(model_config)
+    shapes = jax.eval_shape(lambda: init_train_state(model, tx, plateau, config.seed))
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
 
 def make_train_epoch(
@@ -195,13 +226,7 @@ def format_epoch_line(m: EpochMetrics) -> str:
 def stop_reason(
     metrics: EpochMetrics, state: TrainState, config: ml_collections.ConfigDict
 ) -> str | None:
-    """Why training must stop after this epoch (non-finite loss, early stop, target), if so."""
-    if not (np.isfinite(metrics.train_loss) and np.isfinite(metrics.val_loss)):
-        return (
-            f"Stopping at epoch {metrics.epoch}: the loss is not finite "
-            f"(train_loss={metrics.train_loss}, val_loss={metrics.val_loss}); "
-            "lower config.lr or check the data"
-        )
+    """Why training stops after this epoch (early stop or target reached), if it does."""
     if int(state.epochs_since_best) >= config.early_stop_patience:
         return (
             f"Early stopping at epoch {metrics.epoch}: no val_loss improvement for "
@@ -219,14 +244,94 @@ def count_params(params: Any) -> int:
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss diverged); the last good checkpoint is kept."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved first. `signum` gives the exit status."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+def check_compatible(meta: dict, task: Task, directory: Any) -> None:
+    """A resume must continue the same model on the same vocabulary."""
+    wanted = dataclasses.asdict(task.model.config)
+    saved = meta["model"]
+    differences = [
+        f"{key}={saved.get(key)!r} in the checkpoint, {value!r} in the config"
+        for key, value in wanted.items()
+        if saved.get(key) != value
+    ]
+    if meta["vocab"] != task.vocab.chars:
+        differences.append(
+            f"vocabulary of {len(meta['vocab'])} characters in the checkpoint, "
+            f"{task.vocab.size} in the data"
+        )
+    if differences:
+        raise checkpoint.CheckpointError(
+            f"cannot resume from {directory}: {'; '.join(differences)}. Start over with "
+            "--config.resume=False or use a new --workdir"
+        )
+
+
+def restore_for_resume(
+    store: checkpoint.CheckpointStore, fresh: TrainState, task: Task, log: Callable[[str], None]
+) -> tuple[TrainState, EpochMetrics]:
+    """The latest readable checkpoint's state and the metrics of its epoch."""
+
+    def target_for_meta(meta: dict) -> TrainState:
+        check_compatible(meta, task, store.directory)
+        return checkpoint.abstract_like(fresh)
+
+    steps = sorted(store.steps(), reverse=True)
+    epoch, state, meta = store.restore_first_readable(steps, target_for_meta, log)
+    unreadable = [step for step in steps if step > epoch]
+    if unreadable:  # the resumed run will save these epochs again
+        log(f"Moved the unreadable checkpoints to {store.set_aside_steps(unreadable)}")
+    log(
+        f"Resuming from {store.directory} at epoch {int(state.epoch)} "
+        f"(step {int(state.step):,}, best val_loss {float(state.best_val_loss):.4f})"
+    )
+    return state, EpochMetrics(**meta["metrics"])
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print
 ) -> tuple[TrainState, list[EpochMetrics]]:
-    """Train as configured, validating after every epoch; returns the final state and history."""
-    del workdir  # Checkpoints and metrics files live here once those features land.
+    """Train as configured, validating after every epoch and checkpointing into `workdir`.
+
+    Resumes from the latest checkpoint in `workdir` unless `config.resume` is False, in
+    which case earlier checkpoints are moved aside. Returns the final state and the
+    metrics of the epochs this call ran.
+    """
     configuration.check_config(config)
     task = build_task(config)
-    state = init_train_state(task, config.seed)
+    if not config.resume:
+        moved = checkpoint.set_aside(workdir)
+        if moved:
+            log(f"Starting over: the previous checkpoints were moved to {moved}")
+    store = checkpoint.CheckpointStore(workdir, keep=config.keep_checkpoints)
+    try:
+        return _run_epochs(config, task, store, log)
+    finally:
+        store.close()  # waits for any save still being written
+
+
+def _run_epochs(
+    config: ml_collections.ConfigDict,
+    task: Task,
+    store: checkpoint.CheckpointStore,
+    log: Callable[[str], None],
+) -> tuple[TrainState, list[EpochMetrics]]:
+    state = task.initial_state(config.seed)
+    if store.steps():
+        state, last = restore_for_resume(store, state, task, log)
+        if last.epoch >= config.epochs or stop_reason(last, state, config):
+            log(f"Nothing to train: the run in {store.directory} finished at epoch {last.epoch}")
+            return state, []
     train_epoch = make_train_epoch(
         task, config.steps_per_epoch, config.batch_size, config.block_size
     )
@@ -239,23 +344,67 @@ def train_and_evaluate(
         f"vocab {task.vocab.size}, {task.train_tokens.shape[0]:,} train / "
         f"{task.val_targets + 1:,} val tokens)"
     )
+    first_epoch = int(state.epoch) + 1
     history: list[EpochMetrics] = []
+    saved_epoch, blocked = first_epoch - 1, []
     start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        state, train_loss = train_epoch(state, task.train_tokens)
-        val_loss, val_acc = evaluate(state.params, *task.val_chunks)
-        state, lr = end_epoch(state, val_loss)
-        metrics = EpochMetrics(
-            epoch, float(train_loss), float(val_loss), float(val_acc), task.val_targets, float(lr)
-        )
-        history.append(metrics)
-        if epoch % config.print_every == 0:
-            log(format_epoch_line(metrics))
-        reason = stop_reason(metrics, state, config)
-        if reason:
-            log(reason)
-            break
-    if history and epoch % config.print_every:
+    with interrupt.SignalCatcher() as signals:
+        for epoch in range(first_epoch, config.epochs + 1):
+            state, train_loss = train_epoch(state, task.train_tokens)
+            val_loss, val_acc = evaluate(state.params, *task.val_chunks)
+            state, lr = end_epoch(state, val_loss)
+            metrics = EpochMetrics(
+                epoch,
+                float(train_loss),
+                float(val_loss),
+                float(val_acc),
+                task.val_targets,
+                float(lr),
+            )
+            history.append(metrics)
+            if epoch % config.print_every == 0:
+                log(format_epoch_line(metrics))
+            if not (np.isfinite(metrics.train_loss) and np.isfinite(metrics.val_loss)):
+                kept = (
+                    f"kept the last good checkpoint (epoch {saved_epoch}) in {store.directory}"
+                    if saved_epoch
+                    else "no checkpoint was saved"
+                )
+                raise TrainingError(
+                    f"the loss is not finite at epoch {epoch} (train_loss={metrics.train_loss}, "
+                    f"val_loss={metrics.val_loss}); {kept}: lower config.lr or check the data"
+                )
+            reason = stop_reason(metrics, state, config)
+            last = reason is not None or signals.received or epoch == config.epochs
+            if epoch % config.checkpoint_every == 0 or last:
+                blocked.append(store.save(epoch, state, _meta(config, task, metrics), val_loss))
+                saved_epoch = epoch
+            if signals.received:
+                store.wait()
+                raise Interrupted(
+                    signals.received,
+                    f"Interrupted at epoch {epoch}: checkpoint saved to "
+                    f"{store.directory / str(epoch)}; run the same command to resume",
+                )
+            if reason:
+                log(reason)
+                break
+    if epoch % config.print_every:
         log(format_epoch_line(history[-1]))
-    log(f"Trained {int(state.step):,} steps in {time.perf_counter() - start:.1f} s")
+    log(
+        f"Trained to step {int(state.step):,} in {time.perf_counter() - start:.1f} s; "
+        f"checkpoints saved: {len(blocked)} in {store.directory} (longest save blocked "
+        f"{max(blocked) * 1e3:.0f} ms)"
+    )
     return state, history
+
+
+def _meta(config: ml_collections.ConfigDict, task: Task, metrics: EpochMetrics) -> dict:
+    return checkpoint.make_meta(
+        vocab_chars=task.vocab.chars,
+        model_config=task.model.config,
+        run_config=config.to_dict(),
+        data_source=task.data_source,
+        fingerprint=checkpoint.corpus_fingerprint(task.corpus),
+        metrics=dataclasses.asdict(metrics),
+    )

@@ -1,0 +1,203 @@
+"""Checkpoints restore exactly, resume bit for bit, keep best and latest, survive faults."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, run_main
+from tinytx_jax import checkpoint, train, trained
+
+FAST = ["--mode=train", "--config=configs/fast.py"]
+
+
+@pytest.fixture
+def ckpt_config(small_config):
+    small_config.epochs = 4
+    small_config.steps_per_epoch = 10
+    small_config.checkpoint_every = 1
+    return small_config
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_save_then_restore_gives_identical_state_and_logits(ckpt_config, tmp_path):
+    task = train.build_task(ckpt_config)
+    epoch_fn = train.make_train_epoch(task, 10, 4, ckpt_config.block_size)
+    state, _ = epoch_fn(task.initial_state(0), task.train_tokens)
+    saved = jax.device_get(state)
+    store = checkpoint.CheckpointStore(tmp_path)
+    store.save(1, state, {"schema_version": checkpoint.SCHEMA_VERSION}, 1.0)
+    state, _ = epoch_fn(state, task.train_tokens)  # donates the saved buffers meanwhile
+    store.wait()
+    restored = store.restore(1, checkpoint.abstract_like(state))
+    store.close()
+    assert_trees_equal(restored, saved)
+    assert type(restored.plateau_state) is type(saved.plateau_state)
+    assert jax.tree.structure(restored.opt_state) == jax.tree.structure(state.opt_state)
+    tokens = task.val_chunks[0][:2]
+    logits = task.model.apply({"params": saved.params}, tokens)
+    np.testing.assert_array_equal(task.model.apply({"params": restored.params}, tokens), logits)
+
+
+def test_resumed_run_equals_uninterrupted_run(ckpt_config, tmp_path):
+    _, straight = train.train_and_evaluate(ckpt_config, str(tmp_path / "a"), log=quiet)
+    ckpt_config.epochs = 2
+    _, first_half = train.train_and_evaluate(ckpt_config, str(tmp_path / "b"), log=quiet)
+    ckpt_config.epochs = 4
+    lines = []
+    _, second_half = train.train_and_evaluate(ckpt_config, str(tmp_path / "b"), log=lines.append)
+    assert any(line.startswith("Resuming from") and "at epoch 2 (step 20" in line for line in lines)
+    assert first_half + second_half == straight
+
+
+def test_keeps_latest_and_best(tmp_path):
+    state = {"w": jnp.arange(3.0)}
+    store = checkpoint.CheckpointStore(tmp_path, keep=2)
+    for epoch, val_loss in enumerate([5, 4, 3, 1, 2, 2.5, 2.6, 2.7], start=1):
+        store.save(epoch, state, {"schema_version": checkpoint.SCHEMA_VERSION}, val_loss)
+    store.close()
+    store = checkpoint.CheckpointStore(tmp_path, keep=2)
+    assert store.steps() == [4, 7, 8]
+    assert store.best_step() == 4
+    store.close()
+
+
+def test_loader_picks_best_or_latest_and_rebuilds_the_model(ckpt_config, tmp_path):
+    ckpt_config.keep_checkpoints = 1
+    _, history = train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
+    best_epoch = min(history, key=lambda m: m.val_loss).epoch
+    best = trained.load_trained(tmp_path, "best", log=quiet)
+    latest = trained.load_trained(tmp_path, "latest", log=quiet)
+    assert best.epoch == best_epoch and latest.epoch == 4
+    assert best.vocab.size == 31 and best.meta["metrics"]["epoch"] == best_epoch
+    assert best.model.config.d_model == ckpt_config.d_model
+    assert best.meta["versions"]["jax"] == jax.__version__
+    assert best.meta["data"]["fingerprint"].startswith("sha256:")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    ckpt_config, tmp_path, monkeypatch
+):
+    real_evaluate = train.make_evaluate
+
+    def evaluate_failing_at_epoch_3(model):
+        evaluate, calls = real_evaluate(model), []
+
+        def wrapped(*args):
+            calls.append(1)
+            loss, acc = evaluate(*args)
+            return (jnp.float32(jnp.nan) if len(calls) == 3 else loss), acc
+
+        return wrapped
+
+    monkeypatch.setattr(train, "make_evaluate", evaluate_failing_at_epoch_3)
+    with pytest.raises(train.TrainingError, match=r"not finite at epoch 3.*epoch 2\)"):
+        train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
+    assert checkpoint.CheckpointStore(tmp_path).steps() == [1, 2]
+
+
+def test_mismatched_config_and_unknown_schema_stop_with_one_line(tmp_path):
+    assert run_main(*FAST, f"--workdir={tmp_path}").returncode == 0
+    result = run_main(*FAST, f"--workdir={tmp_path}", "--config.d_model=32", "--config.epochs=99")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "d_model=64 in the checkpoint, 32 in the config" in result.stderr
+    assert "--config.resume=False" in result.stderr
+
+    latest = max(checkpoint.CheckpointStore(tmp_path).steps())
+    meta_file = next((tmp_path / "checkpoints" / str(latest) / "meta").glob("*"))
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "schema_version": 99}))
+    result = run_main(*FAST, f"--workdir={tmp_path}", "--config.epochs=99")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "schema version 99" in result.stderr
+
+
+def test_corrupted_latest_falls_back_to_the_previous(tmp_path):
+    args = [*FAST, f"--workdir={tmp_path}", "--config.checkpoint_every=2"]
+    assert run_main(*args).returncode == 0
+    steps = checkpoint.CheckpointStore(tmp_path).steps()
+    shutil.rmtree(tmp_path / "checkpoints" / str(steps[-1]) / "state")
+    result = run_main(*args, "--config.target_val_acc=0", f"--config.epochs={steps[-1] + 1}")
+    assert result.returncode == 0, result.stderr
+    assert f"Checkpoint at epoch {steps[-1]} is unreadable" in result.stdout
+    assert f"Resuming from {tmp_path / 'checkpoints'} at epoch {steps[-2]}" in result.stdout
+
+    for step in checkpoint.CheckpointStore(tmp_path).steps():
+        shutil.rmtree(tmp_path / "checkpoints" / str(step) / "state", ignore_errors=True)
+    result = run_main(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no readable checkpoint" in result.stderr
+
+
+def start_training(workdir, *extra):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "main.py",
+            *FAST,
+            f"--workdir={workdir}",
+            "--config.target_val_acc=0",
+            "--config.checkpoint_every=1",
+            *extra,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_checkpoints(workdir, count, timeout=120):
+    deadline = time.monotonic() + timeout
+    directory = workdir / "checkpoints"
+    while time.monotonic() < deadline:
+        if directory.exists() and sum(p.name.isdigit() for p in directory.iterdir()) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no checkpoints appeared")
+
+
+def test_sigkill_during_training_then_resume_completes(tmp_path):
+    process = start_training(tmp_path, "--config.epochs=400")
+    wait_for_checkpoints(tmp_path, 3)
+    time.sleep(0.13)  # lands anywhere: in an epoch, or in the middle of a save
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    result = run_main(
+        *FAST,
+        f"--workdir={tmp_path}",
+        "--config.target_val_acc=0",
+        "--config.checkpoint_every=1",
+        "--config.epochs=12",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Resuming from" in result.stdout
+    assert "Epoch 12," in result.stdout
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
+    process = start_training(tmp_path, "--config.epochs=400", "--config.checkpoint_every=1000")
+    wait_for_checkpoints(tmp_path, 0)
+    time.sleep(4)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("Interrupted at epoch"))
+    epoch = int(line.split()[3].rstrip(":"))
+    assert f"checkpoint saved to {tmp_path / 'checkpoints' / str(epoch)}" in line
+    assert checkpoint.CheckpointStore(tmp_path).steps() == [epoch]

@@ -1,0 +1,207 @@
+"""Orbax checkpoints of the whole train state plus a JSON meta item (vocabulary, model).
+
+Layout: `WORKDIR/checkpoints/<epoch>/{state,meta}`. Saves are asynchronous; a save is
+committed by orbax's atomic rename, so a process killed at any moment leaves the last
+committed checkpoint intact, and unfinished temporaries are cleaned on the next start.
+Retention keeps the latest `keep` checkpoints *and* the best one by validation loss:
+orbax's `max_to_keep` together with `best_fn` would delete the latest, so the two
+preservation policies are combined explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from tinytx_jax.model import ModelConfig
+
+SCHEMA_VERSION = 1
+PACKAGES = ("tinytx-jax", "jax", "flax", "optax", "orbax-checkpoint")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> Path:
+    return Path(workdir).expanduser().absolute() / "checkpoints"
+
+
+def corpus_fingerprint(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
+
+
+def make_meta(
+    vocab_chars: str,
+    model_config: ModelConfig,
+    run_config: dict,
+    data_source: str,
+    fingerprint: str,
+    metrics: dict,
+) -> dict:
+    """The JSON item saved beside the state: enough to rebuild the model without flags."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "vocab": vocab_chars,
+        "model": dataclasses.asdict(model_config),
+        "config": run_config,
+        "data": {"source": data_source, "fingerprint": fingerprint},
+        "metrics": metrics,
+        "versions": package_versions(),
+    }
+
+
+def check_schema(meta: dict, where: Path) -> None:
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise CheckpointError(
+            f"checkpoint meta in {where} has schema version {version}, this tinytx-jax reads "
+            f"version {SCHEMA_VERSION}: use the tinytx-jax that wrote it, or train anew"
+        )
+
+
+class CheckpointStore:
+    """Saves and restores `(state, meta)` pairs under `WORKDIR/checkpoints`."""
+
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3, read_only: bool = False):
+        self.directory = checkpoint_dir(workdir)
+        policy = checkpoint_managers.AnyPreservationPolicy(
+            [
+                checkpoint_managers.LatestN(n=keep),
+                checkpoint_managers.BestN(
+                    get_metric_fn=lambda metrics: metrics["val_loss"], reverse=True, n=1
+                ),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            best_fn=lambda metrics: metrics["val_loss"],
+            best_mode="min",
+            save_interval_steps=0 if read_only else 1,
+            create=not read_only,
+            read_only=read_only,
+            cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def save(self, epoch: int, state: Any, meta: dict, val_loss: float) -> float:
+        """Start an asynchronous save; returns the seconds the caller was blocked."""
+        start = time.perf_counter()
+        self.manager.save(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            metrics={"val_loss": float(val_loss)},
+            force=True,
+        )
+        return time.perf_counter() - start
+
+    def read_meta(self, epoch: int) -> dict:
+        restored = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        meta = restored["meta"]
+        check_schema(meta, self.directory / str(epoch))
+        return meta
+
+    def restore(self, epoch: int, abstract_state: Any) -> Any:
+        restored = self.manager.restore(
+            epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+        return restored["state"]
+
+    def restore_first_readable(
+        self,
+        order: list[int],
+        target_for_meta: Callable[[dict], Any],
+        log: Callable[[str], None],
+    ) -> tuple[int, Any, dict]:
+        """Restore the first checkpoint in `order` that reads back whole.
+
+        `target_for_meta` checks a checkpoint's meta and returns the abstract state to
+        restore into. An unreadable checkpoint (truncated, deleted files) is reported and
+        skipped; an unknown schema, or a meta that `target_for_meta` rejects with a
+        CheckpointError, stops with that reason.
+        """
+        problems = []
+        for epoch in order:
+            try:
+                meta = self.read_meta(epoch)
+                state = self.restore(epoch, target_for_meta(meta))
+            except CheckpointError:
+                raise
+            except Exception as error:  # any failure to read back means unreadable
+                problems.append(f"epoch {epoch}: {one_line(error)}")
+                log(f"Checkpoint at epoch {epoch} is unreadable ({one_line(error)}); skipping it")
+                continue
+            return epoch, state, meta
+        raise CheckpointError(
+            f"no readable checkpoint in {self.directory} ({'; '.join(problems)}): "
+            "train anew with --config.resume=False or a new --workdir"
+        )
+
+    def set_aside_steps(self, steps: list[int]) -> Path:
+        """Move whole step directories out of the managed tree (kept, never deleted)."""
+        target = self.directory.with_name(
+            f"checkpoints.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        target.mkdir(parents=True, exist_ok=True)
+        for step in steps:
+            (self.directory / str(step)).rename(target / str(step))
+        self.manager.reload()
+        return target
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def one_line(error: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def set_aside(workdir: str | os.PathLike) -> Path | None:
+    """Move existing checkpoints out of the way (never delete them) before starting over."""
+    directory = checkpoint_dir(workdir)
+    if not directory.exists() or not any(directory.iterdir()):
+        return None
+    target = directory.with_name(f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    directory.rename(target)
+    return target
+
+
+def abstract_like(tree: Any) -> Any:
+    """Shape/dtype (and sharding) stand-ins, so restore rebuilds the exact pytree types."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
