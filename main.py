@@ -1,16 +1,23 @@
-"""tinytx-jax entry point: `python main.py --mode=train [--config=...] [--config.lr=...]`."""
+"""tinytx-jax entry point.
+
+python main.py                      # train on the built-in dialogs, then chat
+python main.py --mode=train --config=configs/fast.py --config.lr=1e-3
+python main.py --mode=chat [--prompt="hi"]
+python main.py --mode=eval
+"""
 
 from __future__ import annotations
 
 import sys
 from typing import NoReturn
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tinytx_jax import checkpoint, configuration, train
+from tinytx_jax import chat, checkpoint, configuration, evaluation, sampling, train, trained
 
-MODES = ("train",)
+MODES = ("train_and_chat", "train", "chat", "eval")
 
 
 def fail(message: str) -> NoReturn:
@@ -37,7 +44,16 @@ try:  # config_flags applies --config.NAME overrides as soon as the flag is defi
 except (AttributeError, KeyError) as unknown:
     fail_unknown_field(unknown)
 _WORKDIR = flags.DEFINE_string("workdir", "./workdir", "Directory for checkpoints and metrics.")
-_MODE = flags.DEFINE_enum("mode", "train", MODES, "What to run.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train_and_chat",
+    MODES,
+    "train_and_chat: train, then chat (the seed's behaviour); train; chat: load the workdir's "
+    "checkpoint and chat; eval: report a checkpoint's validation figures and exact matches.",
+)
+_PROMPT = flags.DEFINE_string(
+    "prompt", None, "Answer this one line, print only the reply and exit (instead of the REPL)."
+)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -53,12 +69,40 @@ def parse_flags(argv: list[str]) -> list[str]:
     return remaining
 
 
+def to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def chat_or_eval(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
+    """Load the workdir's checkpoint, then evaluate it, answer --prompt, or open the REPL."""
+    model = trained.load_trained(workdir, config.checkpoint, log=to_stderr)
+    to_stderr(
+        f"(loaded the {config.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
+        f"val_loss {model.meta['metrics']['val_loss']:.4f})"
+    )
+    generator = sampling.Generator(
+        model.model, model.params, model.vocab, chat.sampling_config(config)
+    )
+    session = chat.ChatSession(generator, config.system_prompt)
+    if mode == "eval":
+        evaluation.evaluate_checkpoint(model, session)
+    elif _PROMPT.value is not None:
+        print(session.answer(_PROMPT.value) or "")
+    else:
+        chat.run_repl(session)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
     logging.set_verbosity(logging.ERROR)
+    config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        configuration.check_config(config)
+        if mode in ("train", "train_and_chat"):
+            train.train_and_evaluate(config, workdir)
+        if mode != "train":
+            chat_or_eval(config, workdir, mode)
     except train.Interrupted as interrupted:
         print(interrupted, flush=True)
         sys.exit(128 + interrupted.signum)

@@ -43,6 +43,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.resume = True  # False: move old checkpoints aside and start over.
 
+    # Chat, eval and sampling (the seed decoded greedily, up to 200 characters).
+    config.checkpoint = "best"  # which checkpoint chat and eval load: best or latest
+    config.system_prompt = "You are helpful."
+    config.max_new_tokens = 200
+    config.temperature = 0.0  # 0: greedy
+    config.top_k = 0  # 0: off
+    config.top_p = 1.0  # 1: off
+    config.sample_seed = 0
+
     # Logging and randomness.
     config.print_every = 1
     config.seed = 7

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from configs import default
+from configs import default, fast
+from tinytx_jax import train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,3 +40,12 @@ def small_config():
     config.lr = 1e-2
     config.warmup_steps = 10
     return config
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory) -> Path:
+    """A workdir holding a `configs/fast.py` run (val_acc >= 0.99), trained once per session."""
+    workdir = tmp_path_factory.mktemp("fast_run")
+    _, history = train.train_and_evaluate(fast.get_config(), str(workdir), log=lambda _: None)
+    assert history[-1].val_acc >= 0.99
+    return workdir

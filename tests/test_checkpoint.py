@@ -111,34 +111,35 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 
 
 def test_mismatched_config_and_unknown_schema_stop_with_one_line(tmp_path):
-    assert run_main(*FAST, f"--workdir={tmp_path}").returncode == 0
-    result = run_main(*FAST, f"--workdir={tmp_path}", "--config.d_model=32", "--config.epochs=99")
+    short = [*FAST, f"--workdir={tmp_path}", "--config.epochs=2"]
+    assert run_main(*short).returncode == 0
+    result = run_main(*short, "--config.d_model=32", "--config.epochs=3")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "d_model=64 in the checkpoint, 32 in the config" in result.stderr
     assert "--config.resume=False" in result.stderr
 
-    latest = max(checkpoint.CheckpointStore(tmp_path).steps())
-    meta_file = next((tmp_path / "checkpoints" / str(latest) / "meta").glob("*"))
+    meta_file = next((tmp_path / "checkpoints" / "2" / "meta").glob("*"))
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps({**meta, "schema_version": 99}))
-    result = run_main(*FAST, f"--workdir={tmp_path}", "--config.epochs=99")
+    result = run_main(*short, "--config.epochs=3")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "schema version 99" in result.stderr
 
 
 def test_corrupted_latest_falls_back_to_the_previous(tmp_path):
     args = [*FAST, f"--workdir={tmp_path}", "--config.checkpoint_every=2"]
-    assert run_main(*args).returncode == 0
-    steps = checkpoint.CheckpointStore(tmp_path).steps()
-    shutil.rmtree(tmp_path / "checkpoints" / str(steps[-1]) / "state")
-    result = run_main(*args, "--config.target_val_acc=0", f"--config.epochs={steps[-1] + 1}")
+    assert run_main(*args, "--config.epochs=6").returncode == 0
+    assert checkpoint.CheckpointStore(tmp_path).steps() == [2, 4, 6]
+    shutil.rmtree(tmp_path / "checkpoints" / "6" / "state")
+    result = run_main(*args, "--config.epochs=7")
     assert result.returncode == 0, result.stderr
-    assert f"Checkpoint at epoch {steps[-1]} is unreadable" in result.stdout
-    assert f"Resuming from {tmp_path / 'checkpoints'} at epoch {steps[-2]}" in result.stdout
+    assert "Checkpoint at epoch 6 is unreadable" in result.stdout
+    assert f"Resuming from {tmp_path / 'checkpoints'} at epoch 4" in result.stdout
+    assert "Epoch 7," in result.stdout
 
     for step in checkpoint.CheckpointStore(tmp_path).steps():
         shutil.rmtree(tmp_path / "checkpoints" / str(step) / "state", ignore_errors=True)
-    result = run_main(*args)
+    result = run_main(*args, "--config.epochs=8")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "no readable checkpoint" in result.stderr
 

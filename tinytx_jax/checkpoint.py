@@ -11,7 +11,6 @@ preservation policies are combined explicitly.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import os
 import time
@@ -35,10 +34,6 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
     return Path(workdir).expanduser().absolute() / "checkpoints"
-
-
-def corpus_fingerprint(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def package_versions() -> dict[str, str]:

@@ -7,6 +7,7 @@ import ml_collections
 from tinytx_jax.model import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
+CHECKPOINT_CHOICES = ("best", "latest")
 
 
 class ConfigError(ValueError):
@@ -37,11 +38,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "early_stop_patience",
         "checkpoint_every",
         "keep_checkpoints",
+        "max_new_tokens",
     )
     for name in positive:
         value = config[name]
         _require(value > 0, f"config.{name} must be positive, got {value}")
-    for name in ("weight_decay", "warmup_steps", "min_lr"):
+    for name in ("weight_decay", "warmup_steps", "min_lr", "temperature", "top_k"):
         _require(config[name] >= 0, f"config.{name} must be >= 0, got {config[name]}")
     _require(
         config.block_size <= config.max_len,
@@ -68,6 +70,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _require(
         0.0 <= config.target_val_acc <= 1.0,
         f"config.target_val_acc must be in [0, 1] (0 disables it), got {config.target_val_acc}",
+    )
+    _require(0.0 < config.top_p <= 1.0, f"config.top_p must be in (0, 1], got {config.top_p}")
+    _require(
+        config.checkpoint in CHECKPOINT_CHOICES,
+        f"config.checkpoint must be one of {CHECKPOINT_CHOICES}, got {config.checkpoint!r}",
     )
     _require(config.dtype in DTYPES, f"config.dtype must be one of {DTYPES}, got {config.dtype!r}")
 

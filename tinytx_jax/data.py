@@ -7,6 +7,7 @@ to the device once and samples windows there.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -38,11 +39,20 @@ def builtin_corpus(repeat: int = BUILTIN_REPEAT) -> str:
     return one_pass * repeat
 
 
+def corpus_fingerprint(text: str) -> str:
+    """Identifies the exact training text, so a checkpoint can tell if the data changed."""
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
     """Sorted distinct characters; a token is a character's index in that order."""
 
     chars: str
+
+    def __post_init__(self) -> None:
+        index = {c: i for i, c in enumerate(self.chars)}
+        object.__setattr__(self, "_index", index)
 
     @classmethod
     def from_text(cls, text: str) -> Vocabulary:
@@ -54,12 +64,11 @@ class Vocabulary:
 
     def unknown_chars(self, text: str) -> str:
         """The distinct characters of `text` the vocabulary lacks, in order of appearance."""
-        known = set(self.chars)
-        return "".join(dict.fromkeys(c for c in text if c not in known))
+        return "".join(dict.fromkeys(c for c in text if c not in self._index))
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids of `text`; characters outside the vocabulary are dropped."""
-        index = {c: i for i, c in enumerate(self.chars)}
+        index = self._index
         return np.array([index[c] for c in text if c in index], dtype=np.int32)
 
     def decode(self, tokens) -> str:

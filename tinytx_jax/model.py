@@ -57,12 +57,21 @@ class CausalSelfAttention(nn.Module):
 
     Rows stay flattened for the projections, and heads are split into groups `[B*H, T, dh]`
     only for the two attention matmuls (no transpose at all when there is one head).
+    With `decode_start` set, keys and values are written into a `cache` collection of
+    `max_len` positions starting there, and the queries attend over that cache: a
+    KV-cached forward for generation that masks exactly as the full forward does.
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, h: jax.Array, batch: int, deterministic: bool) -> jax.Array:
+    def __call__(
+        self,
+        h: jax.Array,
+        batch: int,
+        deterministic: bool,
+        decode_start: jax.Array | None = None,
+    ) -> jax.Array:
         cfg = self.config
         heads = cfg.n_heads
         length = h.shape[0] // batch
@@ -78,14 +87,19 @@ class CausalSelfAttention(nn.Module):
             )(x)
 
         def to_groups(x: jax.Array) -> jax.Array:
-            x = x.reshape(batch, length, heads, head_dim)
+            x = x.reshape(batch, -1, heads, head_dim)
             if heads > 1:
                 x = x.swapaxes(1, 2)
-            return x.reshape(batch * heads, length, head_dim)
+            return x.reshape(batch * heads, -1, head_dim)
 
-        q, k, v = (to_groups(project(name, h)) for name in ("query", "key", "value"))
+        q, k, v = (project(name, h) for name in ("query", "key", "value"))
+        query_pos = jnp.arange(length)
+        if decode_start is not None:
+            k, v = self.update_cache(k, v, batch, decode_start)
+            query_pos = query_pos + decode_start
+        q, k, v = to_groups(q), to_groups(k), to_groups(v)
         scores = grouped_matmul(q, k.swapaxes(1, 2)) / jnp.sqrt(head_dim).astype(q.dtype)
-        causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+        causal = jnp.arange(k.shape[1])[None, :] <= query_pos[:, None]
         scores = jnp.where(causal, scores.astype(jnp.float32), MASK_VALUE)
         weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         weights = nn.Dropout(cfg.dropout)(weights, deterministic=deterministic)
@@ -93,6 +107,21 @@ class CausalSelfAttention(nn.Module):
         if heads > 1:
             attended = attended.swapaxes(1, 2)
         return project("out", attended.reshape(batch * length, cfg.d_model))
+
+    def update_cache(
+        self, k: jax.Array, v: jax.Array, batch: int, start: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """Write this call's keys/values at `start`; return all `max_len` cached rows."""
+        cfg = self.config
+        shape = (batch, cfg.max_len, cfg.d_model)
+        rows = (batch * cfg.max_len, cfg.d_model)
+        cached = []
+        for name, new in (("cached_key", k), ("cached_value", v)):
+            variable = self.variable("cache", name, jnp.zeros, shape, new.dtype)
+            update = new.reshape(batch, -1, cfg.d_model)
+            variable.value = jax.lax.dynamic_update_slice(variable.value, update, (0, start, 0))
+            cached.append(variable.value.reshape(rows))
+        return cached[0], cached[1]
 
 
 class MLP(nn.Module):
@@ -122,10 +151,16 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, h: jax.Array, batch: int, deterministic: bool) -> jax.Array:
+    def __call__(
+        self,
+        h: jax.Array,
+        batch: int,
+        deterministic: bool,
+        decode_start: jax.Array | None = None,
+    ) -> jax.Array:
         cfg = self.config
         attention = CausalSelfAttention(cfg, name="attention")
-        sublayers = [lambda x, det: attention(x, batch, det)]
+        sublayers = [lambda x, det: attention(x, batch, det, decode_start)]
         if cfg.mlp:
             sublayers.append(MLP(cfg, name="mlp"))
         for i, sublayer in enumerate(sublayers):
@@ -140,13 +175,20 @@ class Block(nn.Module):
 class TinyTransformer(nn.Module):
     """Character-level causal LM: tokens `[T]` or `[B, T]` to logits `[..., T, vocab]`.
 
-    Only the last `max_len` tokens of a longer input are used, as in the seed.
+    Only the last `max_len` tokens of a longer input are used, as in the seed. With
+    `decode_start` (call with `mutable=["cache"]`), the tokens sit at positions
+    `decode_start...` and attend over a KV cache of the earlier positions.
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(
+        self,
+        tokens: jax.Array,
+        deterministic: bool = True,
+        decode_start: jax.Array | None = None,
+    ) -> jax.Array:
         cfg = self.config
         unbatched = tokens.ndim == 1
         if unbatched:
@@ -156,11 +198,15 @@ class TinyTransformer(nn.Module):
 
         token_embed = self.param("token_embed", symmetric_uniform(), (cfg.vocab_size, cfg.d_model))
         pos_embed = self.param("pos_embed", symmetric_uniform(), (cfg.max_len, cfg.d_model))
-        h = jnp.take(token_embed, tokens, axis=0) + pos_embed[:length]
+        if decode_start is None:
+            positions = pos_embed[:length]
+        else:
+            positions = jax.lax.dynamic_slice_in_dim(pos_embed, decode_start, length)
+        h = jnp.take(token_embed, tokens, axis=0) + positions
         h = h.reshape(batch * length, cfg.d_model).astype(cfg.dtype)  # rows: [B*T, d]
         h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
         for i in range(cfg.n_layers):
-            h = Block(cfg, name=f"block_{i}")(h, batch, deterministic)
+            h = Block(cfg, name=f"block_{i}")(h, batch, deterministic, decode_start)
         if cfg.pre_norm:
             h = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name="final_norm")(h)
         logits = nn.Dense(

@@ -405,6 +405,6 @@ def _meta(config: ml_collections.ConfigDict, task: Task, metrics: EpochMetrics) 
         model_config=task.model.config,
         run_config=config.to_dict(),
         data_source=task.data_source,
-        fingerprint=checkpoint.corpus_fingerprint(task.corpus),
+        fingerprint=data.corpus_fingerprint(task.corpus),
         metrics=dataclasses.asdict(metrics),
     )

@@ -1,0 +1,78 @@
+"""The REPL, one-shot prompt and eval mode, driven as a user would drive them."""
+
+import io
+
+from tests.conftest import run_main
+from tinytx_jax import chat, sampling, trained
+
+
+def test_piped_chat_answers_the_trained_dialogs(trained_workdir):
+    script = "hi\n\nwhat is 2+2?\n   \ncolor of sky?\nhi\u00e9\nexit\nhi\n"
+    result = run_main("--mode=chat", f"--workdir={trained_workdir}", stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        chat.BANNER,
+        "Assistant> hello!",
+        "Assistant> 4",
+        "Assistant> blue",
+        "Assistant> hello!",
+    ]
+    assert "(dropped characters not in the vocabulary: '\u00e9')" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_end_of_input_and_unknown_only_lines(trained_workdir):
+    result = run_main("--mode=chat", f"--workdir={trained_workdir}", stdin="\u00e9\u00e9\nhi")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [chat.BANNER, "Assistant> hello!"]
+    assert "(none of these characters are in the vocabulary: '\u00e9')" in result.stderr
+
+
+def test_one_shot_prompt_prints_only_the_reply(trained_workdir):
+    result = run_main("--mode=chat", f"--workdir={trained_workdir}", "--prompt=color of sky?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "blue\n"
+
+
+def test_eval_mode_reports_every_dialog_matched(trained_workdir):
+    result = run_main("--mode=eval", f"--workdir={trained_workdir}")
+    assert result.returncode == 0, result.stderr
+    assert "Exact match: 3/3 training dialogs" in result.stdout
+    assert "(n=8159)" in result.stdout
+
+
+def test_chat_without_a_checkpoint_says_what_to_run(tmp_path):
+    result = run_main("--mode=chat", f"--workdir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: no checkpoint in {tmp_path}: run `python main.py --mode=train "
+        f"--workdir={tmp_path}` first"
+    )
+
+
+def session_for(trained_workdir, notices):
+    model = trained.load_trained(trained_workdir, log=lambda _: None)
+    generator = sampling.Generator(
+        model.model, model.params, model.vocab, sampling.SamplingConfig(max_new_tokens=20)
+    )
+    return chat.ChatSession(generator, "You are helpful.", notices=notices)
+
+
+def test_over_long_prompt_is_cut_with_one_notice(trained_workdir):
+    notices = io.StringIO()
+    session = session_for(trained_workdir, notices)
+    assert session.answer("hi " * 200) is not None
+    assert session.answer("hi " * 200) is not None
+    assert notices.getvalue().count("keeping the most recent 512") == 1
+    assert session.answer("hi") == "hello!"
+
+
+class InterruptingInput(io.StringIO):
+    def readline(self, *args):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_ends_the_repl_cleanly(trained_workdir):
+    out = io.StringIO()
+    chat.run_repl(session_for(trained_workdir, io.StringIO()), InterruptingInput(), out)
+    assert out.getvalue() == chat.BANNER + "\n\n"

@@ -1,0 +1,101 @@
+"""KV-cached decoding equals the seed's uncached decoding; sampling options behave."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tinytx_jax import data, sampling, trained
+from tinytx_jax.model import ModelConfig, TinyTransformer
+
+
+def random_model(max_len=512, **extra):
+    model = TinyTransformer(ModelConfig(vocab_size=31, max_len=max_len, **extra))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    return model, params
+
+
+def vocab():
+    return data.Vocabulary.from_text(data.builtin_corpus(1))
+
+
+@pytest.mark.parametrize("prompt_len", [1, 40, 64, 65, 130])
+def test_cached_equals_uncached_on_untrained_weights(prompt_len):
+    model, params = random_model()
+    prompt = np.asarray(jax.random.randint(jax.random.key(prompt_len), (prompt_len,), 0, 31))
+    generator = sampling.Generator(
+        model, params, vocab(), sampling.SamplingConfig(max_new_tokens=24), stop_text=""
+    )
+    cached, _ = generator.generate_tokens(prompt)
+    np.testing.assert_array_equal(cached, sampling.generate_uncached(model, params, prompt, 24, ()))
+
+
+def test_cached_equals_uncached_past_max_len_with_heads_and_layers():
+    model, params = random_model(max_len=64, n_heads=4, n_layers=2, mlp=True)
+    prompt = np.arange(50, dtype=np.int32) % 31
+    generator = sampling.Generator(
+        model, params, vocab(), sampling.SamplingConfig(max_new_tokens=30), stop_text=""
+    )
+    cached, truncated = generator.generate_tokens(prompt)
+    assert truncated and len(cached) == 30
+    np.testing.assert_array_equal(cached, sampling.generate_uncached(model, params, prompt, 30, ()))
+
+
+def test_cached_equals_uncached_on_trained_weights(trained_workdir):
+    model = trained.load_trained(trained_workdir, log=lambda _: None)
+    generator = sampling.Generator(
+        model.model, model.params, model.vocab, sampling.SamplingConfig()
+    )
+    for user, expected in data.BUILTIN_DIALOGS:
+        prompt = model.vocab.encode(data.render_prompt(user))
+        cached, _ = generator.generate_tokens(prompt)
+        reference = sampling.generate_uncached(
+            model.model, model.params, prompt, 200, generator.stop_tokens
+        )
+        np.testing.assert_array_equal(cached, reference)
+        assert model.vocab.decode(cached) == expected + data.ASSISTANT_END
+
+
+def test_bucket_lengths():
+    assert [sampling.bucket_length(n, 512) for n in (1, 64, 65, 300, 512)] == [
+        64,
+        64,
+        128,
+        512,
+        512,
+    ]
+    assert sampling.bucket_length(40, 32) == 32
+
+
+LOGITS = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
+
+
+def draw(cfg, count=400):
+    keys = jax.random.split(jax.random.key(cfg.seed), count)
+    return np.asarray(jax.vmap(lambda k: sampling.sample_logits(LOGITS, k, cfg))(keys))
+
+
+def test_zero_temperature_and_top_k_one_are_greedy():
+    assert set(draw(sampling.SamplingConfig(temperature=0.0))) == {0}
+    assert set(draw(sampling.SamplingConfig(temperature=1.0, top_k=1))) == {0}
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    assert set(draw(sampling.SamplingConfig(temperature=1.0))) == {0, 1, 2, 3}
+    assert set(draw(sampling.SamplingConfig(temperature=1.0, top_k=2))) == {0, 1}
+    assert set(draw(sampling.SamplingConfig(temperature=1.0, top_p=0.7))) == {0, 1}
+    assert set(draw(sampling.SamplingConfig(temperature=1.0, top_p=0.9))) == {0, 1, 2}
+
+
+def test_a_fixed_seed_reproduces_the_sample():
+    model, params = random_model()
+    prompt = np.arange(20, dtype=np.int32) % 31
+
+    def sample(seed):
+        cfg = sampling.SamplingConfig(temperature=1.0, seed=seed, max_new_tokens=40)
+        return sampling.Generator(model, params, vocab(), cfg, stop_text="").generate_tokens(
+            prompt
+        )[0]
+
+    np.testing.assert_array_equal(sample(3), sample(3))
+    assert not np.array_equal(sample(3), sample(4))

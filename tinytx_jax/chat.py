@@ -1,0 +1,116 @@
+"""The chat REPL: the seed's banner, `You> ` prompt and `Assistant> ` answers.
+
+Interactive terminals get the `You> ` prompt (with line editing); piped input gets one
+`Assistant> ` line per input line, so a chat can be scripted. Notices (dropped
+characters, a cut context) go to stderr, one line each.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import TextIO
+
+import ml_collections
+
+from tinytx_jax import data
+from tinytx_jax.sampling import Generator, SamplingConfig
+
+BANNER = "Chat ready. Type 'exit' to quit."
+PROMPT = "You> "
+ANSWER = "Assistant> "
+EXIT_WORDS = ("exit", "quit")
+
+
+def sampling_config(config: ml_collections.ConfigDict) -> SamplingConfig:
+    return SamplingConfig(
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        seed=config.sample_seed,
+        max_new_tokens=config.max_new_tokens,
+    )
+
+
+def quoted(chars: str) -> str:
+    return ", ".join(repr(c) for c in chars)
+
+
+class ChatSession:
+    """Answers user lines one at a time, reporting what it had to drop or cut."""
+
+    def __init__(self, generator: Generator, system_prompt: str, notices: TextIO = sys.stderr):
+        self.generator = generator
+        self.notices = notices
+        self.told_about_truncation = False
+        unknown = generator.vocab.unknown_chars(system_prompt)
+        if unknown:
+            self.notice(
+                f"dropped from the system prompt (not in the vocabulary): {quoted(unknown)}"
+            )
+        self.system_prompt = system_prompt
+
+    def notice(self, text: str) -> None:
+        print(f"({text})", file=self.notices, flush=True)
+
+    def prompt_for(self, user: str) -> str:
+        return data.render_prompt(user, self.system_prompt)
+
+    def warm_up(self) -> threading.Thread:
+        """Compile the decode loop in the background while the user types."""
+        thread = threading.Thread(
+            target=self.generator.warm_up, args=(self.prompt_for("hi"),), daemon=True
+        )
+        thread.start()
+        return thread
+
+    def answer(self, line: str) -> str | None:
+        """The reply to one user line, or None (with a notice) if nothing usable is left."""
+        vocab = self.generator.vocab
+        unknown = vocab.unknown_chars(line)
+        kept = "".join(c for c in line if c not in unknown)
+        if unknown and not kept:
+            self.notice(f"none of these characters are in the vocabulary: {quoted(unknown)}")
+            return None
+        if unknown:
+            self.notice(f"dropped characters not in the vocabulary: {quoted(unknown)}")
+        reply, truncated = self.generator.reply(self.prompt_for(kept))
+        if truncated and not self.told_about_truncation:
+            max_len = self.generator.model.config.max_len
+            self.notice(
+                f"prompt + reply exceed max_len={max_len} tokens: keeping the most recent {max_len}"
+            )
+            self.told_about_truncation = True
+        return reply
+
+
+def read_line(interactive: bool, stdin: TextIO) -> str | None:
+    """One input line without its newline; None at end of input."""
+    if interactive:
+        try:
+            return input(PROMPT)
+        except EOFError:
+            print()
+            return None
+    line = stdin.readline()
+    return line.rstrip("\r\n") if line else None
+
+
+def run_repl(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
+    """Loop until `exit`/`quit`, end of input or Ctrl-C."""
+    interactive = stdin.isatty() and stdout.isatty()
+    print(BANNER, file=stdout, flush=True)
+    if interactive:
+        session.warm_up()
+    try:
+        while True:
+            line = read_line(interactive, stdin)
+            if line is None or line.strip() in EXIT_WORDS:
+                return
+            if not line.strip():
+                continue
+            reply = session.answer(line.strip())
+            if reply is not None:
+                print(f"{ANSWER}{reply}", file=stdout, flush=True)
+    except KeyboardInterrupt:
+        print(file=stdout)

@@ -1,0 +1,52 @@
+"""`--mode=eval`: a checkpoint's validation figures and its replies to the training dialogs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from tinytx_jax import data, train
+from tinytx_jax.chat import ChatSession
+from tinytx_jax.trained import TrainedModel
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalReport:
+    val_loss: float
+    val_acc: float
+    val_targets: int
+    matches: int
+    misses: list[tuple[str, str, str]]  # (user, got, expected)
+
+    @property
+    def dialogs(self) -> int:
+        return self.matches + len(self.misses)
+
+
+def evaluate_checkpoint(
+    trained: TrainedModel, session: ChatSession, log: Callable[[str], None] = print
+) -> EvalReport:
+    """Validation loss/accuracy exactly as training reports them, then greedy exact match."""
+    config = trained.config
+    corpus = data.builtin_corpus(config.data_repeat)
+    if data.corpus_fingerprint(corpus) != trained.meta["data"]["fingerprint"]:
+        log("(the data differs from the checkpoint's training data: figures are not comparable)")
+    _, val_tokens = data.split_tokens(trained.vocab.encode(corpus), config.validation_fraction)
+    inputs, targets, mask = data.validation_chunks(val_tokens, config.block_size)
+    loss, acc = train.make_evaluate(trained.model)(trained.params, inputs, targets, mask)
+    matches, misses = 0, []
+    for user, expected in data.BUILTIN_DIALOGS:
+        got = session.answer(user)
+        if got == expected:
+            matches += 1
+        else:
+            misses.append((user, got, expected))
+    report = EvalReport(float(loss), float(acc), int(mask.sum()), matches, misses)
+    log(
+        f"Checkpoint epoch {trained.epoch}: val_loss={report.val_loss:.4f} "
+        f"val_acc={report.val_acc:.3f} (n={report.val_targets})"
+    )
+    log(f"Exact match: {report.matches}/{report.dialogs} training dialogs")
+    for user, got, expected in report.misses:
+        log(f"  miss: {user!r} -> {got!r} (expected {expected!r})")
+    return report
