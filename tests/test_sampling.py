@@ -57,13 +57,8 @@ def test_cached_equals_uncached_on_trained_weights(trained_workdir):
 
 
 def test_bucket_lengths():
-    assert [sampling.bucket_length(n, 512) for n in (1, 64, 65, 300, 512)] == [
-        64,
-        64,
-        128,
-        512,
-        512,
-    ]
+    lengths = [sampling.bucket_length(n, 512) for n in (1, 64, 65, 96, 97, 300, 512)]
+    assert lengths == [64, 64, 96, 96, 128, 320, 512]
     assert sampling.bucket_length(40, 32) == 32
 
 

@@ -7,6 +7,7 @@ characters, a cut context) go to stderr, one line each.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from typing import TextIO
@@ -15,6 +16,9 @@ import ml_collections
 
 from tinytx_jax import data
 from tinytx_jax.sampling import Generator, SamplingConfig
+
+with contextlib.suppress(ImportError):  # not on every platform; input() works without it
+    import readline  # noqa: F401 - line editing for input(), which then prompts on stdout
 
 BANNER = "Chat ready. Type 'exit' to quit."
 PROMPT = "You> "
@@ -57,10 +61,13 @@ class ChatSession:
         return data.render_prompt(user, self.system_prompt)
 
     def warm_up(self) -> threading.Thread:
-        """Compile the decode loop in the background while the user types."""
-        thread = threading.Thread(
-            target=self.generator.warm_up, args=(self.prompt_for("hi"),), daemon=True
-        )
+        """Compile the decode loops for short and medium lines while the user types."""
+
+        def compile_common_buckets() -> None:
+            for line in ("hi", "a question of some thirty chars"):
+                self.generator.warm_up(self.prompt_for(line))
+
+        thread = threading.Thread(target=compile_common_buckets, daemon=True)
         thread.start()
         return thread
 

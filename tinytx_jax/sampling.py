@@ -1,7 +1,7 @@
 """Text generation: a KV-cached decode loop that runs on the device and stops by itself.
 
-The prompt is right-padded to a power-of-two bucket (so prompts of different lengths
-share compilations) and prefilled in one forward pass that fills the KV cache; then a
+The prompt is right-padded to a bucket of a few fixed lengths (so prompts of different
+lengths share compilations) and prefilled in one forward pass that fills the KV cache; then a
 `lax.while_loop` samples one token per iteration, feeding it through the cached forward,
 until the end tag has been produced or `max_new_tokens` is reached. Padding is harmless:
 a padded position is always overwritten before any query may attend to it.
@@ -25,6 +25,7 @@ from tinytx_jax.data import ASSISTANT_END, Vocabulary
 from tinytx_jax.model import TinyTransformer
 
 MIN_BUCKET = 64
+BUCKET_STEP = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +58,12 @@ def sample_logits(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax
 
 
 def bucket_length(length: int, max_len: int) -> int:
-    """The padded prompt length: the next power of two (at least 64), capped at max_len."""
-    bucket = MIN_BUCKET
-    while bucket < length:
-        bucket *= 2
+    """The padded prompt length: a multiple of 32 (at least 64), capped at max_len.
+
+    Steps of 32 keep the prefill (which runs over the whole bucket) close to the prompt's
+    real length; each bucket compiles once, on first use.
+    """
+    bucket = max(MIN_BUCKET, -(-length // BUCKET_STEP) * BUCKET_STEP)
     return min(bucket, max_len)
 
 
