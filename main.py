@@ -15,9 +15,19 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tinytx_jax import chat, checkpoint, configuration, evaluation, sampling, train, trained
+from tinytx_jax import (
+    chat,
+    checkpoint,
+    configuration,
+    corpus,
+    evaluation,
+    metrics,
+    sampling,
+    train,
+    trained,
+)
 
-MODES = ("train_and_chat", "train", "chat", "eval")
+MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot")
 
 
 def fail(message: str) -> NoReturn:
@@ -48,11 +58,16 @@ _MODE = flags.DEFINE_enum(
     "mode",
     "train_and_chat",
     MODES,
-    "train_and_chat: train, then chat (the seed's behaviour); train; chat: load the workdir's "
-    "checkpoint and chat; eval: report a checkpoint's validation figures and exact matches.",
+    "train_and_chat: train, then chat (the seed's behaviour; plain-text data: then sample); "
+    "train; chat: load the workdir's checkpoint and chat; eval: report a checkpoint's "
+    "validation figures and exact matches; sample: continue --prompt freely; plot: write "
+    "WORKDIR/curves.png from WORKDIR/metrics.jsonl.",
 )
 _PROMPT = flags.DEFINE_string(
-    "prompt", None, "Answer this one line, print only the reply and exit (instead of the REPL)."
+    "prompt",
+    None,
+    "chat: answer this one line, print only the reply and exit (instead of the REPL); "
+    "sample: the text to continue.",
 )
 
 
@@ -73,23 +88,45 @@ def to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def chat_or_eval(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
-    """Load the workdir's checkpoint, then evaluate it, answer --prompt, or open the REPL."""
+def use_checkpoint(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
+    """Load the workdir's checkpoint, then evaluate it, sample, answer --prompt, or chat."""
     model = trained.load_trained(workdir, config.checkpoint, log=to_stderr)
     to_stderr(
         f"(loaded the {config.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
         f"val_loss {model.meta['metrics']['val_loss']:.4f})"
     )
+    plain_text = model.meta["data"]["kind"] == corpus.TEXT
+    if mode == "sample" or (plain_text and mode == "train_and_chat"):
+        sample(model, config)
+        return
+    if plain_text and mode == "chat":
+        fail(f"{workdir} holds a model of plain text, not dialogs: use --mode=sample")
     generator = sampling.Generator(
         model.model, model.params, model.vocab, chat.sampling_config(config)
     )
-    session = chat.ChatSession(generator, config.system_prompt)
+    session = chat.ChatSession(generator, config.system_prompt, config.chat_history)
     if mode == "eval":
         evaluation.evaluate_checkpoint(model, session)
     elif _PROMPT.value is not None:
         print(session.answer(_PROMPT.value) or "")
     else:
         chat.run_repl(session)
+
+
+def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict) -> None:
+    """Print --prompt and its free-running continuation of max_new_tokens characters."""
+    prompt = _PROMPT.value if _PROMPT.value is not None else "\n"
+    unknown = model.vocab.unknown_chars(prompt)
+    if unknown:
+        to_stderr(f"(dropped characters not in the vocabulary: {chat.quoted(unknown)})")
+    tokens = model.vocab.encode(prompt)
+    if not len(tokens):
+        fail("--prompt has no character of the model's vocabulary: give some text to continue")
+    generator = sampling.Generator(
+        model.model, model.params, model.vocab, chat.sampling_config(config), stop_text=""
+    )
+    continuation, _ = generator.generate_tokens(tokens)
+    print(model.vocab.decode(tokens) + model.vocab.decode(continuation))
 
 
 def main(argv: list[str]) -> None:
@@ -99,14 +136,23 @@ def main(argv: list[str]) -> None:
     config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
     try:
         configuration.check_config(config)
+        if mode == "plot":
+            print(f"Wrote {metrics.plot_curves(workdir)}")
+            return
         if mode in ("train", "train_and_chat"):
             train.train_and_evaluate(config, workdir)
         if mode != "train":
-            chat_or_eval(config, workdir, mode)
+            use_checkpoint(config, workdir, mode)
     except train.Interrupted as interrupted:
         print(interrupted, flush=True)
         sys.exit(128 + interrupted.signum)
-    except (configuration.ConfigError, checkpoint.CheckpointError, train.TrainingError) as error:
+    except (
+        configuration.ConfigError,
+        corpus.DataError,
+        checkpoint.CheckpointError,
+        train.TrainingError,
+        FileNotFoundError,
+    ) as error:
         fail(str(error))
 
 

@@ -6,9 +6,12 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
-    # Data: the built-in dialogs, repeated as the seed did; 10% held out.
+    # Data: the built-in dialogs (data_path ""), or a .jsonl of dialogs, or a .txt of text.
+    # Dialogs are repeated data_repeat times, as the seed did; the last 10% is held out.
+    config.data_path = ""
     config.data_repeat = 300
     config.validation_fraction = 0.1
+    config.loss_on = "all"  # "assistant": only reply characters and their end tag count
 
     # Model (the seed's single block, single head, no MLP, post-norm).
     config.d_model = 64
@@ -22,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Optimisation.
     config.lr = 5e-4
+    config.lr_schedule = "constant"  # the seed: warm-up, then plateau halving; or "cosine"
     config.weight_decay = 0.0
     config.clip_norm = 1.0
     config.warmup_steps = 200
@@ -51,8 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.top_k = 0  # 0: off
     config.top_p = 1.0  # 1: off
     config.sample_seed = 0
+    config.chat_history = False  # True: the REPL keeps the conversation as context
 
     # Logging and randomness.
     config.print_every = 1
+    config.profile_steps = 0  # > 0: write a jax.profiler trace of that many steps
     config.seed = 7
     return config

@@ -16,9 +16,12 @@ def test_corpus_numbers_match_the_seed():
 
 
 def test_dialog_rendering_is_the_seeds():
-    assert data.render_dialog("hi", "hello!") == (
+    text, mask = data.render_conversations((data.Conversation((("hi", "hello!"),)),))
+    assert text == (
         "<system>You are helpful.</system>\n<user>hi</user>\n<assistant>hello!</assistant>\n<eot>\n"
     )
+    assert "".join(c for c, m in zip(text, mask, strict=True) if m) == "hello!</assistant>"
+    assert text.startswith(data.render_prompt("hi"))
 
 
 def test_vocabulary_round_trip_and_unknowns():

@@ -18,7 +18,7 @@ def test_warmup_rates(step, rate):
 
 
 def test_optimizer_applies_the_warmup_rate_to_its_first_update():
-    tx = optim.make_optimizer(5e-4, 200, clip_norm=1.0, weight_decay=0.0)
+    tx = optim.make_optimizer(optim.warmup_schedule(5e-4, 200), clip_norm=1.0, weight_decay=0.0)
     params = {"w": jnp.zeros(3)}
     updates, _ = tx.update({"w": jnp.full(3, 0.1)}, tx.init(params), params)
     # Adam's first step moves each weight by the rate itself.
@@ -26,7 +26,7 @@ def test_optimizer_applies_the_warmup_rate_to_its_first_update():
 
 
 def test_gradients_are_really_clipped():
-    tx = optim.make_optimizer(5e-4, 200, clip_norm=1.0, weight_decay=0.0)
+    tx = optim.make_optimizer(optim.warmup_schedule(5e-4, 200), clip_norm=1.0, weight_decay=0.0)
     params = {"w": jnp.zeros(4)}
     _, state = tx.update({"w": jnp.full(4, 100.0)}, tx.init(params), params)
     first_moment = state[1][0].mu["w"]  # (1 - b1) * clipped gradient

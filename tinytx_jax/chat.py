@@ -41,11 +41,24 @@ def quoted(chars: str) -> str:
 
 
 class ChatSession:
-    """Answers user lines one at a time, reporting what it had to drop or cut."""
+    """Answers user lines one at a time, reporting what it had to drop or cut.
 
-    def __init__(self, generator: Generator, system_prompt: str, notices: TextIO = sys.stderr):
+    With `keep_history`, earlier turns stay in the prompt (trimmed to the most recent
+    `max_len` tokens by the generator); otherwise every line starts a fresh dialog, as the
+    seed did.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        system_prompt: str,
+        keep_history: bool = False,
+        notices: TextIO = sys.stderr,
+    ):
         self.generator = generator
         self.notices = notices
+        self.keep_history = keep_history
+        self.history: list[data.Turn] = []
         self.told_about_truncation = False
         unknown = generator.vocab.unknown_chars(system_prompt)
         if unknown:
@@ -57,19 +70,27 @@ class ChatSession:
     def notice(self, text: str) -> None:
         print(f"({text})", file=self.notices, flush=True)
 
-    def prompt_for(self, user: str) -> str:
-        return data.render_prompt(user, self.system_prompt)
-
     def warm_up(self) -> threading.Thread:
         """Compile the decode loops for short and medium lines while the user types."""
 
         def compile_common_buckets() -> None:
             for line in ("hi", "a question of some thirty chars"):
-                self.generator.warm_up(self.prompt_for(line))
+                self.generator.warm_up(data.render_prompt(line, self.system_prompt))
 
         thread = threading.Thread(target=compile_common_buckets, daemon=True)
         thread.start()
         return thread
+
+    def reply_in_context(self, user: str, system: str, history: tuple[data.Turn, ...]) -> str:
+        """The reply to `user` after `history`, noticing (once) if the context was cut."""
+        reply, truncated = self.generator.reply(data.render_prompt(user, system, history))
+        if truncated and not self.told_about_truncation:
+            max_len = self.generator.model.config.max_len
+            self.notice(
+                f"prompt + reply exceed max_len={max_len} tokens: keeping the most recent {max_len}"
+            )
+            self.told_about_truncation = True
+        return reply
 
     def answer(self, line: str) -> str | None:
         """The reply to one user line, or None (with a notice) if nothing usable is left."""
@@ -81,13 +102,10 @@ class ChatSession:
             return None
         if unknown:
             self.notice(f"dropped characters not in the vocabulary: {quoted(unknown)}")
-        reply, truncated = self.generator.reply(self.prompt_for(kept))
-        if truncated and not self.told_about_truncation:
-            max_len = self.generator.model.config.max_len
-            self.notice(
-                f"prompt + reply exceed max_len={max_len} tokens: keeping the most recent {max_len}"
-            )
-            self.told_about_truncation = True
+        history = tuple(self.history) if self.keep_history else ()
+        reply = self.reply_in_context(kept, self.system_prompt, history)
+        if self.keep_history:
+            self.history.append((kept, reply))
         return reply
 
 

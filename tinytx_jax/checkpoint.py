@@ -51,6 +51,7 @@ def make_meta(
     model_config: ModelConfig,
     run_config: dict,
     data_source: str,
+    data_kind: str,
     fingerprint: str,
     metrics: dict,
 ) -> dict:
@@ -60,7 +61,7 @@ def make_meta(
         "vocab": vocab_chars,
         "model": dataclasses.asdict(model_config),
         "config": run_config,
-        "data": {"source": data_source, "fingerprint": fingerprint},
+        "data": {"source": data_source, "kind": data_kind, "fingerprint": fingerprint},
         "metrics": metrics,
         "versions": package_versions(),
     }
@@ -187,13 +188,19 @@ def one_line(error: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "curves.png", "profile")
+
+
 def set_aside(workdir: str | os.PathLike) -> Path | None:
-    """Move existing checkpoints out of the way (never delete them) before starting over."""
-    directory = checkpoint_dir(workdir)
-    if not directory.exists() or not any(directory.iterdir()):
+    """Move an earlier run's files into `WORKDIR/replaced-<time>/` (never delete them)."""
+    root = Path(workdir).expanduser().absolute()
+    present = [root / name for name in RUN_FILES if (root / name).exists()]
+    if not present:
         return None
-    target = directory.with_name(f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-    directory.rename(target)
+    target = root / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.mkdir()
+    for path in present:
+        path.rename(target / path.name)
     return target
 
 

@@ -8,6 +8,8 @@ from tinytx_jax.model import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
 CHECKPOINT_CHOICES = ("best", "latest")
+LR_SCHEDULES = ("constant", "cosine")
+LOSS_ON = ("all", "assistant")
 
 
 class ConfigError(ValueError):
@@ -43,7 +45,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for name in positive:
         value = config[name]
         _require(value > 0, f"config.{name} must be positive, got {value}")
-    for name in ("weight_decay", "warmup_steps", "min_lr", "temperature", "top_k"):
+    for name in ("weight_decay", "warmup_steps", "min_lr", "temperature", "top_k", "profile_steps"):
         _require(config[name] >= 0, f"config.{name} must be >= 0, got {config[name]}")
     _require(
         config.block_size <= config.max_len,
@@ -76,6 +78,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         config.checkpoint in CHECKPOINT_CHOICES,
         f"config.checkpoint must be one of {CHECKPOINT_CHOICES}, got {config.checkpoint!r}",
     )
+    for name, choices in (("lr_schedule", LR_SCHEDULES), ("loss_on", LOSS_ON)):
+        _require(
+            config[name] in choices, f"config.{name} must be one of {choices}, got {config[name]!r}"
+        )
     _require(config.dtype in DTYPES, f"config.dtype must be one of {DTYPES}, got {config.dtype!r}")
 
 

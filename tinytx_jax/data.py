@@ -1,4 +1,4 @@
-"""Input pipeline: the seed's built-in dialog corpus, its character vocabulary and split.
+"""Input pipeline: dialog rendering, the built-in corpus, the character vocabulary, the split.
 
 Everything here is plain numpy on the host; the training loop moves the token arrays
 to the device once and samples windows there.
@@ -23,20 +23,50 @@ BUILTIN_REPEAT = 300
 VALIDATION_FRACTION = 0.1
 
 
-def render_prompt(user: str, system: str = SYSTEM_PROMPT) -> str:
-    """The text the model continues to answer `user`: everything up to `<assistant>`."""
-    return f"<system>{system}</system>\n<user>{user}</user>\n<assistant>"
+Turn = tuple[str, str]  # (user, assistant)
 
 
-def render_dialog(user: str, assistant: str, system: str = SYSTEM_PROMPT) -> str:
-    """One training dialog, byte for byte as the seed wrote it."""
-    return render_prompt(user, system) + assistant + ASSISTANT_END + "\n" + END_OF_TURN
+@dataclasses.dataclass(frozen=True)
+class Conversation:
+    """A system prompt and one or more user/assistant turns."""
+
+    turns: tuple[Turn, ...]
+    system: str = SYSTEM_PROMPT
+
+
+BUILTIN_CONVERSATIONS = tuple(Conversation((dialog,)) for dialog in BUILTIN_DIALOGS)
+
+
+def render_prompt(user: str, system: str = SYSTEM_PROMPT, history: tuple[Turn, ...] = ()) -> str:
+    """The text the model continues to answer `user` after `history`: up to `<assistant>`."""
+    context = "".join(f"<user>{u}</user>\n<assistant>{a}{ASSISTANT_END}\n" for u, a in history)
+    return f"<system>{system}</system>\n{context}<user>{user}</user>\n<assistant>"
+
+
+def conversation_segments(conversation: Conversation) -> list[tuple[str, bool]]:
+    """The rendered text in pieces, each flagged True if it is reply text or its end tag."""
+    segments = [(f"<system>{conversation.system}</system>\n", False)]
+    for user, assistant in conversation.turns:
+        segments.append((f"<user>{user}</user>\n<assistant>", False))
+        segments.append((assistant + ASSISTANT_END, True))
+        segments.append(("\n", False))
+    segments.append((END_OF_TURN, False))
+    return segments
+
+
+def render_conversations(
+    conversations: tuple[Conversation, ...], repeat: int = 1
+) -> tuple[str, np.ndarray]:
+    """Training text exactly as the seed rendered dialogs, and its per-character reply mask."""
+    segments = [piece for c in conversations for piece in conversation_segments(c)]
+    text = "".join(piece for piece, _ in segments)
+    mask = np.concatenate([np.full(len(piece), flag, np.uint8) for piece, flag in segments])
+    return text * repeat, np.tile(mask, repeat)
 
 
 def builtin_corpus(repeat: int = BUILTIN_REPEAT) -> str:
     """The seed's corpus: its three dialogs in order, the pass repeated `repeat` times."""
-    one_pass = "".join(render_dialog(user, assistant) for user, assistant in BUILTIN_DIALOGS)
-    return one_pass * repeat
+    return render_conversations(BUILTIN_CONVERSATIONS, repeat)[0]
 
 
 def corpus_fingerprint(text: str) -> str:
@@ -83,11 +113,14 @@ def split_tokens(
     return tokens[:cutoff], tokens[cutoff:]
 
 
-def validation_chunks(tokens: np.ndarray, chunk_len: int) -> tuple[np.ndarray, ...]:
+def validation_chunks(
+    tokens: np.ndarray, chunk_len: int, loss_mask: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
     """Consecutive non-overlapping (input, target) chunks, padded to one fixed shape.
 
-    Returns `inputs, targets, mask`, each `[num_chunks, chunk_len]`; the mask marks
-    the real targets so a short last chunk costs no recompilation.
+    Returns `inputs, targets, mask`, each `[num_chunks, chunk_len]`; the mask marks the
+    real targets (and, with `loss_mask`, only those it selects) so a short last chunk
+    costs no recompilation.
     """
     num_targets = len(tokens) - 1
     if num_targets < 1:
@@ -99,6 +132,6 @@ def validation_chunks(tokens: np.ndarray, chunk_len: int) -> tuple[np.ndarray, .
     mask = np.zeros(padded, np.float32)
     inputs[:num_targets] = tokens[:-1]
     targets[:num_targets] = tokens[1:]
-    mask[:num_targets] = 1.0
+    mask[:num_targets] = 1.0 if loss_mask is None else loss_mask[1:]
     shape = (num_chunks, chunk_len)
     return inputs.reshape(shape), targets.reshape(shape), mask.reshape(shape)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from tinytx_jax import data, train
+from tinytx_jax import corpus, data, train
 from tinytx_jax.chat import ChatSession
 from tinytx_jax.trained import TrainedModel
 
@@ -26,27 +26,36 @@ class EvalReport:
 def evaluate_checkpoint(
     trained: TrainedModel, session: ChatSession, log: Callable[[str], None] = print
 ) -> EvalReport:
-    """Validation loss/accuracy exactly as training reports them, then greedy exact match."""
+    """Validation loss/accuracy exactly as training reports them, then greedy exact match.
+
+    Every assistant turn of the training dialogs is asked for, after the turns before it.
+    """
     config = trained.config
-    corpus = data.builtin_corpus(config.data_repeat)
-    if data.corpus_fingerprint(corpus) != trained.meta["data"]["fingerprint"]:
+    text = corpus.load_corpus(config.data_path, config.data_repeat)
+    if data.corpus_fingerprint(text.text) != trained.meta["data"]["fingerprint"]:
         log("(the data differs from the checkpoint's training data: figures are not comparable)")
-    _, val_tokens = data.split_tokens(trained.vocab.encode(corpus), config.validation_fraction)
-    inputs, targets, mask = data.validation_chunks(val_tokens, config.block_size)
+    _, val_tokens = data.split_tokens(trained.vocab.encode(text.text), config.validation_fraction)
+    _, val_mask = data.split_tokens(text.reply_mask, config.validation_fraction)
+    reply_only = config.loss_on == "assistant"
+    inputs, targets, mask = data.validation_chunks(
+        val_tokens, config.block_size, val_mask if reply_only else None
+    )
     loss, acc = train.make_evaluate(trained.model)(trained.params, inputs, targets, mask)
     matches, misses = 0, []
-    for user, expected in data.BUILTIN_DIALOGS:
-        got = session.answer(user)
-        if got == expected:
-            matches += 1
-        else:
-            misses.append((user, got, expected))
+    for conversation in text.conversations:
+        for i, (user, expected) in enumerate(conversation.turns):
+            got = session.reply_in_context(user, conversation.system, conversation.turns[:i])
+            if got == expected:
+                matches += 1
+            else:
+                misses.append((user, got, expected))
     report = EvalReport(float(loss), float(acc), int(mask.sum()), matches, misses)
     log(
         f"Checkpoint epoch {trained.epoch}: val_loss={report.val_loss:.4f} "
         f"val_acc={report.val_acc:.3f} (n={report.val_targets})"
     )
-    log(f"Exact match: {report.matches}/{report.dialogs} training dialogs")
+    if text.conversations:
+        log(f"Exact match: {report.matches}/{report.dialogs} assistant turns")
     for user, got, expected in report.misses:
         log(f"  miss: {user!r} -> {got!r} (expected {expected!r})")
     return report

@@ -4,7 +4,8 @@
 update has no such value. So the chain `clip_by_global_norm -> adamw(warm-up)` runs every
 step, the plateau transform keeps its own state in the train state, is stepped once per
 epoch with the validation loss, and its `scale` multiplies every update in between. The
-effective learning rate is therefore `warmup_schedule(step) * plateau.scale`.
+effective learning rate is therefore `schedule(step) * plateau.scale`. With the `cosine`
+schedule the plateau transform is not stepped and its scale stays 1.
 
 Plateau semantics (documented difference from the seed): a loss counts as better when
 `val + 1e-6 < best`; after `plateau_patience` epochs without a better one the rate is
@@ -33,13 +34,25 @@ def warmup_schedule(lr: float, warmup_steps: int) -> optax.Schedule:
     return schedule
 
 
+def cosine_schedule(
+    lr: float, warmup_steps: int, total_steps: int, min_lr: float
+) -> optax.Schedule:
+    """The seed's warm-up, then cosine decay from `lr` to `min_lr` at `total_steps`."""
+    decay = optax.cosine_decay_schedule(
+        lr, decay_steps=max(total_steps - warmup_steps, 1), alpha=min_lr / lr
+    )
+    if warmup_steps <= 0:
+        return decay
+    return optax.join_schedules([warmup_schedule(lr, warmup_steps), decay], [warmup_steps])
+
+
 def make_optimizer(
-    lr: float, warmup_steps: int, clip_norm: float, weight_decay: float
+    schedule: optax.Schedule, clip_norm: float, weight_decay: float
 ) -> optax.GradientTransformation:
     """The per-step chain; AdamW's decay is decoupled (the seed's default decay is 0)."""
     return optax.chain(
         optax.clip_by_global_norm(clip_norm),
-        optax.adamw(warmup_schedule(lr, warmup_steps), weight_decay=weight_decay),
+        optax.adamw(schedule, weight_decay=weight_decay),
     )
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from tinytx_jax import checkpoint, configuration, data, interrupt, optim
+from tinytx_jax import checkpoint, configuration, corpus, data, interrupt, metrics, optim, progress
 from tinytx_jax.model import ModelConfig, TinyTransformer
 
 
@@ -60,13 +60,14 @@ class Task:
     model: TinyTransformer
     tx: optax.GradientTransformation
     plateau: optax.GradientTransformationExtraArgs
+    plateau_enabled: bool
     schedule: optax.Schedule
     vocab: data.Vocabulary
     train_tokens: jax.Array
+    train_weights: jax.Array | None  # per-token loss weights; None: every token counts
     val_chunks: tuple[jax.Array, jax.Array, jax.Array]
     val_targets: int
-    corpus: str
-    data_source: str
+    corpus: corpus.Corpus
 
     def initial_state(self, seed: int) -> TrainState:
         return init_train_state(self.model, self.tx, self.plateau, seed)
@@ -77,11 +78,18 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
 
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    if config.lr_schedule == "cosine":
+        total_steps = config.epochs * config.steps_per_epoch
+        return optim.cosine_schedule(config.lr, config.warmup_steps, total_steps, config.min_lr)
+    return optim.warmup_schedule(config.lr, config.warmup_steps)
+
+
 def make_optimizers(
     config: ml_collections.ConfigDict,
 ) -> tuple[optax.GradientTransformation, optax.GradientTransformationExtraArgs]:
     """The per-step chain and the per-epoch plateau transform of a run config."""
-    tx = optim.make_optimizer(config.lr, config.warmup_steps, config.clip_norm, config.weight_decay)
+    tx = optim.make_optimizer(make_schedule(config), config.clip_norm, config.weight_decay)
     plateau = optim.make_plateau(
         config.lr, config.plateau_factor, config.plateau_patience, config.min_lr
     )
@@ -90,32 +98,50 @@ def make_optimizers(
 
 def build_task(config: ml_collections.ConfigDict) -> Task:
     """Corpus, vocabulary, split, model and optimizer for `config` (already checked)."""
-    corpus = data.builtin_corpus(config.data_repeat)
-    vocab = data.Vocabulary.from_text(corpus)
-    train_tokens, val_tokens = data.split_tokens(vocab.encode(corpus), config.validation_fraction)
+    text = corpus.load_corpus(config.data_path, config.data_repeat)
+    if config.loss_on == "assistant" and text.kind != corpus.DIALOGS:
+        raise configuration.ConfigError(
+            f"config.loss_on='assistant' needs dialog data, and {text.source} is plain text: "
+            "use loss_on='all'"
+        )
+    vocab = data.Vocabulary.from_text(text.text)
+    train_tokens, val_tokens = data.split_tokens(
+        vocab.encode(text.text), config.validation_fraction
+    )
+    train_mask, val_mask = data.split_tokens(text.reply_mask, config.validation_fraction)
     if len(train_tokens) <= config.block_size:
         raise configuration.ConfigError(
-            f"the training split has {len(train_tokens)} tokens, too few for config.block_size="
-            f"{config.block_size}: lower block_size or raise data_repeat"
+            f"{text.source}: the training split has {len(train_tokens)} tokens, too few for "
+            f"config.block_size={config.block_size}: lower block_size or add data"
         )
     if len(val_tokens) < 2:
         raise configuration.ConfigError(
-            "the validation split has fewer than 2 tokens: raise data_repeat or validation_fraction"
+            f"{text.source}: the validation split has fewer than 2 tokens: add data or raise "
+            "validation_fraction"
         )
-    val_inputs, val_targets, val_mask = data.validation_chunks(val_tokens, config.block_size)
+    reply_only = config.loss_on == "assistant"
+    val_inputs, val_targets, val_weights = data.validation_chunks(
+        val_tokens, config.block_size, val_mask if reply_only else None
+    )
+    if not val_weights.any():
+        raise configuration.ConfigError(
+            f"{text.source}: the validation split holds no assistant reply: add data or raise "
+            "validation_fraction"
+        )
     model = TinyTransformer(configuration.model_config(config, vocab.size))
     tx, plateau = make_optimizers(config)
     return Task(
         model=model,
         tx=tx,
         plateau=plateau,
-        schedule=optim.warmup_schedule(config.lr, config.warmup_steps),
+        plateau_enabled=config.lr_schedule == "constant",
+        schedule=make_schedule(config),
         vocab=vocab,
         train_tokens=jnp.asarray(train_tokens),
-        val_chunks=(jnp.asarray(val_inputs), jnp.asarray(val_targets), jnp.asarray(val_mask)),
-        val_targets=int(val_mask.sum()),
-        corpus=corpus,
-        data_source=f"builtin dialogs x {config.data_repeat}",
+        train_weights=jnp.asarray(train_mask, jnp.float32) if reply_only else None,
+        val_chunks=(jnp.asarray(val_inputs), jnp.asarray(val_targets), jnp.asarray(val_weights)),
+        val_targets=int(val_weights.sum()),
+        corpus=text,
     )
 
 
@@ -155,20 +181,31 @@ def abstract_train_state(
 def make_train_epoch(
     task: Task, steps_per_epoch: int, batch_size: int, block_size: int
 ) -> StateUpdate:
-    """A jitted `(state, train_tokens) -> (state, mean train loss)` running one epoch."""
-    model, tx = task.model, task.tx
+    """A jitted `(state, train_tokens) -> (state, mean train loss)` running one epoch.
+
+    With `task.train_weights`, the loss averages only over the weighted targets (e.g. the
+    assistant's replies); the weights stay on the device beside the tokens.
+    """
+    model, tx, weights = task.model, task.tx, task.train_weights
+
+    def window(array: jax.Array, start: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(array, (start,), (block_size + 1,))
 
     def train_step(state: TrainState, step_key: jax.Array, tokens: jax.Array):
         window_key, dropout_key = jax.random.split(step_key)
         starts = jax.random.randint(window_key, (batch_size,), 0, tokens.shape[0] - block_size)
-        windows = jax.vmap(lambda s: jax.lax.dynamic_slice(tokens, (s,), (block_size + 1,)))(starts)
+        windows = jax.vmap(lambda s: window(tokens, s))(starts)
         inputs, targets = windows[:, :-1], windows[:, 1:]
 
         def loss_fn(params):
             logits = model.apply(
                 {"params": params}, inputs, deterministic=False, rngs={"dropout": dropout_key}
             )
-            return cross_entropy(logits, targets).mean()
+            losses = cross_entropy(logits, targets)
+            if weights is None:
+                return losses.mean()
+            target_weights = jax.vmap(lambda s: window(weights, s)[1:])(starts)
+            return (losses * target_weights).sum() / jnp.maximum(target_weights.sum(), 1.0)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -203,7 +240,9 @@ def make_end_epoch(task: Task, min_delta: float) -> StateUpdate:
     """A jitted `(state, val_loss) -> (state, next lr)`: plateau and early-stop bookkeeping."""
 
     def end_epoch(state: TrainState, val_loss: jax.Array):
-        _, plateau_state = task.plateau.update({}, state.plateau_state, value=val_loss)
+        plateau_state = state.plateau_state
+        if task.plateau_enabled:
+            _, plateau_state = task.plateau.update({}, plateau_state, value=val_loss)
         improved = val_loss + min_delta < state.best_val_loss
         state = state.replace(
             plateau_state=plateau_state,
@@ -304,18 +343,19 @@ def train_and_evaluate(
     """Train as configured, validating after every epoch and checkpointing into `workdir`.
 
     Resumes from the latest checkpoint in `workdir` unless `config.resume` is False, in
-    which case earlier checkpoints are moved aside. Returns the final state and the
-    metrics of the epochs this call ran.
+    which case the earlier run's files are moved aside. Writes `metrics.jsonl`, TensorBoard
+    events and `curves.png` there. Returns the final state and the metrics of the epochs
+    this call ran.
     """
     configuration.check_config(config)
     task = build_task(config)
     if not config.resume:
         moved = checkpoint.set_aside(workdir)
         if moved:
-            log(f"Starting over: the previous checkpoints were moved to {moved}")
+            log(f"Starting over: the previous run's files were moved to {moved}")
     store = checkpoint.CheckpointStore(workdir, keep=config.keep_checkpoints)
     try:
-        return _run_epochs(config, task, store, log)
+        return _run_epochs(config, task, store, workdir, log)
     finally:
         store.close()  # waits for any save still being written
 
@@ -324,6 +364,7 @@ def _run_epochs(
     config: ml_collections.ConfigDict,
     task: Task,
     store: checkpoint.CheckpointStore,
+    workdir: str,
     log: Callable[[str], None],
 ) -> tuple[TrainState, list[EpochMetrics]]:
     state = task.initial_state(config.seed)
@@ -337,66 +378,111 @@ def _run_epochs(
     )
     evaluate = make_evaluate(task.model)
     end_epoch = make_end_epoch(task, optim.PLATEAU_MIN_DELTA)
+    if config.profile_steps:
+        log(f"Wrote a profile of {config.profile_steps} steps to {profile(task, config, workdir)}")
 
     device = jax.devices()[0]
     log(
         f"Training with JAX on {device.platform} ({count_params(state.params):,} params, "
         f"vocab {task.vocab.size}, {task.train_tokens.shape[0]:,} train / "
-        f"{task.val_targets + 1:,} val tokens)"
+        f"{len(task.corpus.text) - task.train_tokens.shape[0]:,} val tokens, "
+        f"data: {task.corpus.source})"
     )
     first_epoch = int(state.epoch) + 1
+    metrics_log = metrics.MetricsLog(workdir, resumed_epoch=first_epoch - 1)
+    bar = progress.Progress(config.epochs, first_epoch - 1, log, progress.Progress.wanted(log))
     history: list[EpochMetrics] = []
     saved_epoch, blocked = first_epoch - 1, []
-    start = time.perf_counter()
-    with interrupt.SignalCatcher() as signals:
-        for epoch in range(first_epoch, config.epochs + 1):
-            state, train_loss = train_epoch(state, task.train_tokens)
-            val_loss, val_acc = evaluate(state.params, *task.val_chunks)
-            state, lr = end_epoch(state, val_loss)
-            metrics = EpochMetrics(
-                epoch,
-                float(train_loss),
-                float(val_loss),
-                float(val_acc),
-                task.val_targets,
-                float(lr),
-            )
-            history.append(metrics)
-            if epoch % config.print_every == 0:
-                log(format_epoch_line(metrics))
-            if not (np.isfinite(metrics.train_loss) and np.isfinite(metrics.val_loss)):
-                kept = (
-                    f"kept the last good checkpoint (epoch {saved_epoch}) in {store.directory}"
-                    if saved_epoch
-                    else "no checkpoint was saved"
+    start = epoch_start = time.perf_counter()
+    try:
+        with interrupt.SignalCatcher() as signals:
+            for epoch in range(first_epoch, config.epochs + 1):
+                state, train_loss = train_epoch(state, task.train_tokens)
+                val_loss, val_acc = evaluate(state.params, *task.val_chunks)
+                state, lr = end_epoch(state, val_loss)
+                m = EpochMetrics(
+                    epoch,
+                    float(train_loss),
+                    float(val_loss),
+                    float(val_acc),
+                    task.val_targets,
+                    float(lr),
                 )
-                raise TrainingError(
-                    f"the loss is not finite at epoch {epoch} (train_loss={metrics.train_loss}, "
-                    f"val_loss={metrics.val_loss}); {kept}: lower config.lr or check the data"
+                history.append(m)
+                now = time.perf_counter()
+                metrics_log.write(
+                    _record(m, int(state.step), config, now - epoch_start, now - start)
                 )
-            reason = stop_reason(metrics, state, config)
-            last = reason is not None or signals.received or epoch == config.epochs
-            if epoch % config.checkpoint_every == 0 or last:
-                blocked.append(store.save(epoch, state, _meta(config, task, metrics), val_loss))
-                saved_epoch = epoch
-            if signals.received:
-                store.wait()
-                raise Interrupted(
-                    signals.received,
-                    f"Interrupted at epoch {epoch}: checkpoint saved to "
-                    f"{store.directory / str(epoch)}; run the same command to resume",
-                )
-            if reason:
-                log(reason)
-                break
+                epoch_start = now
+                bar.update(m.train_loss, m.val_acc, m.lr)
+                if epoch % config.print_every == 0:
+                    bar.log(format_epoch_line(m))
+                if not (np.isfinite(m.train_loss) and np.isfinite(m.val_loss)):
+                    kept = (
+                        f"kept the last good checkpoint (epoch {saved_epoch}) in {store.directory}"
+                        if saved_epoch
+                        else "no checkpoint was saved"
+                    )
+                    raise TrainingError(
+                        f"the loss is not finite at epoch {epoch} (train_loss={m.train_loss}, "
+                        f"val_loss={m.val_loss}); {kept}: lower config.lr or check the data"
+                    )
+                reason = stop_reason(m, state, config)
+                last = reason is not None or signals.received or epoch == config.epochs
+                if epoch % config.checkpoint_every == 0 or last:
+                    blocked.append(store.save(epoch, state, _meta(config, task, m), val_loss))
+                    saved_epoch = epoch
+                if signals.received:
+                    store.wait()
+                    raise Interrupted(
+                        signals.received,
+                        f"Interrupted at epoch {epoch}: checkpoint saved to "
+                        f"{store.directory / str(epoch)}; run the same command to resume",
+                    )
+                if reason:
+                    bar.log(reason)
+                    break
+    finally:
+        bar.close()
+        metrics_log.close()
     if epoch % config.print_every:
         log(format_epoch_line(history[-1]))
     log(
         f"Trained to step {int(state.step):,} in {time.perf_counter() - start:.1f} s; "
         f"checkpoints saved: {len(blocked)} in {store.directory} (longest save blocked "
-        f"{max(blocked) * 1e3:.0f} ms)"
+        f"{max(blocked) * 1e3:.0f} ms); curves: {metrics.plot_curves(workdir)}"
     )
     return state, history
+
+
+def _record(
+    m: EpochMetrics, step: int, config: ml_collections.ConfigDict, seconds: float, elapsed: float
+) -> dict:
+    """One line of metrics.jsonl."""
+    steps_per_s = config.steps_per_epoch / seconds
+    return {
+        "epoch": m.epoch,
+        "step": step,
+        "train_loss": m.train_loss,
+        "val_loss": m.val_loss,
+        "val_acc": m.val_acc,
+        "lr": m.lr,
+        "steps_per_s": steps_per_s,
+        "tokens_per_s": steps_per_s * config.batch_size * config.block_size,
+        "elapsed_s": elapsed,
+    }
+
+
+def profile(task: Task, config: ml_collections.ConfigDict, workdir: str) -> str:
+    """A `jax.profiler` trace of `profile_steps` compiled steps, on a throwaway state."""
+    steps = make_train_epoch(task, config.profile_steps, config.batch_size, config.block_size)
+    state, loss = steps(task.initial_state(config.seed), task.train_tokens)
+    loss.block_until_ready()  # compiled outside the trace
+    directory = str(checkpoint.checkpoint_dir(workdir).parent / "profile")
+    with jax.profiler.trace(directory):
+        _, loss = steps(state, task.train_tokens)
+        loss.block_until_ready()
+    return directory
 
 
 def _meta(config: ml_collections.ConfigDict, task: Task, metrics: EpochMetrics) -> dict:
@@ -404,7 +490,8 @@ def _meta(config: ml_collections.ConfigDict, task: Task, metrics: EpochMetrics) 
         vocab_chars=task.vocab.chars,
         model_config=task.model.config,
         run_config=config.to_dict(),
-        data_source=task.data_source,
-        fingerprint=data.corpus_fingerprint(task.corpus),
+        data_source=task.corpus.source,
+        data_kind=task.corpus.kind,
+        fingerprint=data.corpus_fingerprint(task.corpus.text),
         metrics=dataclasses.asdict(metrics),
     )

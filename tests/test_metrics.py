@@ -1,0 +1,99 @@
+"""metrics.jsonl, TensorBoard events, curves.png, plain output off a terminal, chat history."""
+
+import io
+import json
+import struct
+
+from tensorboardX.proto import event_pb2
+
+from tests.conftest import run_main
+from tinytx_jax import chat, data, metrics, sampling, train, trained
+
+
+def read_events(directory):
+    """Scalar values by tag from TFRecord-framed event files (no TensorFlow needed)."""
+    scalars = {}
+    for path in directory.glob("events.out.tfevents.*"):
+        raw = path.read_bytes()
+        offset = 0
+        while offset < len(raw):
+            (length,) = struct.unpack("<Q", raw[offset : offset + 8])
+            event = event_pb2.Event.FromString(raw[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_metrics_jsonl_tensorboard_and_curves(trained_workdir):
+    records = [
+        json.loads(line) for line in (trained_workdir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
+    for record in records:
+        assert set(record) == {
+            "epoch",
+            "step",
+            "train_loss",
+            "val_loss",
+            "val_acc",
+            "lr",
+            "steps_per_s",
+            "tokens_per_s",
+            "elapsed_s",
+        }
+    assert records[-1]["val_acc"] >= 0.99 and records[-1]["step"] == 25 * len(records)
+    scalars = read_events(trained_workdir / "tensorboard")
+    assert [step for step, _ in scalars["val_loss"]] == [r["epoch"] for r in records]
+    assert scalars["val_loss"][-1][1] == records[-1]["val_loss"]
+    png = (trained_workdir / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_resume_drops_metrics_of_epochs_trained_again(small_config, tmp_path):
+    small_config.update(epochs=2, steps_per_epoch=5, checkpoint_every=1)
+    train.train_and_evaluate(small_config, str(tmp_path), log=lambda _: None)
+    path = tmp_path / metrics.METRICS_FILE
+    stale = json.loads(path.read_text().splitlines()[-1])
+    path.write_text(path.read_text() + json.dumps({**stale, "epoch": 3}) + "\n")
+    small_config.epochs = 3
+    train.train_and_evaluate(small_config, str(tmp_path), log=lambda _: None)
+    assert [r["epoch"] for r in metrics.read_metrics(path)] == [1, 2, 3]
+
+
+def test_plot_mode_and_piped_output_has_no_control_characters(trained_workdir, tmp_path):
+    result = run_main("--mode=plot", f"--workdir={trained_workdir}")
+    assert result.returncode == 0 and "curves.png" in result.stdout
+    result = run_main("--mode=plot", f"--workdir={tmp_path}")
+    assert result.returncode == 2 and "no metrics in" in result.stderr
+    result = run_main(
+        "--mode=train", "--config=configs/fast.py", f"--workdir={tmp_path}", "--config.epochs=2"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Epoch 2," in result.stdout
+    assert "\r" not in result.stdout + result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
+
+
+def test_chat_history_keeps_earlier_turns_in_the_prompt(trained_workdir):
+    model = trained.load_trained(trained_workdir, log=lambda _: None)
+    generator = sampling.Generator(
+        model.model, model.params, model.vocab, sampling.SamplingConfig()
+    )
+    prompts = []
+    real_reply = generator.reply
+
+    def recording_reply(prompt):
+        prompts.append(prompt)
+        return real_reply(prompt)
+
+    generator.reply = recording_reply
+    session = chat.ChatSession(
+        generator, data.SYSTEM_PROMPT, keep_history=True, notices=io.StringIO()
+    )
+    assert session.answer("hi") == "hello!"
+    session.answer("what is 2+2?")
+    assert prompts[1] == data.render_prompt("what is 2+2?", history=(("hi", "hello!"),))
+    fresh = chat.ChatSession(generator, data.SYSTEM_PROMPT, notices=io.StringIO())
+    fresh.answer("what is 2+2?")
+    assert prompts[2] == data.render_prompt("what is 2+2?")

@@ -1,0 +1,115 @@
+"""Training data from a file: dialogs as JSON Lines, or plain UTF-8 text.
+
+Dialog lines are either `{"system": "...", "turns": [{"user": "...", "assistant": "..."}]}`
+(`system` optional) or the one-turn shorthand `{"user": "...", "assistant": "..."}`; they
+are rendered with the seed's tags and `<eot>` separator, exactly as the built-in corpus.
+A `.txt` file is trained on as it is, as a character language model. Any problem stops
+before training with one line naming the file, the line and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tinytx_jax import data
+
+DIALOGS, TEXT = "dialogs", "text"
+DIALOG_SUFFIXES = (".jsonl", ".json")
+TEXT_SUFFIXES = (".txt",)
+
+
+class DataError(ValueError):
+    """Unusable training data; the message names the file, line and problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """The training text, which characters are reply text, and where it came from."""
+
+    text: str
+    reply_mask: np.ndarray  # uint8 per character: 1 for assistant replies and their end tag
+    kind: str  # DIALOGS or TEXT
+    source: str
+    conversations: tuple[data.Conversation, ...]  # empty for plain text
+
+
+def load_corpus(data_path: str, repeat: int) -> Corpus:
+    """The built-in dialogs (empty path) or a file's; dialogs are repeated `repeat` times."""
+    if not data_path:
+        conversations = data.BUILTIN_CONVERSATIONS
+        text, mask = data.render_conversations(conversations, repeat)
+        return Corpus(text, mask, DIALOGS, f"builtin dialogs x {repeat}", conversations)
+    path = Path(data_path)
+    if path.suffix not in DIALOG_SUFFIXES + TEXT_SUFFIXES:
+        raise DataError(
+            f"{path}: unknown data format {path.suffix!r}: use .jsonl for dialogs or .txt "
+            "for plain text"
+        )
+    content = read_utf8(path)
+    if not content.strip():
+        raise DataError(f"{path}: the file is empty")
+    if path.suffix in TEXT_SUFFIXES:
+        return Corpus(content, np.ones(len(content), np.uint8), TEXT, str(path), ())
+    conversations = parse_dialogs(content, path)
+    text, mask = data.render_conversations(conversations, repeat)
+    return Corpus(text, mask, DIALOGS, f"{path} x {repeat}", conversations)
+
+
+def read_utf8(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 ({error.reason} at byte {error.start})"
+        ) from None
+
+
+def _string(record: dict, key: str, where: str) -> str:
+    if key not in record:
+        raise DataError(f"{where}: missing field {key!r}")
+    value = record[key]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _turn(record: object, where: str) -> data.Turn:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: a turn must be an object with 'user' and 'assistant'")
+    return _string(record, "user", where), _string(record, "assistant", where)
+
+
+def parse_dialogs(content: str, path: Path) -> tuple[data.Conversation, ...]:
+    """One conversation per non-blank line."""
+    conversations = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where}: not JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        system = _string(record, "system", where) if "system" in record else data.SYSTEM_PROMPT
+        if "turns" in record:
+            turns = record["turns"]
+            if not isinstance(turns, list) or not turns:
+                raise DataError(f"{where}: field 'turns' must be a non-empty list")
+            parsed = tuple(_turn(turn, f"{where} (turn {i})") for i, turn in enumerate(turns, 1))
+        elif "user" in record or "assistant" in record:
+            parsed = (_turn(record, where),)
+        else:
+            raise DataError(f"{where}: missing field 'turns' (or 'user' and 'assistant')")
+        conversations.append(data.Conversation(parsed, system))
+    return tuple(conversations)
