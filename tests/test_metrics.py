@@ -97,3 +97,11 @@ def test_chat_history_keeps_earlier_turns_in_the_prompt(trained_workdir):
     fresh = chat.ChatSession(generator, data.SYSTEM_PROMPT, notices=io.StringIO())
     fresh.answer("what is 2+2?")
     assert prompts[2] == data.render_prompt("what is 2+2?")
+
+
+def test_profile_steps_writes_a_trace(small_config, tmp_path):
+    small_config.update(epochs=1, steps_per_epoch=3, profile_steps=3)
+    lines = []
+    train.train_and_evaluate(small_config, str(tmp_path), log=lines.append)
+    assert any(line.startswith("Wrote a profile of 3 steps") for line in lines)
+    assert list((tmp_path / "profile").rglob("*.xplane.pb"))
