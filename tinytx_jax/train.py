@@ -21,7 +21,17 @@ import numpy as np
 import optax
 from flax import struct
 
-from tinytx_jax import checkpoint, configuration, corpus, data, interrupt, metrics, optim, progress
+from tinytx_jax import (
+    checkpoint,
+    configuration,
+    corpus,
+    data,
+    interrupt,
+    metrics,
+    optim,
+    parallel,
+    progress,
+)
 from tinytx_jax.model import ModelConfig, TinyTransformer
 
 
@@ -68,9 +78,12 @@ class Task:
     val_chunks: tuple[jax.Array, jax.Array, jax.Array]
     val_targets: int
     corpus: corpus.Corpus
+    mesh: jax.sharding.Mesh
 
     def initial_state(self, seed: int) -> TrainState:
-        return init_train_state(self.model, self.tx, self.plateau, seed)
+        """Fresh state from `seed`, replicated over the mesh."""
+        state = jax.jit(lambda: init_train_state(self.model, self.tx, self.plateau, seed))()
+        return jax.device_put(state, parallel.replicated(self.mesh))
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -128,8 +141,11 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
             f"{text.source}: the validation split holds no assistant reply: add data or raise "
             "validation_fraction"
         )
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
     model = TinyTransformer(configuration.model_config(config, vocab.size))
     tx, plateau = make_optimizers(config)
+    on_all = parallel.replicated(mesh)
     return Task(
         model=model,
         tx=tx,
@@ -137,11 +153,12 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         plateau_enabled=config.lr_schedule == "constant",
         schedule=make_schedule(config),
         vocab=vocab,
-        train_tokens=jnp.asarray(train_tokens),
-        train_weights=jnp.asarray(train_mask, jnp.float32) if reply_only else None,
-        val_chunks=(jnp.asarray(val_inputs), jnp.asarray(val_targets), jnp.asarray(val_weights)),
+        train_tokens=jax.device_put(train_tokens, on_all),
+        train_weights=jax.device_put(train_mask.astype(np.float32), on_all) if reply_only else None,
+        val_chunks=jax.device_put((val_inputs, val_targets, val_weights), on_all),
         val_targets=int(val_weights.sum()),
         corpus=text,
+        mesh=mesh,
     )
 
 
@@ -187,6 +204,7 @@ def make_train_epoch(
     assistant's replies); the weights stay on the device beside the tokens.
     """
     model, tx, weights = task.model, task.tx, task.train_weights
+    batch_sharding = parallel.batch_sharded(task.mesh)
 
     def window(array: jax.Array, start: jax.Array) -> jax.Array:
         return jax.lax.dynamic_slice(array, (start,), (block_size + 1,))
@@ -194,6 +212,7 @@ def make_train_epoch(
     def train_step(state: TrainState, step_key: jax.Array, tokens: jax.Array):
         window_key, dropout_key = jax.random.split(step_key)
         starts = jax.random.randint(window_key, (batch_size,), 0, tokens.shape[0] - block_size)
+        starts = jax.lax.with_sharding_constraint(starts, batch_sharding)
         windows = jax.vmap(lambda s: window(tokens, s))(starts)
         inputs, targets = windows[:, :-1], windows[:, 1:]
 

@@ -1,0 +1,38 @@
+"""Data parallelism with `jax.sharding`: one mesh axis, `data`, over every device.
+
+The batch of windows is sharded along `data`; parameters, optimizer state and the token
+arrays are replicated. The same jitted epoch runs on one device or many: XLA inserts the
+gradient all-reduce. A later `fsdp` axis would shard the parameters over a second mesh
+dimension without touching the training loop.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from tinytx_jax.configuration import ConfigError
+
+DATA_AXIS = "data"
+
+
+def make_mesh() -> Mesh:
+    """All devices (of all processes) along the `data` axis; XLA picks the collectives."""
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    devices = mesh.devices.size
+    if batch_size % devices:
+        raise ConfigError(
+            f"config.batch_size ({batch_size}) must be divisible by the number of devices "
+            f"({devices}): use a multiple of {devices}"
+        )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
