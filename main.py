@@ -9,8 +9,10 @@ python main.py --mode=eval
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import NoReturn
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -129,6 +131,14 @@ def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict) -> No
     print(model.vocab.decode(tokens) + model.vocab.decode(continuation))
 
 
+def enable_compile_cache(workdir: str) -> None:
+    """Persist compiled XLA programs in WORKDIR/jax_cache: a rerun skips most compiling."""
+    cache = Path(workdir).expanduser().absolute() / "jax_cache"
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value)")
@@ -136,6 +146,8 @@ def main(argv: list[str]) -> None:
     config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
     try:
         configuration.check_config(config)
+        if config.compile_cache:
+            enable_compile_cache(workdir)
         if mode == "plot":
             print(f"Wrote {metrics.plot_curves(workdir)}")
             return

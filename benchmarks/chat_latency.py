@@ -60,41 +60,68 @@ def seconds_to_prompt(workdir: str) -> float:
     return elapsed
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="tinytx_chat_bench_")
+def ensure_checkpoint(workdir: str | None) -> str:
+    """A workdir with a checkpoint: the given one, or a temp dir trained with configs/fast.py."""
+    workdir = workdir or tempfile.mkdtemp(prefix="tinytx_chat_bench_")
     if not checkpoint.CheckpointStore(workdir).steps():
         print(f"training configs/fast.py into {workdir} ...")
         train.train_and_evaluate(fast.get_config(), workdir, log=lambda _: None)
-    model = trained.load_trained(workdir)
+    return workdir
+
+
+def measure_chat(workdir: str, repeats: int) -> dict:
+    """Per-reply ms after compile, a 200-character reply cached and the seed's way, start-up."""
+    model = trained.load_trained(workdir, log=lambda _: None)
     generator = sampling.Generator(
         model.model, model.params, model.vocab, sampling.SamplingConfig()
     )
-    print(f"checkpoint: epoch {model.epoch} of {workdir}")
-    print(f"{'prompt':<16}{'reply':<10}{'ms/reply (cached)':>18}")
+    replies = {}
     for user, _ in data.BUILTIN_DIALOGS:
         prompt = data.render_prompt(user)
         reply, _ = generator.reply(prompt)
-        ms = median_ms(lambda p=prompt: generator.reply(p), _REPEATS.value)
-        print(f"{user!r:<16}{reply!r:<10}{ms:>18.3f}")
-
+        ms = median_ms(lambda p=prompt: generator.reply(p), repeats)
+        replies[user] = {"reply": reply, "ms": ms}
     free_running = sampling.Generator(
         model.model, model.params, model.vocab, sampling.SamplingConfig(), stop_text=""
     )
     prompt = data.render_prompt("hi")
-    tokens, _ = free_running.generate_tokens(model.vocab.encode(prompt))
-    long_ms = median_ms(lambda: free_running.reply(prompt), 20)
-    print(f"200-character reply (no stop tag, {len(tokens)} tokens): {long_ms:.3f} ms")
     encoded = model.vocab.encode(prompt)
+    tokens, _ = free_running.generate_tokens(encoded)
     sampling.generate_uncached(model.model, model.params, encoded, 200, ())
-    seed_ms = median_ms(
-        lambda: sampling.generate_uncached(model.model, model.params, encoded, 200, ()), 3
-    )
-    print(f"same 200 characters the seed's way (full forward per character): {seed_ms:.1f} ms")
     starts = [seconds_to_prompt(workdir) for _ in range(3)]
+    return {
+        "epoch": model.epoch,
+        "replies": replies,
+        "long_reply_tokens": len(tokens),
+        "long_reply_ms": median_ms(lambda: free_running.reply(prompt), 20),
+        "long_reply_uncached_ms": median_ms(
+            lambda: sampling.generate_uncached(model.model, model.params, encoded, 200, ()), 3
+        ),
+        "seconds_to_prompt": float(np.median(starts)),
+        "seconds_to_prompt_runs": starts,
+    }
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    workdir = ensure_checkpoint(_WORKDIR.value)
+    result = measure_chat(workdir, _REPEATS.value)
+    print(f"checkpoint: epoch {result['epoch']} of {workdir}")
+    print(f"{'prompt':<16}{'reply':<10}{'ms/reply (cached)':>18}")
+    for user, row in result["replies"].items():
+        print(f"{user!r:<16}{row['reply']!r:<10}{row['ms']:>18.3f}")
     print(
-        f"process start to 'You> ' prompt: median {np.median(starts):.2f} s "
-        f"(runs: {', '.join(f'{s:.2f}' for s in starts)})"
+        f"200-character reply (no stop tag, {result['long_reply_tokens']} tokens): "
+        f"{result['long_reply_ms']:.3f} ms"
+    )
+    print(
+        f"same 200 characters the seed's way (full forward per character): "
+        f"{result['long_reply_uncached_ms']:.1f} ms"
+    )
+    runs = ", ".join(f"{s:.2f}" for s in result["seconds_to_prompt_runs"])
+    print(
+        f"process start to 'You> ' prompt: median {result['seconds_to_prompt']:.2f} s "
+        f"(runs: {runs})"
     )
 
 

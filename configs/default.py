@@ -60,5 +60,6 @@ def get_config() -> ml_collections.ConfigDict:
     # Logging and randomness.
     config.print_every = 1
     config.profile_steps = 0  # > 0: write a jax.profiler trace of that many steps
+    config.compile_cache = True  # keep compiled programs in WORKDIR/jax_cache for reruns
     config.seed = 7
     return config
