@@ -24,6 +24,7 @@ from tinytx_jax import (
     corpus,
     evaluation,
     metrics,
+    parallel,
     sampling,
     train,
     trained,
@@ -65,6 +66,16 @@ _MODE = flags.DEFINE_enum(
     "validation figures and exact matches; sample: continue --prompt freely; plot: write "
     "WORKDIR/curves.png from WORKDIR/metrics.jsonl.",
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "Multi-process training: host:port of process 0."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-process training: processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-process training: this process.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Multi-process training with coordinates detected from the platform (Cloud TPU, SLURM, ...).",
+)
 _PROMPT = flags.DEFINE_string(
     "prompt",
     None,
@@ -84,6 +95,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         message = str(error).removeprefix(CONFIG_UNAVAILABLE)
         fail(" ".join(message.split()) + " (see --helpshort)")
     return remaining
+
+
+def quiet(message: str) -> None:
+    """The log of processes other than 0 in a multi-process run."""
+    del message
 
 
 def to_stderr(message: str) -> None:
@@ -148,11 +164,20 @@ def main(argv: list[str]) -> None:
         configuration.check_config(config)
         if config.compile_cache:
             enable_compile_cache(workdir)
+        if _COORDINATOR.value or _DISTRIBUTED.value or _NUM_PROCESSES.value > 1:
+            if mode != "train":
+                fail(
+                    "a multi-process run trains only (--mode=train); chat afterwards in one process"
+                )
+            parallel.initialize_distributed(
+                _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+            )
         if mode == "plot":
             print(f"Wrote {metrics.plot_curves(workdir)}")
             return
         if mode in ("train", "train_and_chat"):
-            train.train_and_evaluate(config, workdir)
+            log = print if jax.process_index() == 0 else quiet
+            train.train_and_evaluate(config, workdir, log=log)
         if mode != "train":
             use_checkpoint(config, workdir, mode)
     except train.Interrupted as interrupted:

@@ -35,7 +35,7 @@ def small_config():
     """The seed config cut down to a few quick epochs."""
     config = default.get_config()
     config.epochs = 3
-    config.steps_per_epoch = 40
+    config.steps_per_epoch = 25
     config.batch_size = 4
     config.lr = 1e-2
     config.warmup_steps = 10

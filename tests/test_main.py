@@ -19,6 +19,9 @@ def test_fast_config_reaches_target_accuracy(tmp_path):
     assert epochs and all(epochs)
     assert float(epochs[-1].group(2)) >= 0.99
     assert "Target reached" in result.stdout
+    # Not a terminal: plain lines only, no progress-bar control characters.
+    assert "\r" not in result.stdout + result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ def test_short_run_loss_falls_and_is_reproducible(small_config, tmp_path):
     assert len(history) == 3
     assert history[-1].val_loss < history[0].val_loss < math.log(31)
     assert history[-1].train_loss < 1.5
-    assert int(state.step) == 3 * 40 and int(state.epoch) == 3
+    assert int(state.step) == 3 * 25 and int(state.epoch) == 3
     assert [ln for ln in lines if ln.startswith("Epoch")] == [
         train.format_epoch_line(m) for m in history
     ]

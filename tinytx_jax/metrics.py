@@ -23,9 +23,15 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 class MetricsLog:
-    """Appends one JSON object per epoch and mirrors the numbers to TensorBoard."""
+    """Appends one JSON object per epoch and mirrors the numbers to TensorBoard.
 
-    def __init__(self, workdir: str | os.PathLike, resumed_epoch: int):
+    In a multi-process run only process 0 writes (`enabled` is False elsewhere).
+    """
+
+    def __init__(self, workdir: str | os.PathLike, resumed_epoch: int, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
         self.directory = Path(workdir).expanduser().absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / METRICS_FILE
@@ -36,6 +42,8 @@ class MetricsLog:
         self.writer = SummaryWriter(str(self.directory / TENSORBOARD_DIR))
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as file:
             file.write(json.dumps(record) + "\n")
         for name, value in record.items():
@@ -44,7 +52,8 @@ class MetricsLog:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.enabled:
+            self.writer.close()
 
 
 def plot_curves(workdir: str | os.PathLike) -> Path:

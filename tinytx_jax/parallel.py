@@ -9,6 +9,7 @@ dimension without touching the training loop.
 from __future__ import annotations
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from tinytx_jax.configuration import ConfigError
@@ -36,3 +37,22 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def to_global(host_array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A replicated global array from data every process holds in full (works multi-host)."""
+    return jax.make_array_from_process_local_data(sharding, host_array)
+
+
+def initialize_distributed(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Join a multi-process run: explicit coordinates, or auto-detected ones when empty.
+
+    On CPU the collectives go through gloo (TCP), so several processes on one machine or
+    on several hosts train as one.
+    """
+    if jax.config.jax_platforms in (None, "", "cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    else:
+        jax.distributed.initialize()

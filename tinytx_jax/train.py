@@ -82,8 +82,11 @@ class Task:
 
     def initial_state(self, seed: int) -> TrainState:
         """Fresh state from `seed`, replicated over the mesh."""
-        state = jax.jit(lambda: init_train_state(self.model, self.tx, self.plateau, seed))()
-        return jax.device_put(state, parallel.replicated(self.mesh))
+        init = jax.jit(
+            lambda: init_train_state(self.model, self.tx, self.plateau, seed),
+            out_shardings=parallel.replicated(self.mesh),
+        )
+        return init()
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -153,9 +156,13 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         plateau_enabled=config.lr_schedule == "constant",
         schedule=make_schedule(config),
         vocab=vocab,
-        train_tokens=jax.device_put(train_tokens, on_all),
-        train_weights=jax.device_put(train_mask.astype(np.float32), on_all) if reply_only else None,
-        val_chunks=jax.device_put((val_inputs, val_targets, val_weights), on_all),
+        train_tokens=parallel.to_global(train_tokens, on_all),
+        train_weights=(
+            parallel.to_global(train_mask.astype(np.float32), on_all) if reply_only else None
+        ),
+        val_chunks=tuple(
+            parallel.to_global(a, on_all) for a in (val_inputs, val_targets, val_weights)
+        ),
         val_targets=int(val_weights.sum()),
         corpus=text,
         mesh=mesh,
@@ -408,7 +415,8 @@ def _run_epochs(
         f"data: {task.corpus.source})"
     )
     first_epoch = int(state.epoch) + 1
-    metrics_log = metrics.MetricsLog(workdir, resumed_epoch=first_epoch - 1)
+    primary = jax.process_index() == 0  # only process 0 writes metrics and curves
+    metrics_log = metrics.MetricsLog(workdir, resumed_epoch=first_epoch - 1, enabled=primary)
     bar = progress.Progress(config.epochs, first_epoch - 1, log, progress.Progress.wanted(log))
     history: list[EpochMetrics] = []
     saved_epoch, blocked = first_epoch - 1, []
@@ -469,8 +477,10 @@ def _run_epochs(
     log(
         f"Trained to step {int(state.step):,} in {time.perf_counter() - start:.1f} s; "
         f"checkpoints saved: {len(blocked)} in {store.directory} (longest save blocked "
-        f"{max(blocked) * 1e3:.0f} ms); curves: {metrics.plot_curves(workdir)}"
+        f"{max(blocked) * 1e3:.0f} ms)"
     )
+    if primary:
+        log(f"Curves: {metrics.plot_curves(workdir)}")
     return state, history
 
 
