@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from configs import fast
 from tinytx_jax import checkpoint, data, sampling, train, trained
@@ -104,6 +104,7 @@ def measure_chat(workdir: str, repeats: int) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
+    logging.set_verbosity(logging.ERROR)
     workdir = ensure_checkpoint(_WORKDIR.value)
     result = measure_chat(workdir, _REPEATS.value)
     print(f"checkpoint: epoch {result['epoch']} of {workdir}")

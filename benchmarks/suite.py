@@ -18,7 +18,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import app, flags, logging
 
 from benchmarks.chat_latency import measure_chat, median_ms
 from benchmarks.train_speed import measure_train_speed
@@ -59,6 +59,7 @@ def time_to_target(config, workdir: str) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
+    logging.set_verbosity(logging.ERROR)
     device = jax.devices()[0]
     results = {
         "machine": {

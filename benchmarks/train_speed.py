@@ -14,7 +14,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from tinytx_jax import configuration, train
@@ -70,6 +70,7 @@ def measure_train_speed(config: ml_collections.ConfigDict, epochs: int) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
+    logging.set_verbosity(logging.ERROR)
     config = _CONFIG.value
     result = measure_train_speed(config, _EPOCHS.value)
     device = jax.devices()[0]
