@@ -75,6 +75,7 @@ def measure_chat(workdir: str, repeats: int) -> dict:
     generator = sampling.Generator(
         model.model, model.params, model.vocab, sampling.SamplingConfig()
     )
+    generator.cache_prefix(data.system_prefix())  # as the chat session does
     replies = {}
     for user, _ in data.BUILTIN_DIALOGS:
         prompt = data.render_prompt(user)

@@ -56,9 +56,28 @@ def test_cached_equals_uncached_on_trained_weights(trained_workdir):
         assert model.vocab.decode(cached) == expected + data.ASSISTANT_END
 
 
+def test_prefix_cache_equals_uncached_with_history_and_past_max_len():
+    model, params = random_model(max_len=64)
+    prefix = np.arange(10, dtype=np.int32) % 31
+    generator = sampling.Generator(
+        model, params, vocab(), sampling.SamplingConfig(max_new_tokens=30), stop_text=""
+    )
+    generator.cache_prefix(vocab().decode(prefix))
+    for extra in (1, 20, 40):
+        prompt = np.concatenate([prefix, np.arange(extra, dtype=np.int32) % 29])
+        cached, _ = generator.generate_tokens(prompt)
+        reference = sampling.generate_uncached(model, params, prompt, 30, ())
+        np.testing.assert_array_equal(cached, reference)
+
+
+def test_every_chat_prompt_starts_with_the_system_prefix():
+    assert data.render_prompt("x", "S").startswith(data.system_prefix("S"))
+    assert data.render_prompt("x", "S", (("a", "b"),)).startswith(data.system_prefix("S"))
+
+
 def test_bucket_lengths():
-    lengths = [sampling.bucket_length(n, 512) for n in (1, 64, 65, 96, 97, 300, 512)]
-    assert lengths == [64, 64, 96, 96, 128, 320, 512]
+    lengths = [sampling.bucket_length(n, 512) for n in (1, 20, 33, 64, 65, 97, 300, 512)]
+    assert lengths == [32, 32, 64, 64, 96, 128, 320, 512]
     assert sampling.bucket_length(40, 32) == 32
 
 

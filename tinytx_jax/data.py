@@ -37,6 +37,11 @@ class Conversation:
 BUILTIN_CONVERSATIONS = tuple(Conversation((dialog,)) for dialog in BUILTIN_DIALOGS)
 
 
+def system_prefix(system: str = SYSTEM_PROMPT) -> str:
+    """The start every chat prompt shares, whatever the history and the user line."""
+    return f"<system>{system}</system>\n<user>"
+
+
 def render_prompt(user: str, system: str = SYSTEM_PROMPT, history: tuple[Turn, ...] = ()) -> str:
     """The text the model continues to answer `user` after `history`: up to `<assistant>`."""
     context = "".join(f"<user>{u}</user>\n<assistant>{a}{ASSISTANT_END}\n" for u, a in history)

@@ -24,7 +24,7 @@ import numpy as np
 from tinytx_jax.data import ASSISTANT_END, Vocabulary
 from tinytx_jax.model import TinyTransformer
 
-MIN_BUCKET = 64
+MIN_BUCKET = 32
 BUCKET_STEP = 32
 
 
@@ -58,7 +58,7 @@ def sample_logits(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax
 
 
 def bucket_length(length: int, max_len: int) -> int:
-    """The padded prompt length: a multiple of 32 (at least 64), capped at max_len.
+    """The padded prompt length: a multiple of 32, capped at max_len.
 
     Steps of 32 keep the prefill (which runs over the whole bucket) close to the prompt's
     real length; each bucket compiles once, on first use.
@@ -75,12 +75,14 @@ def _ends_with(buffer: jax.Array, end: jax.Array, tag: jax.Array) -> jax.Array:
 def make_generate(
     model: TinyTransformer, cfg: SamplingConfig, bucket: int, stop_tokens: tuple[int, ...]
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """A jitted `(params, padded_prompt[bucket], prompt_len, key, call) -> (buffer, end)`.
+    """A jitted `(params, cache, prompt, start, prompt_len, key, call) -> (buffer, end)`.
 
+    `prompt` holds the whole prompt, right-padded to `max_len + max_new_tokens`; the KV
+    `cache` already holds positions `[0, start)` (a cached prefix, or nothing when
+    `start` is 0), and `prompt[start : start + bucket]` is prefilled on top of it.
     `call` numbers the calls: each draws its samples from `fold_in(key, call)`.
     """
     max_len = model.config.max_len
-    buffer_len = max(bucket + cfg.max_new_tokens, max_len)
     tag = jnp.asarray(stop_tokens, jnp.int32)
 
     def cached_logits(params, cache, token, position):
@@ -96,12 +98,12 @@ def make_generate(
         window = jax.lax.dynamic_slice_in_dim(buffer, end - max_len, max_len)
         return model.apply({"params": params}, window[None])[0, -1], cache
 
-    def generate(params, prompt, prompt_len, key, call):
+    def generate(params, cache, buffer, start, prompt_len, key, call):
         key = jax.random.fold_in(key, call)
+        chunk = jax.lax.dynamic_slice_in_dim(buffer, start, bucket)
         logits, variables = model.apply(
-            {"params": params}, prompt[None], decode_start=0, mutable=["cache"]
+            {"params": params, "cache": cache}, chunk[None], decode_start=start, mutable=["cache"]
         )
-        buffer = jnp.zeros(buffer_len, jnp.int32).at[:bucket].set(prompt)
 
         def step(carry, next_logits):
             end, logits, cache, buffer, key, _ = carry
@@ -125,7 +127,8 @@ def make_generate(
             in_cache = end < max_len if fits else True
             return ~done & (end - prompt_len < cfg.max_new_tokens) & in_cache
 
-        carry = (prompt_len, logits[0, prompt_len - 1], variables["cache"], buffer, key, False)
+        first_logits = logits[0, prompt_len - start - 1]
+        carry = (prompt_len, first_logits, variables["cache"], buffer, key, False)
         # While the text fits in max_len, each token goes through the KV cache; beyond
         # that (rare: long histories) each token needs a full forward of the last max_len.
         carry = jax.lax.while_loop(lambda c: more(c, True), lambda c: step(c, cached), carry)
@@ -137,7 +140,11 @@ def make_generate(
 
 
 class Generator:
-    """Turns prompt text into reply text with a trained model; compiles once per bucket."""
+    """Turns prompt text into reply text with a trained model; compiles once per bucket.
+
+    `cache_prefix(text)` keeps the KV cache of a prefix that every prompt shares (the
+    system prompt), so each reply only prefills what follows it.
+    """
 
     def __init__(
         self,
@@ -155,23 +162,62 @@ class Generator:
         self.calls = 0
         self._lock = threading.Lock()
         self._compiled: dict[int, Callable[..., tuple[jax.Array, jax.Array]]] = {}
+        self._empty_cache: Any = None
+        self._prefix_tokens = np.zeros(0, np.int32)
+        self._prefix_cache: Any = None
 
     def compiled(self, bucket: int) -> Callable[..., tuple[jax.Array, jax.Array]]:
-        """The jitted decode loop for prompts padded to `bucket` tokens."""
+        """The jitted decode loop for prompt parts padded to `bucket` tokens."""
         if bucket not in self._compiled:
             self._compiled[bucket] = make_generate(self.model, self.cfg, bucket, self.stop_tokens)
         return self._compiled[bucket]
+
+    def cache_prefix(self, text: str) -> None:
+        """Remember a shared prompt prefix; its KV cache is computed on first use."""
+        self._prefix_tokens = self.vocab.encode(text)
+        self._prefix_cache = None
+
+    def _empty(self) -> Any:
+        if self._empty_cache is None:
+            _, variables = self.model.apply(
+                {"params": self.params},
+                jnp.zeros((1, 1), jnp.int32),
+                decode_start=0,
+                mutable=["cache"],
+            )
+            self._empty_cache = jax.tree.map(jnp.zeros_like, variables["cache"])
+        return self._empty_cache
+
+    def _start_and_cache(self, prompt: np.ndarray) -> tuple[int, Any]:
+        """Where the prefill starts, and the cache of everything before it."""
+        prefix, max_len = self._prefix_tokens, self.model.config.max_len
+        shares_prefix = len(prefix) and len(prompt) > len(prefix)
+        shares_prefix = shares_prefix and np.array_equal(prompt[: len(prefix)], prefix)
+        rest = len(prompt) - len(prefix)
+        if not shares_prefix or len(prefix) + bucket_length(rest, max_len) > max_len:
+            return 0, self._empty()
+        if self._prefix_cache is None:
+            _, variables = self.model.apply(
+                {"params": self.params, "cache": self._empty()},
+                jnp.asarray(prefix)[None],
+                decode_start=0,
+                mutable=["cache"],
+            )
+            self._prefix_cache = variables["cache"]
+        return len(prefix), self._prefix_cache
 
     def _run(self, prompt: np.ndarray, call: int) -> tuple[np.ndarray, bool]:
         max_len = self.model.config.max_len
         truncated = len(prompt) + self.cfg.max_new_tokens > max_len
         prompt = prompt[-max_len:]
-        bucket = bucket_length(len(prompt), max_len)
-        padded = np.zeros(bucket, np.int32)
-        padded[: len(prompt)] = prompt
+        buffer = np.zeros(max_len + self.cfg.max_new_tokens, np.int32)
+        buffer[: len(prompt)] = prompt
         with self._lock:  # a warm-up compile in another thread finishes first
-            buffer, end = self.compiled(bucket)(self.params, padded, len(prompt), self.key, call)
-        return np.asarray(buffer)[len(prompt) : int(end)], truncated
+            start, cache = self._start_and_cache(prompt)
+            bucket = bucket_length(len(prompt) - start, max_len - start)
+            generate = self.compiled(bucket)
+            out, end = generate(self.params, cache, buffer, start, len(prompt), self.key, call)
+        return np.asarray(out)[len(prompt) : int(end)], truncated
 
     def generate_tokens(self, prompt: np.ndarray) -> tuple[np.ndarray, bool]:
         """New token ids after `prompt`, and whether the prompt had to be cut to fit."""
