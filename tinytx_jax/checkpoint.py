@@ -98,6 +98,7 @@ class CheckpointStore:
             read_only=read_only,
             cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=True,
+            enable_background_delete=not read_only,  # pruning old steps never blocks a save
         )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "meta")
