@@ -140,3 +140,19 @@ def validation_chunks(
     mask[:num_targets] = 1.0 if loss_mask is None else loss_mask[1:]
     shape = (num_chunks, chunk_len)
     return inputs.reshape(shape), targets.reshape(shape), mask.reshape(shape)
+
+
+def validation_set(
+    tokens: np.ndarray,
+    reply_mask: np.ndarray,
+    validation_fraction: float,
+    chunk_len: int,
+    replies_only: bool,
+) -> tuple[np.ndarray, ...]:
+    """The validation chunks of a token stream, as training and eval both score them.
+
+    With `replies_only`, the weights keep only assistant-reply targets (`loss_on=assistant`).
+    """
+    _, val_tokens = split_tokens(tokens, validation_fraction)
+    _, val_mask = split_tokens(reply_mask, validation_fraction)
+    return validation_chunks(val_tokens, chunk_len, val_mask if replies_only else None)

@@ -34,11 +34,12 @@ def evaluate_checkpoint(
     text = corpus.load_corpus(config.data_path, config.data_repeat)
     if data.corpus_fingerprint(text.text) != trained.meta["data"]["fingerprint"]:
         log("(the data differs from the checkpoint's training data: figures are not comparable)")
-    _, val_tokens = data.split_tokens(trained.vocab.encode(text.text), config.validation_fraction)
-    _, val_mask = data.split_tokens(text.reply_mask, config.validation_fraction)
-    reply_only = config.loss_on == "assistant"
-    inputs, targets, mask = data.validation_chunks(
-        val_tokens, config.block_size, val_mask if reply_only else None
+    inputs, targets, mask = data.validation_set(
+        trained.vocab.encode(text.text),
+        text.reply_mask,
+        config.validation_fraction,
+        config.block_size,
+        replies_only=config.loss_on == "assistant",
     )
     loss, acc = train.make_evaluate(trained.model)(trained.params, inputs, targets, mask)
     matches, misses = 0, []

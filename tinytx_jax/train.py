@@ -121,10 +121,9 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
             "use loss_on='all'"
         )
     vocab = data.Vocabulary.from_text(text.text)
-    train_tokens, val_tokens = data.split_tokens(
-        vocab.encode(text.text), config.validation_fraction
-    )
-    train_mask, val_mask = data.split_tokens(text.reply_mask, config.validation_fraction)
+    tokens = vocab.encode(text.text)
+    train_tokens, val_tokens = data.split_tokens(tokens, config.validation_fraction)
+    train_mask, _ = data.split_tokens(text.reply_mask, config.validation_fraction)
     if len(train_tokens) <= config.block_size:
         raise configuration.ConfigError(
             f"{text.source}: the training split has {len(train_tokens)} tokens, too few for "
@@ -136,8 +135,8 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
             "validation_fraction"
         )
     reply_only = config.loss_on == "assistant"
-    val_inputs, val_targets, val_weights = data.validation_chunks(
-        val_tokens, config.block_size, val_mask if reply_only else None
+    val_inputs, val_targets, val_weights = data.validation_set(
+        tokens, text.reply_mask, config.validation_fraction, config.block_size, reply_only
     )
     if not val_weights.any():
         raise configuration.ConfigError(
