@@ -1,9 +1,12 @@
-"""The seed's tiny causal transformer as a Flax linen module.
+"""The seed's tiny causal transformer as a Flax linen module, on `[B, T, H, Dh]` tensors.
 
 Defaults reproduce the original exactly: one block, one head, no MLP, post-norm
 `LayerNorm(h + attn(h))` with eps 1e-5, learned positions, every weight drawn
 uniform in [-0.02, 0.02], output bias zero. Heads, blocks, an MLP, pre-norm and
 dropout are opt-in extras for experiments.
+
+Tensor names carry their shapes: B batch, T query positions, S key positions, D model
+width, H heads, Dh head width, V vocabulary.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import jax.numpy as jnp
 
 INIT_RANGE = 0.02
 LAYER_NORM_EPS = 1e-5  # LibTorch's default; Flax's is 1e-6.
-MASK_VALUE = -1e9  # The seed's additive causal mask value.
 
 
 def symmetric_uniform(scale: float = INIT_RANGE) -> nn.initializers.Initializer:
@@ -44,19 +46,71 @@ class ModelConfig:
     dtype: str = "float32"
 
 
-def grouped_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """`a @ b` over a leading group axis; a group of one runs as a plain 2-D matmul,
-    which XLA:CPU executes markedly faster than a batched dot of batch size one."""
-    if a.shape[0] == 1:
-        return (a[0] @ b[0])[None]
-    return jnp.matmul(a, b)
+def attend(
+    q_BxTxHxDh: jax.Array,
+    k_BxSxHxDh: jax.Array,
+    v_BxSxHxDh: jax.Array,
+    mask_TxS: jax.Array,
+    dropout: nn.Dropout | None = None,
+) -> jax.Array:
+    """Scaled dot-product attention where `mask_TxS` is True; returns `[B, T, H, Dh]`.
+
+    Without dropout this is `jax.nn.dot_product_attention` (fused kernels where the
+    platform has them). Attention-weight dropout needs the weights, so it is spelled out.
+    """
+    B, _, H, Dh = q_BxTxHxDh.shape
+    if dropout is None and B * H == 1 and jax.default_backend() == "cpu":
+        return _attend_one_sequence(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask_TxS)
+    if dropout is None:
+        return jax.nn.dot_product_attention(
+            q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask=mask_TxS[None, None]
+        )
+    scores_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxDh, k_BxSxHxDh) / jnp.sqrt(Dh)
+    scores_BxHxTxS = jnp.where(mask_TxS[None, None], scores_BxHxTxS.astype(jnp.float32), -1e9)
+    weights_BxHxTxS = dropout(jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxSxHxDh.dtype))
+    return jnp.einsum("bhts,bshd->bthd", weights_BxHxTxS, v_BxSxHxDh)
+
+
+def _attend_one_sequence(
+    q_1xTx1xDh: jax.Array, k_1xSx1xDh: jax.Array, v_1xSx1xDh: jax.Array, mask_TxS: jax.Array
+) -> jax.Array:
+    """The XLA:CPU special case: one sequence and one head (the seed's training step) as
+    plain 2-D matmuls. XLA:CPU runs the 4-D batched form of size one markedly slower:
+    1.48 vs 1.29 ms per seed step on one core, side by side (`benchmarks/train_speed.py`)."""
+    _, T, _, Dh = q_1xTx1xDh.shape
+    q_TxDh, k_SxDh, v_SxDh = (x.reshape(-1, Dh) for x in (q_1xTx1xDh, k_1xSx1xDh, v_1xSx1xDh))
+    scores_TxS = (q_TxDh @ k_SxDh.T) / jnp.sqrt(Dh).astype(q_TxDh.dtype)
+    scores_TxS = jnp.where(mask_TxS, scores_TxS.astype(jnp.float32), -1e9)
+    weights_TxS = jax.nn.softmax(scores_TxS, axis=-1).astype(v_SxDh.dtype)
+    return (weights_TxS @ v_SxDh).reshape(1, T, 1, Dh)
+
+
+class Dense(nn.Module):
+    """A linear layer over the last axis, with `nn.Dense`'s parameter names.
+
+    XLA:CPU special case: the input is multiplied as `[rows, D]`, all leading axes
+    flattened. A 3-D `[B, T, D]` product makes XLA:CPU compute the kernel gradient as a
+    dot contracting two axes, which ran the seed step slower (1.71 vs 1.60 ms per step
+    on one core, side by side); on other platforms the reshape is free.
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x_NxD: jax.Array) -> jax.Array:
+        kernel_DxF = self.param("kernel", symmetric_uniform(), (x_NxD.shape[-1], self.features))
+        rows_RxD = x_NxD.reshape(-1, x_NxD.shape[-1]).astype(self.dtype)
+        out_RxF = rows_RxD @ kernel_DxF.astype(self.dtype)
+        if self.use_bias:
+            out_RxF = out_RxF + self.param("bias", nn.initializers.zeros, (self.features,))[None]
+        return out_RxF.astype(self.dtype).reshape(*x_NxD.shape[:-1], self.features)
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal attention over `[B*T, d]` rows; with one head it is the seed's.
+    """Multi-head causal attention; with one head it is the seed's.
 
-    Rows stay flattened for the projections, and heads are split into groups `[B*H, T, dh]`
-    only for the two attention matmuls (no transpose at all when there is one head).
     With `decode_start` set, keys and values are written into a `cache` collection of
     `max_len` positions starting there, and the queries attend over that cache: a
     KV-cached forward for generation that masks exactly as the full forward does.
@@ -66,62 +120,40 @@ class CausalSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self,
-        h: jax.Array,
-        batch: int,
-        deterministic: bool,
-        decode_start: jax.Array | None = None,
+        self, x_BxTxD: jax.Array, deterministic: bool, decode_start: jax.Array | None = None
     ) -> jax.Array:
         cfg = self.config
-        heads = cfg.n_heads
-        length = h.shape[0] // batch
-        head_dim = cfg.d_model // heads
+        B, T, D = x_BxTxD.shape
+        H = cfg.n_heads
+        Dh = D // H
 
-        def project(name: str, x: jax.Array) -> jax.Array:
-            return nn.Dense(
-                cfg.d_model,
-                use_bias=False,
-                kernel_init=symmetric_uniform(),
-                dtype=cfg.dtype,
-                name=name,
-            )(x)
+        def project(name: str, x_BxTxD: jax.Array) -> jax.Array:
+            return Dense(D, use_bias=False, dtype=cfg.dtype, name=name)(x_BxTxD)
 
-        def to_groups(x: jax.Array) -> jax.Array:
-            x = x.reshape(batch, -1, heads, head_dim)
-            if heads > 1:
-                x = x.swapaxes(1, 2)
-            return x.reshape(batch * heads, -1, head_dim)
-
-        q, k, v = (project(name, h) for name in ("query", "key", "value"))
-        query_pos = jnp.arange(length)
+        q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh = (
+            project(name, x_BxTxD).reshape(B, T, H, Dh) for name in ("query", "key", "value")
+        )
+        query_pos_T = jnp.arange(T)
         if decode_start is not None:
-            k, v = self.update_cache(k, v, batch, decode_start)
-            query_pos = query_pos + decode_start
-        q, k, v = to_groups(q), to_groups(k), to_groups(v)
-        scores = grouped_matmul(q, k.swapaxes(1, 2)) / jnp.sqrt(head_dim).astype(q.dtype)
-        causal = jnp.arange(k.shape[1])[None, :] <= query_pos[:, None]
-        scores = jnp.where(causal, scores.astype(jnp.float32), MASK_VALUE)
-        weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        weights = nn.Dropout(cfg.dropout)(weights, deterministic=deterministic)
-        attended = grouped_matmul(weights, v).reshape(batch, heads, length, head_dim)
-        if heads > 1:
-            attended = attended.swapaxes(1, 2)
-        return project("out", attended.reshape(batch * length, cfg.d_model))
+            k_BxSxHxDh = self.cached("cached_key", k_BxSxHxDh, decode_start)
+            v_BxSxHxDh = self.cached("cached_value", v_BxSxHxDh, decode_start)
+            query_pos_T = query_pos_T + decode_start
+        S = k_BxSxHxDh.shape[1]
+        mask_TxS = jnp.arange(S)[None, :] <= query_pos_T[:, None]
+        use_dropout = cfg.dropout > 0 and not deterministic
+        dropout = nn.Dropout(cfg.dropout, deterministic=False) if use_dropout else None
+        out_BxTxHxDh = attend(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask_TxS, dropout)
+        return project("out", out_BxTxHxDh.reshape(B, T, D))
 
-    def update_cache(
-        self, k: jax.Array, v: jax.Array, batch: int, start: jax.Array
-    ) -> tuple[jax.Array, jax.Array]:
-        """Write this call's keys/values at `start`; return all `max_len` cached rows."""
-        cfg = self.config
-        shape = (batch, cfg.max_len, cfg.d_model)
-        rows = (batch * cfg.max_len, cfg.d_model)
-        cached = []
-        for name, new in (("cached_key", k), ("cached_value", v)):
-            variable = self.variable("cache", name, jnp.zeros, shape, new.dtype)
-            update = new.reshape(batch, -1, cfg.d_model)
-            variable.value = jax.lax.dynamic_update_slice(variable.value, update, (0, start, 0))
-            cached.append(variable.value.reshape(rows))
-        return cached[0], cached[1]
+    def cached(self, name: str, new_BxTxHxDh: jax.Array, start: jax.Array) -> jax.Array:
+        """Write this call's keys or values at `start`; return all `max_len` cached ones."""
+        B, _, H, Dh = new_BxTxHxDh.shape
+        shape = (B, self.config.max_len, H, Dh)
+        variable = self.variable("cache", name, jnp.zeros, shape, new_BxTxHxDh.dtype)
+        variable.value = jax.lax.dynamic_update_slice(
+            variable.value, new_BxTxHxDh, (0, start, 0, 0)
+        )
+        return variable.value
 
 
 class MLP(nn.Module):
@@ -130,19 +162,11 @@ class MLP(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, h: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
         cfg = self.config
-        h = nn.Dense(
-            cfg.mlp_ratio * cfg.d_model,
-            kernel_init=symmetric_uniform(),
-            dtype=cfg.dtype,
-            name="fc_in",
-        )(h)
-        h = nn.gelu(h)
-        h = nn.Dense(cfg.d_model, kernel_init=symmetric_uniform(), dtype=cfg.dtype, name="fc_out")(
-            h
-        )
-        return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        h_BxTxF = Dense(cfg.mlp_ratio * cfg.d_model, dtype=cfg.dtype, name="fc_in")(x_BxTxD)
+        out_BxTxD = Dense(cfg.d_model, dtype=cfg.dtype, name="fc_out")(nn.gelu(h_BxTxF))
+        return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic)
 
 
 class Block(nn.Module):
@@ -152,28 +176,24 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self,
-        h: jax.Array,
-        batch: int,
-        deterministic: bool,
-        decode_start: jax.Array | None = None,
+        self, x_BxTxD: jax.Array, deterministic: bool, decode_start: jax.Array | None = None
     ) -> jax.Array:
         cfg = self.config
         attention = CausalSelfAttention(cfg, name="attention")
-        sublayers = [lambda x, det: attention(x, batch, det, decode_start)]
+        sublayers = [lambda x, det: attention(x, det, decode_start)]
         if cfg.mlp:
             sublayers.append(MLP(cfg, name="mlp"))
         for i, sublayer in enumerate(sublayers):
             norm = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name=f"norm_{i}")
             if cfg.pre_norm:
-                h = h + sublayer(norm(h).astype(cfg.dtype), deterministic)
+                x_BxTxD = x_BxTxD + sublayer(norm(x_BxTxD).astype(cfg.dtype), deterministic)
             else:
-                h = norm(h + sublayer(h, deterministic)).astype(cfg.dtype)
-        return h
+                x_BxTxD = norm(x_BxTxD + sublayer(x_BxTxD, deterministic)).astype(cfg.dtype)
+        return x_BxTxD
 
 
 class TinyTransformer(nn.Module):
-    """Character-level causal LM: tokens `[T]` or `[B, T]` to logits `[..., T, vocab]`.
+    """Character-level causal LM: tokens `[T]` or `[B, T]` to logits `[..., T, V]`.
 
     Only the last `max_len` tokens of a longer input are used, as in the seed. With
     `decode_start` (call with `mutable=["cache"]`), the tokens sit at positions
@@ -191,30 +211,24 @@ class TinyTransformer(nn.Module):
     ) -> jax.Array:
         cfg = self.config
         unbatched = tokens.ndim == 1
-        if unbatched:
-            tokens = tokens[None, :]
-        tokens = tokens[:, -cfg.max_len :]
-        batch, length = tokens.shape
+        tokens_BxT = (tokens[None, :] if unbatched else tokens)[:, -cfg.max_len :]
+        T = tokens_BxT.shape[1]
 
-        token_embed = self.param("token_embed", symmetric_uniform(), (cfg.vocab_size, cfg.d_model))
-        pos_embed = self.param("pos_embed", symmetric_uniform(), (cfg.max_len, cfg.d_model))
+        V, D, L = cfg.vocab_size, cfg.d_model, cfg.max_len
+        token_embed_VxD = self.param("token_embed", symmetric_uniform(), (V, D))
+        pos_embed_LxD = self.param("pos_embed", symmetric_uniform(), (L, D))
         if decode_start is None:
-            positions = pos_embed[:length]
+            positions_TxD = pos_embed_LxD[:T]
         else:
-            positions = jax.lax.dynamic_slice_in_dim(pos_embed, decode_start, length)
-        h = jnp.take(token_embed, tokens, axis=0) + positions
-        h = h.reshape(batch * length, cfg.d_model).astype(cfg.dtype)  # rows: [B*T, d]
-        h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+            positions_TxD = jax.lax.dynamic_slice_in_dim(pos_embed_LxD, decode_start, T)
+        x_BxTxD = jnp.take(token_embed_VxD, tokens_BxT, axis=0) + positions_TxD[None]
+        x_BxTxD = x_BxTxD.astype(cfg.dtype)
+        x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
         for i in range(cfg.n_layers):
-            h = Block(cfg, name=f"block_{i}")(h, batch, deterministic, decode_start)
+            x_BxTxD = Block(cfg, name=f"block_{i}")(x_BxTxD, deterministic, decode_start)
         if cfg.pre_norm:
-            h = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name="final_norm")(h)
-        logits = nn.Dense(
-            cfg.vocab_size,
-            kernel_init=symmetric_uniform(),
-            bias_init=nn.initializers.zeros,
-            dtype=cfg.dtype,
-            name="head",
-        )(h)
-        logits = logits.astype(jnp.float32).reshape(batch, length, cfg.vocab_size)
-        return logits[0] if unbatched else logits
+            x_BxTxD = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name="final_norm")(
+                x_BxTxD
+            )
+        logits_BxTxV = Dense(V, dtype=cfg.dtype, name="head")(x_BxTxD).astype(jnp.float32)
+        return logits_BxTxV[0] if unbatched else logits_BxTxV
