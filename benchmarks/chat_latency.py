@@ -1,5 +1,8 @@
 """Chat speed: per-reply latency after compile, a 200-character reply, and start-up time.
 
+Replies are timed through `ChatSession.answer`, exactly the REPL's path (system-prompt
+prefix cache included).
+
     python -m benchmarks.chat_latency [--workdir=DIR]
 
 Uses the checkpoint in --workdir, training `configs/fast.py` there first if it has none.
@@ -21,7 +24,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import fast
-from tinytx_jax import checkpoint, data, sampling, train, trained
+from tinytx_jax import chat, checkpoint, data, sampling, train, trained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with a checkpoint (default: a temp dir).")
 _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed replies per prompt.")
@@ -75,12 +78,11 @@ def measure_chat(workdir: str, repeats: int) -> dict:
     generator = sampling.Generator(
         model.model, model.params, model.vocab, sampling.SamplingConfig()
     )
-    generator.cache_prefix(data.system_prefix())  # as the chat session does
+    session = chat.ChatSession(generator, data.SYSTEM_PROMPT)  # the REPL's own path
     replies = {}
     for user, _ in data.BUILTIN_DIALOGS:
-        prompt = data.render_prompt(user)
-        reply, _ = generator.reply(prompt)
-        ms = median_ms(lambda p=prompt: generator.reply(p), repeats)
+        reply = session.answer(user)
+        ms = median_ms(lambda u=user: session.answer(u), repeats)
         replies[user] = {"reply": reply, "ms": ms}
     free_running = sampling.Generator(
         model.model, model.params, model.vocab, sampling.SamplingConfig(), stop_text=""

@@ -17,8 +17,10 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tinytx_jax import configuration, train
+from tinytx_jax import configuration
 from tinytx_jax.model import ModelConfig
+from tinytx_jax.steps import make_train_epoch
+from tinytx_jax.task import build_task
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config to time.")
 _EPOCHS = flags.DEFINE_integer("epochs", 8, "Timed epochs after the compile call.")
@@ -36,21 +38,26 @@ def model_flops_per_step(cfg: ModelConfig, batch_size: int, length: int) -> int:
 def measure_train_speed(config: ml_collections.ConfigDict, epochs: int) -> dict:
     """Compile time, and ms/step over `epochs` timed epoch calls after it."""
     configuration.check_config(config)
-    task = train.build_task(config)
+    task = build_task(config)
     state = task.initial_state(config.seed)
-    epoch_fn = train.make_train_epoch(
-        task, config.steps_per_epoch, config.batch_size, config.block_size
+    epoch_fn = make_train_epoch(
+        task.model,
+        task.tx,
+        task.mesh,
+        config.steps_per_epoch,
+        config.batch_size,
+        config.block_size,
     )
     start = time.perf_counter()
-    compiled = epoch_fn.lower(state, task.train_tokens).compile()
+    compiled = epoch_fn.lower(state, task.train_tokens, task.train_weights).compile()
     compile_s = time.perf_counter() - start
-    state, loss = compiled(state, task.train_tokens)
+    state, loss = compiled(state, task.train_tokens, task.train_weights)
     loss.block_until_ready()
 
     step_ms = []
     for _ in range(epochs):
         start = time.perf_counter()
-        state, loss = compiled(state, task.train_tokens)
+        state, loss = compiled(state, task.train_tokens, task.train_weights)
         loss.block_until_ready()
         step_ms.append((time.perf_counter() - start) * 1e3 / config.steps_per_epoch)
     median_ms = float(np.median(step_ms))

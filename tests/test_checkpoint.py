@@ -1,5 +1,6 @@
 """Checkpoints restore exactly, resume bit for bit, keep best and latest, survive faults."""
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -14,6 +15,8 @@ import pytest
 
 from tests.conftest import REPO, run_main
 from tinytx_jax import checkpoint, train, trained
+from tinytx_jax.steps import make_train_epoch
+from tinytx_jax.task import build_task
 
 FAST = ["--mode=train", "--config=configs/fast.py"]
 
@@ -35,8 +38,8 @@ def assert_trees_equal(a, b):
 
 
 def test_save_then_restore_gives_identical_state_and_logits(ckpt_config, tmp_path):
-    task = train.build_task(ckpt_config)
-    epoch_fn = train.make_train_epoch(task, 10, 4, ckpt_config.block_size)
+    task = build_task(ckpt_config)
+    epoch_fn = make_train_epoch(task.model, task.tx, task.mesh, 10, 4, ckpt_config.block_size)
     state, _ = epoch_fn(task.initial_state(0), task.train_tokens)
     saved = jax.device_get(state)
     store = checkpoint.CheckpointStore(tmp_path)
@@ -92,19 +95,19 @@ def test_loader_picks_best_or_latest_and_rebuilds_the_model(ckpt_config, tmp_pat
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     ckpt_config, tmp_path, monkeypatch
 ):
-    real_evaluate = train.make_evaluate
+    real_compile_steps = train.compile_steps
 
-    def evaluate_failing_at_epoch_3(model):
-        evaluate, calls = real_evaluate(model), []
+    def evaluate_failing_at_epoch_3(*args):
+        steps, calls = real_compile_steps(*args), []
 
-        def wrapped(*args):
+        def evaluate(*args):
             calls.append(1)
-            loss, acc = evaluate(*args)
+            loss, acc = steps.evaluate(*args)
             return (jnp.float32(jnp.nan) if len(calls) == 3 else loss), acc
 
-        return wrapped
+        return dataclasses.replace(steps, evaluate=evaluate)
 
-    monkeypatch.setattr(train, "make_evaluate", evaluate_failing_at_epoch_3)
+    monkeypatch.setattr(train, "compile_steps", evaluate_failing_at_epoch_3)
     with pytest.raises(train.TrainingError, match=r"not finite at epoch 3.*epoch 2\)"):
         train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
     assert checkpoint.CheckpointStore(tmp_path).steps() == [1, 2]

@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import run_main
 from tinytx_jax import chat, corpus, data, sampling, train, trained
+from tinytx_jax.task import build_task
 
 MULTI_TURN = {
     "system": "Be brief.",
@@ -58,7 +59,7 @@ def test_jsonl_trains_with_either_loss_and_schedule(tmp_path, tiny_config):
     tiny_config.loss_on = "assistant"
     tiny_config.lr_schedule = "cosine"
     tiny_config.warmup_steps = 2
-    task = train.build_task(tiny_config)
+    task = build_task(tiny_config)
     val_split = data.split_tokens(task.corpus.reply_mask, tiny_config.validation_fraction)[1]
     assert task.val_targets == int(val_split[1:].sum()) < len(val_split) - 1
     _, history = train.train_and_evaluate(tiny_config, str(tmp_path / "run"), log=lambda _: None)

@@ -8,6 +8,9 @@ import pytest
 
 from configs import default
 from tinytx_jax import optim, train
+from tinytx_jax.metrics import EpochMetrics
+from tinytx_jax.steps import make_end_epoch
+from tinytx_jax.task import build_task
 
 
 @pytest.mark.parametrize(
@@ -37,9 +40,11 @@ def scripted_run(val_losses, **overrides):
     """Feed validation losses through the per-epoch bookkeeping; return rates and states."""
     config = default.get_config()
     config.update(overrides)
-    task = train.build_task(config)
+    task = build_task(config)
     state = task.initial_state(config.seed).replace(step=jnp.array(10_000))
-    end_epoch = train.make_end_epoch(task, optim.PLATEAU_MIN_DELTA)
+    end_epoch = make_end_epoch(
+        task.plateau, task.plateau_enabled, task.schedule, optim.PLATEAU_MIN_DELTA
+    )
     rates, states = [], []
     for loss in val_losses:
         state, lr = end_epoch(state, jnp.float32(loss))
@@ -58,7 +63,7 @@ def test_plateau_halves_after_50_epochs_and_stops_after_150():
     assert rates[101] == pytest.approx(1.25e-4)  # optax halves again after 50 more
     assert [int(s.epochs_since_best) for s in states[:4]] == [0, 0, 1, 2]
     assert float(states[-1].best_val_loss) == pytest.approx(0.9)
-    metrics = train.EpochMetrics(152, 0.1, 0.95, 0.5, 8159, rates[-1])
+    metrics = EpochMetrics(152, 0.1, 0.95, 0.5, 8159, rates[-1])
     assert train.stop_reason(metrics, states[-2], config) is None
     assert "Early stopping at epoch 152" in train.stop_reason(metrics, states[-1], config)
 

@@ -8,20 +8,23 @@ import pytest
 
 from configs import default
 from tinytx_jax import configuration, train
+from tinytx_jax.metrics import EpochMetrics, format_epoch_line
+from tinytx_jax.steps import make_evaluate, make_train_epoch
+from tinytx_jax.task import build_task
 
 
 def test_untrained_loss_is_near_uniform():
     config = default.get_config()
-    task = train.build_task(config)
+    task = build_task(config)
     state = task.initial_state(config.seed)
-    loss, acc = train.make_evaluate(task.model)(state.params, *task.val_chunks)
+    loss, acc = make_evaluate(task.model)(state.params, *task.val_chunks)
     assert abs(float(loss) - math.log(31)) < 0.05
     assert 0.0 <= float(acc) <= 1.0
     assert task.val_targets == 8159
 
 
 def test_log_line_is_the_seeds():
-    line = train.format_epoch_line(train.EpochMetrics(12, 0.12341, 0.12339, 0.98712, 8159, 5e-4))
+    line = format_epoch_line(EpochMetrics(12, 0.12341, 0.12339, 0.98712, 8159, 5e-4))
     assert line == "Epoch 12, train_loss=0.1234 val_loss=0.1234 val_acc=0.987 (n=8159) lr=5.00e-04"
 
 
@@ -32,9 +35,7 @@ def test_short_run_loss_falls_and_is_reproducible(small_config, tmp_path):
     assert history[-1].val_loss < history[0].val_loss < math.log(31)
     assert history[-1].train_loss < 1.5
     assert int(state.step) == 3 * 25 and int(state.epoch) == 3
-    assert [ln for ln in lines if ln.startswith("Epoch")] == [
-        train.format_epoch_line(m) for m in history
-    ]
+    assert [ln for ln in lines if ln.startswith("Epoch")] == [format_epoch_line(m) for m in history]
     _, again = train.train_and_evaluate(small_config, str(tmp_path / "b"), log=lambda _: None)
     assert [m.train_loss for m in again] == [m.train_loss for m in history]
     small_config.seed = 8
@@ -43,9 +44,11 @@ def test_short_run_loss_falls_and_is_reproducible(small_config, tmp_path):
 
 
 def test_train_epoch_samples_windows_inside_the_train_split(small_config):
-    task = train.build_task(small_config)
+    task = build_task(small_config)
     state = task.initial_state(0)
-    epoch = train.make_train_epoch(task, 5, small_config.batch_size, small_config.block_size)
+    epoch = make_train_epoch(
+        task.model, task.tx, task.mesh, 5, small_config.batch_size, small_config.block_size
+    )
     state, loss = epoch(state, task.train_tokens)
     assert np.isfinite(float(loss)) and int(state.step) == 5
     assert not jax.numpy.array_equal(state.rng, task.initial_state(0).rng)
@@ -81,4 +84,4 @@ def test_corpus_too_short_for_the_block_is_reported():
     config = default.get_config()
     config.data_repeat = 1
     with pytest.raises(configuration.ConfigError, match=r"too few for config\.block_size"):
-        train.build_task(config)
+        build_task(config)

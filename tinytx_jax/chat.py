@@ -66,6 +66,7 @@ class ChatSession:
                 f"dropped from the system prompt (not in the vocabulary): {quoted(unknown)}"
             )
         self.system_prompt = system_prompt
+        generator.cache_prefix(data.system_prefix(system_prompt))  # shared by every prompt
 
     def notice(self, text: str) -> None:
         print(f"({text})", file=self.notices, flush=True)

@@ -173,8 +173,11 @@ class CheckpointStore:
         target.mkdir(parents=True, exist_ok=True)
         for step in steps:
             (self.directory / str(step)).rename(target / str(step))
-        self.manager.reload()
         return target
+
+    def reload(self) -> None:
+        """Re-read the step directories (after files were moved)."""
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from tinytx_jax import corpus, data, train
+from tinytx_jax import corpus, data
 from tinytx_jax.chat import ChatSession
+from tinytx_jax.steps import make_evaluate
 from tinytx_jax.trained import TrainedModel
 
 
@@ -41,7 +42,7 @@ def evaluate_checkpoint(
         config.block_size,
         replies_only=config.loss_on == "assistant",
     )
-    loss, acc = train.make_evaluate(trained.model)(trained.params, inputs, targets, mask)
+    loss, acc = make_evaluate(trained.model)(trained.params, inputs, targets, mask)
     matches, misses = 0, []
     for conversation in text.conversations:
         for i, (user, expected) in enumerate(conversation.turns):

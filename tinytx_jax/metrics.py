@@ -7,6 +7,7 @@ the file always describes one run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,6 +15,44 @@ from pathlib import Path
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochMetrics:
+    """What one epoch reports: the seed's log-line figures."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    val_targets: int
+    lr: float
+
+
+def format_epoch_line(m: EpochMetrics) -> str:
+    """The seed's per-epoch log line, character for character."""
+    return (
+        f"Epoch {m.epoch}, train_loss={m.train_loss:.4f} val_loss={m.val_loss:.4f} "
+        f"val_acc={m.val_acc:.3f} (n={m.val_targets}) lr={m.lr:.2e}"
+    )
+
+
+def epoch_record(
+    m: EpochMetrics, step: int, tokens_per_step: int, steps: int, train_s: float, elapsed_s: float
+) -> dict:
+    """One line of metrics.jsonl; throughput counts the `train_s` of training alone
+    (not validation, checkpoints or compilation)."""
+    return {
+        "epoch": m.epoch,
+        "step": step,
+        "train_loss": m.train_loss,
+        "val_loss": m.val_loss,
+        "val_acc": m.val_acc,
+        "lr": m.lr,
+        "steps_per_s": steps / train_s,
+        "tokens_per_s": steps * tokens_per_step / train_s,
+        "elapsed_s": elapsed_s,
+    }
 
 
 def read_metrics(path: Path) -> list[dict]:

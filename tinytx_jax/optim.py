@@ -17,6 +17,7 @@ the original halved only once per plateau.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import ml_collections
 import optax
 from optax import contrib
 
@@ -63,3 +64,20 @@ def make_plateau(
     return contrib.reduce_on_plateau(
         factor=factor, patience=patience, rtol=0.0, atol=PLATEAU_MIN_DELTA, min_scale=min_lr / lr
     )
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """The per-step rate of a run config (before plateau scaling)."""
+    if config.lr_schedule == "cosine":
+        total_steps = config.epochs * config.steps_per_epoch
+        return cosine_schedule(config.lr, config.warmup_steps, total_steps, config.min_lr)
+    return warmup_schedule(config.lr, config.warmup_steps)
+
+
+def make_optimizers(
+    config: ml_collections.ConfigDict,
+) -> tuple[optax.GradientTransformation, optax.GradientTransformationExtraArgs]:
+    """The per-step chain and the per-epoch plateau transform of a run config."""
+    tx = make_optimizer(make_schedule(config), config.clip_norm, config.weight_decay)
+    plateau = make_plateau(config.lr, config.plateau_factor, config.plateau_patience, config.min_lr)
+    return tx, plateau

@@ -8,13 +8,18 @@ dimension without touching the training loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from tinytx_jax.configuration import ConfigError
 
 DATA_AXIS = "data"
+T = TypeVar("T")
 
 
 def make_mesh() -> Mesh:
@@ -56,3 +61,26 @@ def initialize_distributed(coordinator: str, num_processes: int, process_id: int
         jax.distributed.initialize(coordinator, num_processes, process_id)
     else:
         jax.distributed.initialize()
+
+
+def is_primary() -> bool:
+    """Process 0: the one that logs and writes run files beside the collective checkpoints."""
+    return jax.process_index() == 0
+
+
+def primary_then_all(name: str, action: Callable[[], T]) -> T | None:
+    """Run `action` on process 0 only (e.g. moving shared files), then wait for all."""
+    result = action() if is_primary() else None
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+    return result
+
+
+def agreed_signal(received: int | None) -> int | None:
+    """The signal any process received (the largest number), so that every process saves
+    and stops after the same epoch; one process stopping alone would hang the others."""
+    if jax.process_count() == 1:
+        return received
+    # A host sync: one small all-gather per epoch, only in multi-process runs.
+    gathered = multihost_utils.process_allgather(np.int32(received or 0))
+    return int(np.max(gathered)) or None

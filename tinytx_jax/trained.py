@@ -9,8 +9,9 @@ from typing import Any
 
 import ml_collections
 
-from tinytx_jax import checkpoint, data, train
+from tinytx_jax import checkpoint, data
 from tinytx_jax.model import ModelConfig, TinyTransformer
+from tinytx_jax.state import TrainState, abstract_train_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ def load_trained(
     return TrainedModel(model, state.params, data.Vocabulary(meta["vocab"]), meta, epoch)
 
 
-def _abstract_state(meta: dict) -> train.TrainState:
-    return train.abstract_train_state(
+def _abstract_state(meta: dict) -> TrainState:
+    return abstract_train_state(
         ml_collections.ConfigDict(meta["config"]), ModelConfig(**meta["model"])
     )

@@ -1,0 +1,134 @@
+"""What each `--mode` of main.py does, and how every expected failure becomes one line.
+
+main.py holds the flags; this module runs a mode and turns the project's errors into
+`error: ...` on stderr with exit status 2 (130/143 after a signal), never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import jax
+import ml_collections
+
+from tinytx_jax import (
+    chat,
+    checkpoint,
+    configuration,
+    corpus,
+    evaluation,
+    metrics,
+    parallel,
+    sampling,
+    train,
+    trained,
+)
+
+MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot")
+EXPECTED_ERRORS = (
+    configuration.ConfigError,
+    corpus.DataError,
+    checkpoint.CheckpointError,
+    train.TrainingError,
+    FileNotFoundError,
+)
+
+
+def fail(message: str) -> NoReturn:
+    """Stop with one line on stderr: the problem and what to do."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def quiet(message: str) -> None:
+    """The log of processes other than 0 in a multi-process run."""
+    del message
+
+
+def enable_compile_cache(workdir: str) -> None:
+    """Persist compiled XLA programs in WORKDIR/jax_cache: a rerun skips most compiling."""
+    cache = Path(workdir).expanduser().absolute() / "jax_cache"
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def run(
+    mode: str,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    prompt: str | None,
+    distributed: tuple[str, int, int] | None = None,
+) -> None:
+    """Run `mode`; `distributed` is (coordinator, processes, this process) for multi-process."""
+    try:
+        configuration.check_config(config)
+        if config.compile_cache:
+            enable_compile_cache(workdir)
+        if distributed:
+            if mode != "train":
+                fail(
+                    "a multi-process run trains only (--mode=train); chat afterwards in one process"
+                )
+            parallel.initialize_distributed(*distributed)
+        if mode == "plot":
+            print(f"Wrote {metrics.plot_curves(workdir)}")
+            return
+        if mode in ("train", "train_and_chat"):
+            train.train_and_evaluate(config, workdir, log=print if parallel.is_primary() else quiet)
+        if mode != "train":
+            use_checkpoint(config, workdir, mode, prompt)
+    except train.Interrupted as interrupted:
+        print(interrupted, flush=True)
+        sys.exit(128 + interrupted.signum)
+    except EXPECTED_ERRORS as error:
+        fail(str(error))
+
+
+def use_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, mode: str, prompt: str | None
+) -> None:
+    """Load the workdir's checkpoint, then evaluate it, sample, answer `prompt`, or chat."""
+    model = trained.load_trained(workdir, config.checkpoint, log=to_stderr)
+    to_stderr(
+        f"(loaded the {config.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
+        f"val_loss {model.meta['metrics']['val_loss']:.4f})"
+    )
+    plain_text = model.meta["data"]["kind"] == corpus.TEXT
+    if mode == "sample" or (plain_text and mode == "train_and_chat"):
+        sample(model, config, prompt)
+        return
+    if plain_text and mode == "chat":
+        fail(f"{workdir} holds a model of plain text, not dialogs: use --mode=sample")
+    generator = sampling.Generator(
+        model.model, model.params, model.vocab, chat.sampling_config(config)
+    )
+    session = chat.ChatSession(generator, config.system_prompt, config.chat_history)
+    if mode == "eval":
+        evaluation.evaluate_checkpoint(model, session)
+    elif prompt is not None:
+        print(session.answer(prompt) or "")
+    else:
+        chat.run_repl(session)
+
+
+def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, prompt: str | None):
+    """Print `prompt` and its free-running continuation of max_new_tokens characters."""
+    prompt = prompt if prompt is not None else "\n"
+    unknown = model.vocab.unknown_chars(prompt)
+    if unknown:
+        to_stderr(f"(dropped characters not in the vocabulary: {chat.quoted(unknown)})")
+    tokens = model.vocab.encode(prompt)
+    if not len(tokens):
+        fail("--prompt has no character of the model's vocabulary: give some text to continue")
+    generator = sampling.Generator(
+        model.model, model.params, model.vocab, chat.sampling_config(config), stop_text=""
+    )
+    continuation, _ = generator.generate_tokens(tokens)
+    print(model.vocab.decode(tokens) + model.vocab.decode(continuation))

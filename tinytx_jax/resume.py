@@ -1,0 +1,72 @@
+"""What a checkpoint records about its run, and how a run resumes from one."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import ml_collections
+
+from tinytx_jax import checkpoint, data, parallel
+from tinytx_jax.metrics import EpochMetrics
+from tinytx_jax.state import TrainState
+from tinytx_jax.task import Task
+
+
+def run_meta(config: ml_collections.ConfigDict, task: Task, metrics: EpochMetrics) -> dict:
+    """The JSON item saved beside the state."""
+    return checkpoint.make_meta(
+        vocab_chars=task.vocab.chars,
+        model_config=task.model.config,
+        run_config=config.to_dict(),
+        data_source=task.corpus.source,
+        data_kind=task.corpus.kind,
+        fingerprint=data.corpus_fingerprint(task.corpus.text),
+        metrics=dataclasses.asdict(metrics),
+    )
+
+
+def check_compatible(meta: dict, task: Task, directory: object) -> None:
+    """A resume must continue the same model on the same vocabulary."""
+    wanted = dataclasses.asdict(task.model.config)
+    saved = meta["model"]
+    differences = [
+        f"{key}={saved.get(key)!r} in the checkpoint, {value!r} in the config"
+        for key, value in wanted.items()
+        if saved.get(key) != value
+    ]
+    if meta["vocab"] != task.vocab.chars:
+        differences.append(
+            f"vocabulary of {len(meta['vocab'])} characters in the checkpoint, "
+            f"{task.vocab.size} in the data"
+        )
+    if differences:
+        raise checkpoint.CheckpointError(
+            f"cannot resume from {directory}: {'; '.join(differences)}. Start over with "
+            "--config.resume=False or use a new --workdir"
+        )
+
+
+def restore_for_resume(
+    store: checkpoint.CheckpointStore, fresh: TrainState, task: Task, log: Callable[[str], None]
+) -> tuple[TrainState, EpochMetrics]:
+    """The latest readable checkpoint's state and the metrics of its epoch."""
+
+    def target_for_meta(meta: dict) -> TrainState:
+        check_compatible(meta, task, store.directory)
+        return checkpoint.abstract_like(fresh)
+
+    steps = sorted(store.steps(), reverse=True)
+    epoch, state, meta = store.restore_first_readable(steps, target_for_meta, log)
+    unreadable = [step for step in steps if step > epoch]
+    if unreadable:  # the resumed run will save these epochs again
+        moved = parallel.primary_then_all(
+            "set_aside_unreadable", lambda: store.set_aside_steps(unreadable)
+        )
+        store.reload()
+        log(f"Moved the unreadable checkpoints to {moved}")
+    log(
+        f"Resuming from {store.directory} at epoch {int(state.epoch)} "
+        f"(step {int(state.step):,}, best val_loss {float(state.best_val_loss):.4f})"
+    )
+    return state, EpochMetrics(**meta["metrics"])

@@ -1,0 +1,136 @@
+"""The pure jitted functions of training: train step, epoch scan, evaluation, end of epoch.
+
+Shapes: B batch, T block (window) length, N tokens in the training split, C validation
+chunks, V vocabulary. Nothing here touches files, flags or the host loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from tinytx_jax import parallel
+from tinytx_jax.model import TinyTransformer
+from tinytx_jax.state import TrainState
+
+StateUpdate = Callable[..., tuple[TrainState, jax.Array]]
+
+
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Per-position cross-entropy `[B, T]`, computed in float32."""
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+
+
+def train_step(
+    state: TrainState,
+    inputs_BxT: jax.Array,
+    targets_BxT: jax.Array,
+    weights_BxT: jax.Array | None,
+    dropout_key: jax.Array,
+    model: TinyTransformer,
+    tx: optax.GradientTransformation,
+) -> tuple[TrainState, jax.Array]:
+    """One optimizer update on one batch; returns the new state and the batch's loss.
+
+    With `weights_BxT`, the loss averages only over the weighted targets (e.g. the
+    assistant's replies). The plateau scale multiplies the update (see optim.py).
+    """
+
+    def loss_fn(params):
+        logits_BxTxV = model.apply(
+            {"params": params}, inputs_BxT, deterministic=False, rngs={"dropout": dropout_key}
+        )
+        losses_BxT = cross_entropy(logits_BxTxV, targets_BxT)
+        if weights_BxT is None:
+            return losses_BxT.mean()
+        return (losses_BxT * weights_BxT).sum() / jnp.maximum(weights_BxT.sum(), 1.0)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    scale = state.plateau_state.scale
+    updates = jax.tree.map(lambda u: scale * u, updates)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss
+
+
+def make_train_epoch(
+    model: TinyTransformer,
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    steps_per_epoch: int,
+    batch_size: int,
+    block_size: int,
+) -> StateUpdate:
+    """A jitted `(state, tokens_N, weights_N | None) -> (state, mean train loss)`.
+
+    One call runs a whole epoch as a `lax.scan` of `train_step`, drawing the window starts
+    on the device from the state's key, so the host only hears back at the epoch's end.
+    """
+    batch_sharding = parallel.batch_sharded(mesh)
+
+    def windows_BxW(array_N: jax.Array, starts_B: jax.Array) -> jax.Array:
+        # dynamic_slice clamps a start that would run past the end; the starts drawn
+        # below never need it (each window of block_size + 1 fits in the split).
+        return jax.vmap(lambda s: jax.lax.dynamic_slice(array_N, (s,), (block_size + 1,)))(starts_B)
+
+    def step(state: TrainState, step_key: jax.Array, tokens_N, weights_N):
+        window_key, dropout_key = jax.random.split(step_key)
+        starts_B = jax.random.randint(window_key, (batch_size,), 0, tokens_N.shape[0] - block_size)
+        starts_B = jax.lax.with_sharding_constraint(starts_B, batch_sharding)
+        tokens_BxW = windows_BxW(tokens_N, starts_B)
+        weights_BxT = None if weights_N is None else windows_BxW(weights_N, starts_B)[:, 1:]
+        return train_step(
+            state, tokens_BxW[:, :-1], tokens_BxW[:, 1:], weights_BxT, dropout_key, model, tx
+        )
+
+    def train_epoch(state: TrainState, tokens_N: jax.Array, weights_N: jax.Array | None = None):
+        rng, epoch_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+        step_keys = jax.random.split(epoch_key, steps_per_epoch)
+        state, losses = jax.lax.scan(lambda s, k: step(s, k, tokens_N, weights_N), state, step_keys)
+        return state.replace(rng=jax.random.key_data(rng), epoch=state.epoch + 1), losses.mean()
+
+    # The old state's buffers are donated: an epoch updates the state in place.
+    return jax.jit(train_epoch, donate_argnums=0)
+
+
+def make_evaluate(model: TinyTransformer) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """A jitted `(params, inputs_CxT, targets_CxT, mask_CxT) -> (loss, accuracy)`.
+
+    Both figures are averaged over the targets the mask weights (padding has weight 0).
+    """
+
+    def evaluate(params, inputs_CxT, targets_CxT, mask_CxT):
+        logits_CxTxV = model.apply({"params": params}, inputs_CxT)
+        total = mask_CxT.sum()
+        loss = (cross_entropy(logits_CxTxV, targets_CxT) * mask_CxT).sum() / total
+        correct = ((jnp.argmax(logits_CxTxV, axis=-1) == targets_CxT) * mask_CxT).sum()
+        return loss, correct / total
+
+    return jax.jit(evaluate)
+
+
+def make_end_epoch(
+    plateau: optax.GradientTransformationExtraArgs,
+    plateau_enabled: bool,
+    schedule: optax.Schedule,
+    min_delta: float,
+) -> StateUpdate:
+    """A jitted `(state, val_loss) -> (state, next lr)`: plateau and early-stop bookkeeping."""
+
+    def end_epoch(state: TrainState, val_loss: jax.Array):
+        plateau_state = state.plateau_state
+        if plateau_enabled:
+            _, plateau_state = plateau.update({}, plateau_state, value=val_loss)
+        improved = val_loss + min_delta < state.best_val_loss
+        state = state.replace(
+            plateau_state=plateau_state,
+            best_val_loss=jnp.where(improved, val_loss, state.best_val_loss),
+            epochs_since_best=jnp.where(improved, 0, state.epochs_since_best + 1),
+        )
+        return state, schedule(state.step) * plateau_state.scale
+
+    return jax.jit(end_epoch, donate_argnums=0)
