@@ -1,33 +1,61 @@
-"""Shared helpers: small configs and a subprocess runner for main.py."""
+"""Shared helpers: small configs, a subprocess runner for main.py, one fast-config run.
+
+Two tiers: in-process unit tests, and end-to-end tests marked `e2e` that start main.py
+(`pytest -m "not e2e"` runs the first tier alone). All of them share one persistent XLA
+compilation cache, so a shape compiled once is not compiled again by a later test or
+subprocess.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import jax
 import pytest
 
 from configs import default, fast
 from tinytx_jax import train
 
 REPO = Path(__file__).resolve().parent.parent
+COMPILE_CACHE = str(Path(tempfile.gettempdir()) / "tinytx_test_jax_cache")  # shared by workers
+SUBPROCESS_ENV = {
+    "JAX_COMPILATION_CACHE_DIR": COMPILE_CACHE,
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+
+jax.config.update("jax_numpy_rank_promotion", "raise")  # no silent broadcasting in the model
+jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def run_main(
-    *args: str, stdin: str | None = None, timeout: float = 240, env: dict | None = None
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 240,
+    env: dict | None = None,
+    cwd: Path = REPO,
 ) -> subprocess.CompletedProcess:
-    """Run `python main.py ARGS` from the repository root and capture its output."""
+    """Run `python REPO/main.py ARGS` (from the repository root by default), capturing output."""
     return subprocess.run(
-        [sys.executable, "main.py", *args],
-        cwd=REPO,
+        [sys.executable, str(REPO / "main.py"), *args],
+        cwd=cwd,
         input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=main_env(env),
     )
+
+
+def main_env(extra: dict | None = None) -> dict:
+    """The environment of a main.py subprocess: the shared compile cache, rank checks on."""
+    return {**os.environ, **SUBPROCESS_ENV, "JAX_NUMPY_RANK_PROMOTION": "raise", **(extra or {})}
 
 
 @pytest.fixture
@@ -43,9 +71,16 @@ def small_config():
 
 
 @pytest.fixture(scope="session")
-def trained_workdir(tmp_path_factory) -> Path:
-    """A workdir holding a `configs/fast.py` run (val_acc >= 0.99), trained once per session."""
+def fast_run(tmp_path_factory) -> tuple[Path, list[str]]:
+    """`configs/fast.py` trained once per session, in-process: its workdir and log lines."""
     workdir = tmp_path_factory.mktemp("fast_run")
-    _, history = train.train_and_evaluate(fast.get_config(), str(workdir), log=lambda _: None)
+    lines: list[str] = []
+    _, history = train.train_and_evaluate(fast.get_config(), str(workdir), log=lines.append)
     assert history[-1].val_acc >= 0.99
-    return workdir
+    return workdir, lines
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(fast_run) -> Path:
+    """A workdir holding a `configs/fast.py` run (val_acc >= 0.99)."""
+    return fast_run[0]

@@ -2,10 +2,13 @@
 
 import io
 
+import pytest
+
 from tests.conftest import run_main
-from tinytx_jax import chat, sampling, trained
+from tinytx_jax import chat, data, sampling, trained
 
 
+@pytest.mark.e2e
 def test_piped_chat_answers_the_trained_dialogs(trained_workdir):
     script = "hi\n\nwhat is 2+2?\n   \ncolor of sky?\nhi\u00e9\nexit\nhi\n"
     result = run_main("--mode=chat", f"--workdir={trained_workdir}", stdin=script)
@@ -21,6 +24,7 @@ def test_piped_chat_answers_the_trained_dialogs(trained_workdir):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.e2e
 def test_end_of_input_and_unknown_only_lines(trained_workdir):
     result = run_main("--mode=chat", f"--workdir={trained_workdir}", stdin="\u00e9\u00e9\nhi")
     assert result.returncode == 0, result.stderr
@@ -28,12 +32,14 @@ def test_end_of_input_and_unknown_only_lines(trained_workdir):
     assert "(none of these characters are in the vocabulary: '\u00e9')" in result.stderr
 
 
+@pytest.mark.e2e
 def test_one_shot_prompt_prints_only_the_reply(trained_workdir):
     result = run_main("--mode=chat", f"--workdir={trained_workdir}", "--prompt=color of sky?")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "blue\n"
 
 
+@pytest.mark.e2e
 def test_eval_mode_reports_every_dialog_matched(trained_workdir):
     result = run_main("--mode=eval", f"--workdir={trained_workdir}")
     assert result.returncode == 0, result.stderr
@@ -41,6 +47,7 @@ def test_eval_mode_reports_every_dialog_matched(trained_workdir):
     assert "(n=8159)" in result.stdout
 
 
+@pytest.mark.e2e
 def test_chat_without_a_checkpoint_says_what_to_run(tmp_path):
     result = run_main("--mode=chat", f"--workdir={tmp_path}")
     assert result.returncode == 2
@@ -76,3 +83,27 @@ def test_ctrl_c_ends_the_repl_cleanly(trained_workdir):
     out = io.StringIO()
     chat.run_repl(session_for(trained_workdir, io.StringIO()), InterruptingInput(), out)
     assert out.getvalue() == chat.BANNER + "\n\n"
+
+
+def test_chat_history_keeps_earlier_turns_in_the_prompt(trained_workdir):
+    model = trained.load_trained(trained_workdir, log=lambda _: None)
+    generator = sampling.Generator(
+        model.model, model.params, model.vocab, sampling.SamplingConfig()
+    )
+    prompts = []
+    real_reply = generator.reply
+
+    def recording_reply(prompt):
+        prompts.append(prompt)
+        return real_reply(prompt)
+
+    generator.reply = recording_reply
+    session = chat.ChatSession(
+        generator, data.SYSTEM_PROMPT, keep_history=True, notices=io.StringIO()
+    )
+    assert session.answer("hi") == "hello!"
+    session.answer("what is 2+2?")
+    assert prompts[1] == data.render_prompt("what is 2+2?", history=(("hi", "hello!"),))
+    fresh = chat.ChatSession(generator, data.SYSTEM_PROMPT, notices=io.StringIO())
+    fresh.answer("what is 2+2?")
+    assert prompts[2] == data.render_prompt("what is 2+2?")

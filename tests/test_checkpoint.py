@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_main
+from tests.conftest import REPO, main_env, run_main
 from tinytx_jax import checkpoint, train, trained
 from tinytx_jax.steps import make_train_epoch
 from tinytx_jax.task import build_task
@@ -113,7 +113,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     assert checkpoint.CheckpointStore(tmp_path).steps() == [1, 2]
 
 
-def test_mismatched_config_and_unknown_schema_stop_with_one_line(tmp_path):
+@pytest.mark.e2e
+def test_mismatched_config_stops_with_one_line(tmp_path):
     short = [*FAST, f"--workdir={tmp_path}", "--config.epochs=2"]
     assert run_main(*short).returncode == 0
     result = run_main(*short, "--config.d_model=32", "--config.epochs=3")
@@ -121,30 +122,35 @@ def test_mismatched_config_and_unknown_schema_stop_with_one_line(tmp_path):
     assert "d_model=64 in the checkpoint, 32 in the config" in result.stderr
     assert "--config.resume=False" in result.stderr
 
+
+def test_unknown_schema_is_refused(ckpt_config, tmp_path):
+    ckpt_config.epochs = 2
+    train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
     meta_file = next((tmp_path / "checkpoints" / "2" / "meta").glob("*"))
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps({**meta, "schema_version": 99}))
-    result = run_main(*short, "--config.epochs=3")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "schema version 99" in result.stderr
+    ckpt_config.epochs = 3
+    with pytest.raises(checkpoint.CheckpointError, match="schema version 99"):
+        train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
 
 
-def test_corrupted_latest_falls_back_to_the_previous(tmp_path):
-    args = [*FAST, f"--workdir={tmp_path}", "--config.checkpoint_every=2"]
-    assert run_main(*args, "--config.epochs=6").returncode == 0
+def test_corrupted_latest_falls_back_to_the_previous(ckpt_config, tmp_path):
+    ckpt_config.update(epochs=6, checkpoint_every=2)
+    train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
     assert checkpoint.CheckpointStore(tmp_path).steps() == [2, 4, 6]
     shutil.rmtree(tmp_path / "checkpoints" / "6" / "state")
-    result = run_main(*args, "--config.epochs=7")
-    assert result.returncode == 0, result.stderr
-    assert "Checkpoint at epoch 6 is unreadable" in result.stdout
-    assert f"Resuming from {tmp_path / 'checkpoints'} at epoch 4" in result.stdout
-    assert "Epoch 7," in result.stdout
+    ckpt_config.epochs = 7
+    lines = []
+    _, history = train.train_and_evaluate(ckpt_config, str(tmp_path), log=lines.append)
+    assert any(line.startswith("Checkpoint at epoch 6 is unreadable") for line in lines)
+    assert f"Resuming from {tmp_path / 'checkpoints'} at epoch 4" in "\n".join(lines)
+    assert [m.epoch for m in history] == [5, 6, 7]
 
     for step in checkpoint.CheckpointStore(tmp_path).steps():
         shutil.rmtree(tmp_path / "checkpoints" / str(step) / "state", ignore_errors=True)
-    result = run_main(*args, "--config.epochs=8")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "no readable checkpoint" in result.stderr
+    ckpt_config.epochs = 8
+    with pytest.raises(checkpoint.CheckpointError, match="no readable checkpoint"):
+        train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
 
 
 def start_training(workdir, *extra):
@@ -159,6 +165,7 @@ def start_training(workdir, *extra):
             *extra,
         ],
         cwd=REPO,
+        env=main_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -175,6 +182,7 @@ def wait_for_checkpoints(workdir, count, timeout=120):
     raise AssertionError("no checkpoints appeared")
 
 
+@pytest.mark.e2e
 def test_sigkill_during_training_then_resume_completes(tmp_path):
     process = start_training(tmp_path, "--config.epochs=400")
     wait_for_checkpoints(tmp_path, 3)
@@ -193,6 +201,7 @@ def test_sigkill_during_training_then_resume_completes(tmp_path):
     assert "Epoch 12," in result.stdout
 
 
+@pytest.mark.e2e
 def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
     process = start_training(tmp_path, "--config.epochs=400", "--config.checkpoint_every=1000")
     wait_for_checkpoints(tmp_path, 0)

@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from configs import default
 from tests.conftest import run_main
-from tinytx_jax import chat, corpus, data, sampling, train, trained
+from tinytx_jax import chat, configuration, corpus, data, sampling, train, trained
 from tinytx_jax.task import build_task
 
 MULTI_TURN = {
@@ -67,6 +68,7 @@ def test_jsonl_trains_with_either_loss_and_schedule(tmp_path, tiny_config):
     assert history[-1].lr == pytest.approx(tiny_config.min_lr, rel=1e-3)  # cosine ends at min_lr
 
 
+@pytest.mark.e2e
 def test_plain_text_trains_and_samples(tmp_path, tiny_config):
     path = tmp_path / "t.txt"
     path.write_text("the cat sat on the mat. " * 40)
@@ -139,16 +141,25 @@ def test_non_ascii_dialogs_train_and_chat(tmp_path, tiny_config):
         ("data.csv", b"a,b\n", "unknown data format '.csv'"),
     ],
 )
-def test_bad_data_stops_with_one_line(tmp_path, name, content, message):
+def test_bad_data_is_named(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
+    config = default.get_config()
+    config.data_path = str(path)
+    with pytest.raises((corpus.DataError, configuration.ConfigError)) as error:
+        build_task(config)
+    assert message in str(error.value)
+
+
+@pytest.mark.e2e
+def test_bad_data_stops_with_one_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"user": "hi"}\n')
     result = run_main(
         "--mode=train", f"--config.data_path={path}", f"--workdir={tmp_path}/w", timeout=60
     )
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert message in result.stderr
+    assert result.stderr == f"error: {path}:1: missing field 'assistant'\n"
 
 
 def test_missing_file_is_named(tmp_path):

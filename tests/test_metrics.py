@@ -1,13 +1,13 @@
-"""metrics.jsonl, TensorBoard events, curves.png, plain output off a terminal, chat history."""
+"""metrics.jsonl, TensorBoard events, curves.png, the plot mode, profiles."""
 
-import io
 import json
 import struct
 
+import pytest
 from tensorboardX.proto import event_pb2
 
 from tests.conftest import run_main
-from tinytx_jax import chat, data, metrics, sampling, train, trained
+from tinytx_jax import metrics, train
 
 
 def read_events(directory):
@@ -61,35 +61,12 @@ def test_resume_drops_metrics_of_epochs_trained_again(small_config, tmp_path):
     assert [r["epoch"] for r in metrics.read_metrics(path)] == [1, 2, 3]
 
 
+@pytest.mark.e2e
 def test_plot_mode(trained_workdir, tmp_path):
     result = run_main("--mode=plot", f"--workdir={trained_workdir}")
     assert result.returncode == 0 and "curves.png" in result.stdout
     result = run_main("--mode=plot", f"--workdir={tmp_path}")
     assert result.returncode == 2 and "no metrics in" in result.stderr
-
-
-def test_chat_history_keeps_earlier_turns_in_the_prompt(trained_workdir):
-    model = trained.load_trained(trained_workdir, log=lambda _: None)
-    generator = sampling.Generator(
-        model.model, model.params, model.vocab, sampling.SamplingConfig()
-    )
-    prompts = []
-    real_reply = generator.reply
-
-    def recording_reply(prompt):
-        prompts.append(prompt)
-        return real_reply(prompt)
-
-    generator.reply = recording_reply
-    session = chat.ChatSession(
-        generator, data.SYSTEM_PROMPT, keep_history=True, notices=io.StringIO()
-    )
-    assert session.answer("hi") == "hello!"
-    session.answer("what is 2+2?")
-    assert prompts[1] == data.render_prompt("what is 2+2?", history=(("hi", "hello!"),))
-    fresh = chat.ChatSession(generator, data.SYSTEM_PROMPT, notices=io.StringIO())
-    fresh.answer("what is 2+2?")
-    assert prompts[2] == data.render_prompt("what is 2+2?")
 
 
 def test_profile_steps_writes_a_trace(small_config, tmp_path):

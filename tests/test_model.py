@@ -83,7 +83,7 @@ def test_matches_a_hand_written_seed_forward():
     scores = jnp.where(jnp.tril(jnp.ones((9, 9), bool)), scores, -1e9)
     y = h + jax.nn.softmax(scores, axis=-1) @ v @ attn["out"]["kernel"]
     y = (y - y.mean(-1, keepdims=True)) / jnp.sqrt(y.var(-1, keepdims=True) + 1e-5)
-    expected = y @ params["head"]["kernel"] + params["head"]["bias"]
+    expected = y @ params["head"]["kernel"] + params["head"]["bias"][None]
     np.testing.assert_allclose(model.apply({"params": params}, tokens), expected, atol=2e-5)
 
 

@@ -1,6 +1,7 @@
 """The training loop: initial loss, the log line, falling loss, reproducibility, bad config."""
 
 import math
+import re
 
 import jax
 import numpy as np
@@ -11,6 +12,19 @@ from tinytx_jax import configuration, train
 from tinytx_jax.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.steps import make_evaluate, make_train_epoch
 from tinytx_jax.task import build_task
+
+LINE = re.compile(
+    r"^Epoch (\d+), train_loss=\d+\.\d{4} val_loss=\d+\.\d{4} "
+    r"val_acc=(\d\.\d{3}) \(n=8159\) lr=\d\.\d{2}e[-+]\d{2}$"
+)
+
+
+def test_fast_config_reaches_target_accuracy(fast_run):
+    _, lines = fast_run
+    epochs = [LINE.match(ln) for ln in lines if ln.startswith("Epoch")]
+    assert epochs and all(epochs)
+    assert float(epochs[-1].group(2)) >= 0.99
+    assert any(ln.startswith("Target reached") for ln in lines)
 
 
 def test_untrained_loss_is_near_uniform():

@@ -52,9 +52,11 @@ def quiet(message: str) -> None:
 
 
 def enable_compile_cache(workdir: str) -> None:
-    """Persist compiled XLA programs in WORKDIR/jax_cache: a rerun skips most compiling."""
-    cache = Path(workdir).expanduser().absolute() / "jax_cache"
-    jax.config.update("jax_compilation_cache_dir", str(cache))
+    """Persist compiled XLA programs in WORKDIR/jax_cache (or in $JAX_COMPILATION_CACHE_DIR
+    when that is set): a rerun skips most compiling."""
+    if not jax.config.jax_compilation_cache_dir:
+        cache = Path(workdir).expanduser().absolute() / "jax_cache"
+        jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
