@@ -1,23 +1,20 @@
-"""Two processes on localhost (CPU gloo collectives) train as one: same losses as one process."""
+"""Two processes on localhost (CPU gloo collectives) train as one: same losses as one process,
+one set-aside of the old run's files, and a signal to one process stops both at one epoch."""
 
-import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_main
+from tests.conftest import REPO, main_env, run_main
 from tests.test_parallel import losses
 
 ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-ARGS = [
-    "--mode=train",
-    "--config=configs/fast.py",
-    "--config.epochs=2",
-    "--config.target_val_acc=0",
-]
+ARGS = ["--mode=train", "--config=configs/fast.py", "--config.target_val_acc=0"]
 
 
 def free_port() -> int:
@@ -29,8 +26,12 @@ def free_port() -> int:
         pytest.skip(f"cannot bind a port on 127.0.0.1: {error}")
 
 
+@pytest.mark.e2e
 @pytest.mark.multihost
-def test_two_processes_match_one_process(tmp_path):
+def test_two_processes_train_as_one_and_stop_together(tmp_path):
+    workdir = tmp_path / "two"
+    workdir.mkdir()
+    (workdir / "metrics.jsonl").write_text("an earlier run's log\n")
     port = free_port()
     processes = [
         subprocess.Popen(
@@ -38,24 +39,39 @@ def test_two_processes_match_one_process(tmp_path):
                 sys.executable,
                 "main.py",
                 *ARGS,
-                f"--workdir={tmp_path / 'two'}",
+                "--config.epochs=400",
+                "--config.checkpoint_every=1000",
+                "--config.resume=False",
+                f"--workdir={workdir}",
                 f"--coordinator_address=127.0.0.1:{port}",
                 "--num_processes=2",
                 f"--process_id={rank}",
             ],
             cwd=REPO,
-            env={**os.environ, **ONE_DEVICE},
+            env=main_env(ONE_DEVICE),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for rank in (0, 1)
     ]
-    outputs = [process.communicate(timeout=240) for process in processes]
+    metrics_file = workdir / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.1)
+    processes[1].send_signal(signal.SIGINT)  # only process 1 is interrupted
+    outputs = [process.communicate(timeout=120) for process in processes]
     for process, (_, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, stderr
+        assert process.returncode == 130, stderr
+    line = next(ln for ln in outputs[0][0].splitlines() if ln.startswith("Interrupted at epoch"))
+    epoch = int(line.split()[3].rstrip(":"))
+    assert (workdir / "checkpoints" / str(epoch)).is_dir()
     assert "Epoch 2," in outputs[0][0] and "Epoch" not in outputs[1][0]  # process 0 logs
-    single = run_main(*ARGS, f"--workdir={tmp_path / 'one'}", env=ONE_DEVICE)
+    replaced = list(workdir.glob("replaced-*"))
+    assert len(replaced) == 1 and (replaced[0] / "metrics.jsonl").read_text().startswith("an")
+
+    single = run_main(*ARGS, "--config.epochs=2", f"--workdir={tmp_path / 'one'}", env=ONE_DEVICE)
     assert single.returncode == 0, single.stderr
-    np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=2e-3)
-    assert (tmp_path / "two" / "checkpoints" / "2").is_dir()
+    np.testing.assert_allclose(losses(workdir)[:2], losses(tmp_path / "one"), rtol=2e-3)
