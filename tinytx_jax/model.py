@@ -220,6 +220,7 @@ class TinyTransformer(nn.Module):
         if decode_start is None:
             positions_TxD = pos_embed_LxD[:T]
         else:
+            # Callers keep decode_start + T <= max_len, so this slice is never clamped.
             positions_TxD = jax.lax.dynamic_slice_in_dim(pos_embed_LxD, decode_start, T)
         x_BxTxD = jnp.take(token_embed_VxD, tokens_BxT, axis=0) + positions_TxD[None]
         x_BxTxD = x_BxTxD.astype(cfg.dtype)

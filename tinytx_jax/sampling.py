@@ -68,6 +68,7 @@ def bucket_length(length: int, max_len: int) -> int:
 
 
 def _ends_with(buffer: jax.Array, end: jax.Array, tag: jax.Array) -> jax.Array:
+    # Clamped at 0 by hand: before the tag fits, the window reads the prompt (no match).
     window = jax.lax.dynamic_slice_in_dim(buffer, jnp.maximum(end - tag.shape[0], 0), tag.shape[0])
     return jnp.all(window == tag)
 
@@ -95,11 +96,13 @@ def make_generate(
         return logits[0, -1], variables["cache"]
 
     def window_logits(params, cache, buffer, end):
+        # end >= max_len here, so the slice is never clamped.
         window = jax.lax.dynamic_slice_in_dim(buffer, end - max_len, max_len)
         return model.apply({"params": params}, window[None])[0, -1], cache
 
     def generate(params, cache, buffer, start, prompt_len, key, call):
         key = jax.random.fold_in(key, call)
+        # The buffer holds max_len + max_new_tokens, so the bucket never needs clamping.
         chunk = jax.lax.dynamic_slice_in_dim(buffer, start, bucket)
         logits, variables = model.apply(
             {"params": params, "cache": cache}, chunk[None], decode_start=start, mutable=["cache"]
@@ -158,7 +161,7 @@ class Generator:
         self.stop_text = stop_text
         stop_known = stop_text and not vocab.unknown_chars(stop_text)
         self.stop_tokens = tuple(int(t) for t in vocab.encode(stop_text)) if stop_known else ()
-        self.key = jax.random.PRNGKey(cfg.seed)
+        self.key = jax.random.key(cfg.seed)
         self.calls = 0
         self._lock = threading.Lock()
         self._compiled: dict[int, Callable[..., tuple[jax.Array, jax.Array]]] = {}
@@ -217,6 +220,7 @@ class Generator:
             bucket = bucket_length(len(prompt) - start, max_len - start)
             generate = self.compiled(bucket)
             out, end = generate(self.params, cache, buffer, start, len(prompt), self.key, call)
+        # Host sync: the reply's tokens come back once, after the whole decode loop.
         return np.asarray(out)[len(prompt) : int(end)], truncated
 
     def generate_tokens(self, prompt: np.ndarray) -> tuple[np.ndarray, bool]:
