@@ -61,6 +61,22 @@ def test_resume_drops_metrics_of_epochs_trained_again(small_config, tmp_path):
     assert [r["epoch"] for r in metrics.read_metrics(path)] == [1, 2, 3]
 
 
+def test_a_damaged_metrics_line_is_skipped_on_resume_and_plot(small_config, tmp_path):
+    small_config.update(epochs=2, steps_per_epoch=5, checkpoint_every=1)
+    train.train_and_evaluate(small_config, str(tmp_path), log=lambda _: None)
+    path = tmp_path / metrics.METRICS_FILE
+    path.write_text(path.read_text() + '{"epoch": 3, "train_lo')  # a crash mid-write
+    small_config.epochs = 3
+    lines = []
+    train.train_and_evaluate(small_config, str(tmp_path), log=lines.append)
+    assert [r["epoch"] for r in metrics.read_metrics(path)] == [1, 2, 3]
+    path.write_text(path.read_text() + "garbage\n")
+    notices = []
+    assert [r["epoch"] for r in metrics.read_metrics(path, notices.append)] == [1, 2, 3]
+    assert notices == [f"(skipped line 4 of {path}: not an epoch record)"]
+    assert metrics.plot_curves(tmp_path).exists()
+
+
 @pytest.mark.e2e
 def test_plot_mode(trained_workdir, tmp_path):
     result = run_main("--mode=plot", f"--workdir={trained_workdir}")

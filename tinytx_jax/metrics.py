@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
@@ -55,10 +56,24 @@ def epoch_record(
     }
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path, log: Callable[[str], None] = print) -> list[dict]:
+    """The epoch records of `path`; a damaged line (what a crash mid-write leaves) is
+    skipped with a notice, never a reason to refuse a resume or a plot."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            records.append(record)
+        else:
+            log(f"(skipped line {number} of {path}: not an epoch record)")
+    return records
 
 
 class MetricsLog:
