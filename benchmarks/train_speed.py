@@ -19,7 +19,6 @@ from ml_collections import config_flags
 
 from tinytx_jax import configuration
 from tinytx_jax.model import ModelConfig
-from tinytx_jax.steps import make_train_epoch
 from tinytx_jax.task import build_task
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config to time.")
@@ -40,14 +39,7 @@ def measure_train_speed(config: ml_collections.ConfigDict, epochs: int) -> dict:
     configuration.check_config(config)
     task = build_task(config)
     state = task.initial_state(config.seed)
-    epoch_fn = make_train_epoch(
-        task.model,
-        task.tx,
-        task.mesh,
-        config.steps_per_epoch,
-        config.batch_size,
-        config.block_size,
-    )
+    epoch_fn = task.make_train_epoch(config, config.steps_per_epoch)
     start = time.perf_counter()
     compiled = epoch_fn.lower(state, task.train_tokens, task.train_weights).compile()
     compile_s = time.perf_counter() - start

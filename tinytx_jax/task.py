@@ -13,6 +13,7 @@ import optax
 from tinytx_jax import configuration, corpus, data, optim, parallel
 from tinytx_jax.model import TinyTransformer
 from tinytx_jax.state import TrainState, init_train_state
+from tinytx_jax.steps import StateUpdate, make_train_epoch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,12 @@ class Task:
     def initial_state(self, seed: int) -> TrainState:
         """Fresh state from `seed`, replicated over the mesh (compiled once per task)."""
         return self._init(seed)
+
+    def make_train_epoch(self, config: ml_collections.ConfigDict, steps: int) -> StateUpdate:
+        """This task's jitted epoch of `steps` steps: `(state, train_tokens, train_weights)`."""
+        return make_train_epoch(
+            self.model, self.tx, self.mesh, steps, config.batch_size, config.block_size
+        )
 
 
 def build_task(config: ml_collections.ConfigDict) -> Task:

@@ -19,7 +19,7 @@ from tinytx_jax import checkpoint, configuration, interrupt, metrics, optim, par
 from tinytx_jax import resume as resuming
 from tinytx_jax.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.state import TrainState, count_params
-from tinytx_jax.steps import make_end_epoch, make_evaluate, make_train_epoch
+from tinytx_jax.steps import make_end_epoch, make_evaluate
 from tinytx_jax.task import Task, build_task
 
 
@@ -48,14 +48,7 @@ def compile_steps(
     task: Task, config: ml_collections.ConfigDict, state: TrainState
 ) -> CompiledSteps:
     """Compile ahead of time, so that no epoch's timing includes compilation."""
-    train_epoch = make_train_epoch(
-        task.model,
-        task.tx,
-        task.mesh,
-        config.steps_per_epoch,
-        config.batch_size,
-        config.block_size,
-    )
+    train_epoch = task.make_train_epoch(config, config.steps_per_epoch)
     end_epoch = make_end_epoch(
         task.plateau, task.plateau_enabled, task.schedule, optim.PLATEAU_MIN_DELTA
     )
@@ -215,14 +208,7 @@ def _run_epochs(
 
 def profile(task: Task, config: ml_collections.ConfigDict, workdir: str) -> str:
     """A `jax.profiler` trace of `profile_steps` compiled steps, on a throwaway state."""
-    steps = make_train_epoch(
-        task.model,
-        task.tx,
-        task.mesh,
-        config.profile_steps,
-        config.batch_size,
-        config.block_size,
-    )
+    steps = task.make_train_epoch(config, config.profile_steps)
     state, loss = steps(task.initial_state(config.seed), task.train_tokens, task.train_weights)
     loss.block_until_ready()  # compiled outside the trace
     directory = str(checkpoint.checkpoint_dir(workdir).parent / "profile")
