@@ -85,7 +85,7 @@ def measure_chat(workdir: str, repeats: int) -> dict:
         ms = median_ms(lambda u=user: session.answer(u), repeats)
         replies[user] = {"reply": reply, "ms": ms}
     free_running = sampling.Generator(
-        model.model, model.params, model.vocab, sampling.SamplingConfig(), stop_text=""
+        model.model, model.params, model.vocab, sampling.SamplingConfig(), stop_texts=()
     )
     prompt = data.render_prompt("hi")
     encoded = model.vocab.encode(prompt)

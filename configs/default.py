@@ -12,6 +12,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data_repeat = 300
     config.validation_fraction = 0.1
     config.loss_on = "all"  # "assistant": only reply characters and their end tag count
+    config.window_start = "any"  # "conversation": every window starts where a dialog does
+    config.validation_split = "tail"  # "conversations": hold out whole dialogs, unrepeated
 
     # Model (the seed's single block, single head, no MLP, post-norm).
     config.d_model = 64
@@ -22,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.pre_norm = False
     config.dropout = 0.0
     config.dtype = "float32"
+    # On a CPU, training splits the batch over this many XLA devices, one per core
+    # (0: the most cores that divide batch_size; the seed's batch of 1 stays on one).
+    config.cpu_devices = 0
 
     # Optimisation.
     config.lr = 5e-4
@@ -40,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.min_lr = 1e-5
     config.early_stop_patience = 150
     config.target_val_acc = 0.0  # > 0: stop as soon as val_acc reaches it.
+    # Exact match of the greedy replies to every training turn, every N epochs (0: never);
+    # > 0 target: stop as soon as that fraction of turns comes back exactly.
+    config.exact_match_every = 0
+    config.target_exact_match = 0.0
 
     # Checkpoints in WORKDIR/checkpoints: every N epochs and at the end; the latest
     # `keep_checkpoints` and the best by validation loss are kept.

@@ -43,7 +43,7 @@ def test_one_shot_prompt_prints_only_the_reply(trained_workdir):
 def test_eval_mode_reports_every_dialog_matched(trained_workdir):
     result = run_main("--mode=eval", f"--workdir={trained_workdir}")
     assert result.returncode == 0, result.stderr
-    assert "Exact match: 3/3 assistant turns" in result.stdout
+    assert "Exact match (training conversations): 3/3 assistant turns" in result.stdout
     assert "(n=8159)" in result.stdout
 
 

@@ -43,7 +43,7 @@ def test_save_then_restore_gives_identical_state_and_logits(ckpt_config, tmp_pat
     state, _ = epoch_fn(task.initial_state(0), task.train_tokens)
     saved = jax.device_get(state)
     store = checkpoint.CheckpointStore(tmp_path)
-    store.save(1, state, {"schema_version": checkpoint.SCHEMA_VERSION}, 1.0)
+    store.save(1, state, {"schema_version": checkpoint.SCHEMA_VERSION}, {"val_loss": 1.0})
     state, _ = epoch_fn(state, task.train_tokens)  # donates the saved buffers meanwhile
     store.wait()
     restored = store.restore(1, checkpoint.abstract_like(state))
@@ -71,11 +71,25 @@ def test_keeps_latest_and_best(tmp_path):
     state = {"w": jnp.arange(3.0)}
     store = checkpoint.CheckpointStore(tmp_path, keep=2)
     for epoch, val_loss in enumerate([5, 4, 3, 1, 2, 2.5, 2.6, 2.7], start=1):
-        store.save(epoch, state, {"schema_version": checkpoint.SCHEMA_VERSION}, val_loss)
+        meta = {"schema_version": checkpoint.SCHEMA_VERSION}
+        store.save(epoch, state, meta, {"val_loss": val_loss})
     store.close()
     store = checkpoint.CheckpointStore(tmp_path, keep=2)
     assert store.steps() == [4, 7, 8]
     assert store.best_step() == 4
+    store.close()
+
+
+def test_best_is_the_most_exact_when_exact_match_is_measured(tmp_path):
+    state = {"w": jnp.arange(3.0)}
+    store = checkpoint.CheckpointStore(tmp_path, keep=1)
+    meta = {"schema_version": checkpoint.SCHEMA_VERSION}
+    for epoch, (val_loss, exact) in enumerate([(0.5, 0.9), (0.4, 0.95), (0.3, 0.95), (0.2, 0.9)]):
+        store.save(epoch + 1, state, meta, {"val_loss": val_loss, "exact_match": exact})
+    store.close()
+    store = checkpoint.CheckpointStore(tmp_path, keep=1)
+    assert store.steps() == [3, 4]  # the latest, and the best: most exact, then lowest loss
+    assert store.best_step() == 3
     store.close()
 
 

@@ -24,7 +24,7 @@ def test_cached_equals_uncached_on_untrained_weights(prompt_len):
     model, params = random_model()
     prompt = np.asarray(jax.random.randint(jax.random.key(prompt_len), (prompt_len,), 0, 31))
     generator = sampling.Generator(
-        model, params, vocab(), sampling.SamplingConfig(max_new_tokens=24), stop_text=""
+        model, params, vocab(), sampling.SamplingConfig(max_new_tokens=24), stop_texts=()
     )
     cached, _ = generator.generate_tokens(prompt)
     np.testing.assert_array_equal(cached, sampling.generate_uncached(model, params, prompt, 24, ()))
@@ -34,7 +34,7 @@ def test_cached_equals_uncached_past_max_len_with_heads_and_layers():
     model, params = random_model(max_len=64, n_heads=4, n_layers=2, mlp=True)
     prompt = np.arange(50, dtype=np.int32) % 31
     generator = sampling.Generator(
-        model, params, vocab(), sampling.SamplingConfig(max_new_tokens=30), stop_text=""
+        model, params, vocab(), sampling.SamplingConfig(max_new_tokens=30), stop_texts=()
     )
     cached, truncated = generator.generate_tokens(prompt)
     assert truncated and len(cached) == 30
@@ -60,7 +60,7 @@ def test_prefix_cache_equals_uncached_with_history_and_past_max_len():
     model, params = random_model(max_len=64)
     prefix = np.arange(10, dtype=np.int32) % 31
     generator = sampling.Generator(
-        model, params, vocab(), sampling.SamplingConfig(max_new_tokens=30), stop_text=""
+        model, params, vocab(), sampling.SamplingConfig(max_new_tokens=30), stop_texts=()
     )
     generator.cache_prefix(vocab().decode(prefix))
     for extra in (1, 20, 40):
@@ -107,7 +107,7 @@ def test_a_fixed_seed_reproduces_the_sample():
 
     def sample(seed):
         cfg = sampling.SamplingConfig(temperature=1.0, seed=seed, max_new_tokens=40)
-        return sampling.Generator(model, params, vocab(), cfg, stop_text="").generate_tokens(
+        return sampling.Generator(model, params, vocab(), cfg, stop_texts=()).generate_tokens(
             prompt
         )[0]
 

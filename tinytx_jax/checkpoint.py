@@ -3,9 +3,9 @@
 Layout: `WORKDIR/checkpoints/<epoch>/{state,meta}`. Saves are asynchronous; a save is
 committed by orbax's atomic rename, so a process killed at any moment leaves the last
 committed checkpoint intact, and unfinished temporaries are cleaned on the next start.
-Retention keeps the latest `keep` checkpoints *and* the best one by validation loss:
-orbax's `max_to_keep` together with `best_fn` would delete the latest, so the two
-preservation policies are combined explicitly.
+Retention keeps the latest `keep` checkpoints *and* the best one (`rank`): orbax's
+`max_to_keep` together with `best_fn` would delete the latest, so the two preservation
+policies are combined explicitly.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from orbax.checkpoint import checkpoint_managers
 from tinytx_jax.model import ModelConfig
 
 SCHEMA_VERSION = 1
+EXACT_MATCH_WEIGHT = 1e6  # any difference in exact match outweighs any in val_loss
 PACKAGES = ("tinytx-jax", "jax", "flax", "optax", "orbax-checkpoint")
 
 
@@ -76,6 +77,12 @@ def check_schema(meta: dict, where: Path) -> None:
         )
 
 
+def rank(metrics: dict) -> float:
+    """Lower is better: most turns exactly right where that was measured, then lowest
+    validation loss (a dialog model is best when it answers, not when it is surest)."""
+    return -EXACT_MATCH_WEIGHT * metrics.get("exact_match", -1.0) + metrics["val_loss"]
+
+
 class CheckpointStore:
     """Saves and restores `(state, meta)` pairs under `WORKDIR/checkpoints`."""
 
@@ -84,14 +91,12 @@ class CheckpointStore:
         policy = checkpoint_managers.AnyPreservationPolicy(
             [
                 checkpoint_managers.LatestN(n=keep),
-                checkpoint_managers.BestN(
-                    get_metric_fn=lambda metrics: metrics["val_loss"], reverse=True, n=1
-                ),
+                checkpoint_managers.BestN(get_metric_fn=rank, reverse=True, n=1),
             ]
         )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
-            best_fn=lambda metrics: metrics["val_loss"],
+            best_fn=rank,
             best_mode="min",
             save_interval_steps=0 if read_only else 1,
             create=not read_only,
@@ -110,15 +115,16 @@ class CheckpointStore:
     def best_step(self) -> int | None:
         return self.manager.best_step()
 
-    def save(self, epoch: int, state: Any, meta: dict, val_loss: float) -> float:
-        """Start an asynchronous save; returns the seconds the caller was blocked."""
+    def save(self, epoch: int, state: Any, meta: dict, metrics: dict[str, float]) -> float:
+        """Start an asynchronous save ranked by `metrics` (`val_loss`, and `exact_match`
+        when measured); returns the seconds the caller was blocked."""
         start = time.perf_counter()
         self.manager.save(
             epoch,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
             ),
-            metrics={"val_loss": float(val_loss)},
+            metrics=metrics,
             force=True,
         )
         return time.perf_counter() - start

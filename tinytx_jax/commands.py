@@ -6,6 +6,7 @@ main.py holds the flags; this module runs a mode and turns the project's errors 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -73,6 +74,12 @@ def run(
         configuration.check_config(config)
         if config.compile_cache:
             enable_compile_cache(workdir)
+        forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+        if mode in ("train", "train_and_chat") and not distributed and not forced:
+            cores = len(os.sched_getaffinity(0))
+            parallel.use_cpu_devices(
+                parallel.cpu_device_count(config.batch_size, config.cpu_devices, cores)
+            )
         if distributed:
             if mode != "train":
                 fail(
@@ -130,7 +137,7 @@ def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, promp
     if not len(tokens):
         fail("--prompt has no character of the model's vocabulary: give some text to continue")
     generator = sampling.Generator(
-        model.model, model.params, model.vocab, chat.sampling_config(config), stop_text=""
+        model.model, model.params, model.vocab, chat.sampling_config(config), stop_texts=()
     )
     continuation, _ = generator.generate_tokens(tokens)
     print(model.vocab.decode(tokens) + model.vocab.decode(continuation))

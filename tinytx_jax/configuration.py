@@ -10,6 +10,8 @@ DTYPES = ("float32", "bfloat16")
 CHECKPOINT_CHOICES = ("best", "latest")
 LR_SCHEDULES = ("constant", "cosine")
 LOSS_ON = ("all", "assistant")
+WINDOW_STARTS = ("any", "conversation")
+VALIDATION_SPLITS = ("tail", "conversations")
 
 
 class ConfigError(ValueError):
@@ -27,7 +29,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "lr",
         "epochs",
         "steps_per_epoch",
-        "block_size",
         "batch_size",
         "print_every",
         "clip_norm",
@@ -45,8 +46,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for name in positive:
         value = config[name]
         _require(value > 0, f"config.{name} must be positive, got {value}")
-    for name in ("weight_decay", "warmup_steps", "min_lr", "temperature", "top_k", "profile_steps"):
+    for name in (
+        "weight_decay",
+        "warmup_steps",
+        "min_lr",
+        "temperature",
+        "top_k",
+        "profile_steps",
+        "exact_match_every",
+        "cpu_devices",
+        "block_size",
+    ):
         _require(config[name] >= 0, f"config.{name} must be >= 0, got {config[name]}")
+    _require(
+        config.block_size or config.window_start == "conversation",
+        "config.block_size=0 (fit the longest conversation) needs "
+        "config.window_start='conversation'",
+    )
     _require(
         config.block_size <= config.max_len,
         f"config.block_size ({config.block_size}) must not exceed config.max_len "
@@ -73,12 +89,27 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         0.0 <= config.target_val_acc <= 1.0,
         f"config.target_val_acc must be in [0, 1] (0 disables it), got {config.target_val_acc}",
     )
+    _require(
+        0.0 <= config.target_exact_match <= 1.0,
+        f"config.target_exact_match must be in [0, 1] (0 disables it), got "
+        f"{config.target_exact_match}",
+    )
+    _require(
+        not config.target_exact_match or config.exact_match_every,
+        "config.target_exact_match needs config.exact_match_every > 0 (how often, in epochs, "
+        "to check the replies)",
+    )
     _require(0.0 < config.top_p <= 1.0, f"config.top_p must be in (0, 1], got {config.top_p}")
     _require(
         config.checkpoint in CHECKPOINT_CHOICES,
         f"config.checkpoint must be one of {CHECKPOINT_CHOICES}, got {config.checkpoint!r}",
     )
-    for name, choices in (("lr_schedule", LR_SCHEDULES), ("loss_on", LOSS_ON)):
+    for name, choices in (
+        ("lr_schedule", LR_SCHEDULES),
+        ("loss_on", LOSS_ON),
+        ("window_start", WINDOW_STARTS),
+        ("validation_split", VALIDATION_SPLITS),
+    ):
         _require(
             config[name] in choices, f"config.{name} must be one of {choices}, got {config[name]!r}"
         )

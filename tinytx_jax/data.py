@@ -14,6 +14,9 @@ import numpy as np
 SYSTEM_PROMPT = "You are helpful."
 END_OF_TURN = "<eot>\n"
 ASSISTANT_END = "</assistant>"
+# Every tag the rendering uses. A reply ends at the first one the model produces (normally
+# `</assistant>`): a weakly trained model that runs on into `<eot>` or `<user>` is cut there.
+TAGS = ("<system>", "</system>", "<user>", "</user>", "<assistant>", ASSISTANT_END, "<eot>")
 BUILTIN_DIALOGS: tuple[tuple[str, str], ...] = (
     ("hi", "hello!"),
     ("what is 2+2?", "4"),
@@ -57,6 +60,19 @@ def conversation_segments(conversation: Conversation) -> list[tuple[str, bool]]:
         segments.append(("\n", False))
     segments.append((END_OF_TURN, False))
     return segments
+
+
+def cut_at_tag(text: str, tags: tuple[str, ...] = TAGS) -> str:
+    """`text` up to the first of `tags` in it: what a reply shows of the model's output."""
+    cut = min((i for i in (text.find(tag) for tag in tags) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def conversation_offsets(conversations: tuple[Conversation, ...], repeat: int = 1) -> np.ndarray:
+    """The character offset at which each conversation of the repeated text starts."""
+    lengths = [sum(len(piece) for piece, _ in conversation_segments(c)) for c in conversations]
+    starts = np.cumsum([0, *lengths])
+    return np.concatenate([starts[:-1] + k * starts[-1] for k in range(repeat)]).astype(np.int64)
 
 
 def render_conversations(
@@ -142,17 +158,22 @@ def validation_chunks(
     return inputs.reshape(shape), targets.reshape(shape), mask.reshape(shape)
 
 
-def validation_set(
-    tokens: np.ndarray,
-    reply_mask: np.ndarray,
-    validation_fraction: float,
-    chunk_len: int,
-    replies_only: bool,
+def conversation_chunks(
+    tokens: np.ndarray, starts: np.ndarray, chunk_len: int, loss_mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, ...]:
-    """The validation chunks of a token stream, as training and eval both score them.
+    """One (input, target) row per conversation, from its first character, as chat sees it.
 
-    With `replies_only`, the weights keep only assistant-reply targets (`loss_on=assistant`).
+    Same layout as `validation_chunks`; a conversation longer than `chunk_len` is scored
+    on its first `chunk_len` targets (the positions training reaches).
     """
-    _, val_tokens = split_tokens(tokens, validation_fraction)
-    _, val_mask = split_tokens(reply_mask, validation_fraction)
-    return validation_chunks(val_tokens, chunk_len, val_mask if replies_only else None)
+    ends = np.append(starts[1:], len(tokens))
+    shape = (len(starts), chunk_len)
+    inputs, targets = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+    mask = np.zeros(shape, np.float32)
+    for row, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        end = min(end, start + chunk_len + 1)
+        count = end - start - 1
+        inputs[row, :count] = tokens[start : end - 1]
+        targets[row, :count] = tokens[start + 1 : end]
+        mask[row, :count] = 1.0 if loss_mask is None else loss_mask[start + 1 : end]
+    return inputs, targets, mask

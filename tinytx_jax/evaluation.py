@@ -1,14 +1,33 @@
-"""`--mode=eval`: a checkpoint's validation figures and its replies to the training dialogs."""
+"""`--mode=eval`: a checkpoint's validation figures and its replies to the dialogs.
+
+The split is rebuilt exactly as training built it, so the figures are the ones the run
+logged; exact match is reported for the training conversations and, with
+`validation_split=conversations`, separately for the held-out ones.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
 
-from tinytx_jax import corpus, data
+from tinytx_jax import corpus, data, split
 from tinytx_jax.chat import ChatSession
 from tinytx_jax.steps import make_evaluate
 from tinytx_jax.trained import TrainedModel
+
+Miss = tuple[str, str, str]  # (user, got, expected)
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnScore:
+    """Greedy replies to every assistant turn of some conversations."""
+
+    matches: int
+    misses: list[Miss]
+
+    @property
+    def turns(self) -> int:
+        return self.matches + len(self.misses)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,48 +35,60 @@ class EvalReport:
     val_loss: float
     val_acc: float
     val_targets: int
-    matches: int
-    misses: list[tuple[str, str, str]]  # (user, got, expected)
-
-    @property
-    def dialogs(self) -> int:
-        return self.matches + len(self.misses)
+    train: TurnScore
+    heldout: TurnScore | None  # None unless whole conversations were held out
 
 
-def evaluate_checkpoint(
-    trained: TrainedModel, session: ChatSession, log: Callable[[str], None] = print
-) -> EvalReport:
-    """Validation loss/accuracy exactly as training reports them, then greedy exact match.
-
-    Every assistant turn of the training dialogs is asked for, after the turns before it.
-    """
-    config = trained.config
-    text = corpus.load_corpus(config.data_path, config.data_repeat)
-    if data.corpus_fingerprint(text.text) != trained.meta["data"]["fingerprint"]:
-        log("(the data differs from the checkpoint's training data: figures are not comparable)")
-    inputs, targets, mask = data.validation_set(
-        trained.vocab.encode(text.text),
-        text.reply_mask,
-        config.validation_fraction,
-        config.block_size,
-        replies_only=config.loss_on == "assistant",
-    )
-    loss, acc = make_evaluate(trained.model)(trained.params, inputs, targets, mask)
+def score_turns(session: ChatSession, conversations: tuple[data.Conversation, ...]) -> TurnScore:
+    """Ask every assistant turn after the turns before it, as chat with history would."""
     matches, misses = 0, []
-    for conversation in text.conversations:
+    for conversation in conversations:
         for i, (user, expected) in enumerate(conversation.turns):
             got = session.reply_in_context(user, conversation.system, conversation.turns[:i])
             if got == expected:
                 matches += 1
             else:
                 misses.append((user, got, expected))
-    report = EvalReport(float(loss), float(acc), int(mask.sum()), matches, misses)
+    return TurnScore(matches, misses)
+
+
+def evaluate_checkpoint(
+    trained: TrainedModel, session: ChatSession, log: Callable[[str], None] = print
+) -> EvalReport:
+    """Validation loss/accuracy exactly as training reports them, then greedy exact match."""
+    config = trained.config
+    text = corpus.load_corpus(config.data_path, config.data_repeat)
+    if data.corpus_fingerprint(text.text) != trained.meta["data"]["fingerprint"]:
+        log("(the data differs from the checkpoint's training data: figures are not comparable)")
+    validation_split = config.get("validation_split", "tail")
+    parts = split.split_corpus(
+        text, trained.vocab, validation_split, config.validation_fraction, config.data_repeat
+    )
+    inputs, targets, mask = parts.validation_chunks(
+        config.block_size,
+        config.loss_on == "assistant",
+        aligned=config.get("window_start", "any") == "conversation",
+    )
+    loss, acc = make_evaluate(trained.model)(trained.params, inputs, targets, mask)
+    report = EvalReport(
+        float(loss),
+        float(acc),
+        int(mask.sum()),
+        score_turns(session, parts.train_conversations),
+        score_turns(session, parts.heldout_conversations) if validation_split != "tail" else None,
+    )
     log(
         f"Checkpoint epoch {trained.epoch}: val_loss={report.val_loss:.4f} "
         f"val_acc={report.val_acc:.3f} (n={report.val_targets})"
     )
-    if text.conversations:
-        log(f"Exact match: {report.matches}/{report.dialogs} assistant turns")
-    for user, got, expected in report.misses:
-        log(f"  miss: {user!r} -> {got!r} (expected {expected!r})")
+    sides = [("training", report.train), ("held-out", report.heldout)]
+    for side, score in sides:
+        if score is None or not score.turns:
+            continue
+        log(
+            f"Exact match ({side} conversations): {score.matches}/{score.turns} assistant "
+            f"turns ({score.matches / score.turns:.1%})"
+        )
+        for user, got, expected in score.misses:
+            log(f"  miss: {user!r} -> {got!r} (expected {expected!r})")
     return report

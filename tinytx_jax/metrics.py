@@ -20,7 +20,7 @@ TENSORBOARD_DIR = "tensorboard"
 
 @dataclasses.dataclass(frozen=True)
 class EpochMetrics:
-    """What one epoch reports: the seed's log-line figures."""
+    """What one epoch reports: the seed's log-line figures, and exact match when measured."""
 
     epoch: int
     train_loss: float
@@ -28,14 +28,28 @@ class EpochMetrics:
     val_acc: float
     val_targets: int
     lr: float
+    exact_match: float | None = None  # of the training turns' greedy replies
+    val_exact_match: float | None = None  # of the held-out turns' (conversations split)
+
+    def ranking(self) -> dict[str, float]:
+        """What checkpoints are ranked by (see checkpoint.rank)."""
+        if self.exact_match is None:
+            return {"val_loss": self.val_loss}
+        return {"val_loss": self.val_loss, "exact_match": self.exact_match}
 
 
 def format_epoch_line(m: EpochMetrics) -> str:
-    """The seed's per-epoch log line, character for character."""
-    return (
+    """The seed's per-epoch log line, character for character, then exact match (when
+    measured)."""
+    line = (
         f"Epoch {m.epoch}, train_loss={m.train_loss:.4f} val_loss={m.val_loss:.4f} "
         f"val_acc={m.val_acc:.3f} (n={m.val_targets}) lr={m.lr:.2e}"
     )
+    if m.exact_match is not None:
+        line += f" exact_match={m.exact_match:.3f}"
+    if m.val_exact_match is not None:
+        line += f" val_exact_match={m.val_exact_match:.3f}"
+    return line
 
 
 def epoch_record(
@@ -43,7 +57,7 @@ def epoch_record(
 ) -> dict:
     """One line of metrics.jsonl; throughput counts the `train_s` of training alone
     (not validation, checkpoints or compilation)."""
-    return {
+    record = {
         "epoch": m.epoch,
         "step": step,
         "train_loss": m.train_loss,
@@ -54,6 +68,10 @@ def epoch_record(
         "tokens_per_s": steps * tokens_per_step / train_s,
         "elapsed_s": elapsed_s,
     }
+    for name in ("exact_match", "val_exact_match"):
+        if getattr(m, name) is not None:
+            record[name] = getattr(m, name)
+    return record
 
 
 def read_metrics(path: Path, log: Callable[[str], None] = print) -> list[dict]:
@@ -128,8 +146,13 @@ def plot_curves(workdir: str | os.PathLike) -> Path:
     loss_axis.plot(epochs, [r["val_loss"] for r in records], label="validation")
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
     loss_axis.legend()
-    acc_axis.plot(epochs, [r["val_acc"] for r in records], color="tab:green")
-    acc_axis.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+    acc_axis.plot(epochs, [r["val_acc"] for r in records], color="tab:green", label="val_acc")
+    for name, color in (("exact_match", "tab:red"), ("val_exact_match", "tab:purple")):
+        measured = [(r["epoch"], r[name]) for r in records if name in r]
+        if measured:
+            acc_axis.plot(*zip(*measured, strict=True), "o-", color=color, label=name)
+    acc_axis.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    acc_axis.legend()
     figure.tight_layout()
     out = directory / CURVES_FILE
     figure.savefig(out, dpi=100)

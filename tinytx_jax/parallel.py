@@ -44,9 +44,36 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def rows_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Rows of an evaluation array (axis `axis`) split over the devices."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * axis), DATA_AXIS))
+
+
 def to_global(host_array: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """A replicated global array from data every process holds in full (works multi-host)."""
-    return jax.make_array_from_process_local_data(sharding, host_array)
+    """A global array from data every process holds in full (works multi-host)."""
+    return jax.make_array_from_callback(host_array.shape, sharding, lambda index: host_array[index])
+
+
+def pad_rows(host_array: np.ndarray, multiple: int) -> np.ndarray:
+    """Zero rows appended so that the row count divides by `multiple` (zero weight: no effect)."""
+    missing = -len(host_array) % multiple
+    return np.concatenate(
+        [host_array, np.zeros((missing, *host_array.shape[1:]), host_array.dtype)]
+    )
+
+
+def cpu_device_count(batch_size: int, requested: int, cores: int) -> int:
+    """How many XLA devices a CPU run splits into: `requested`, or (0) the most cores that
+    divide the batch. XLA:CPU runs a small model's matmuls on barely more than one core;
+    two devices on two cores each take half the batch (fast config: 8.1 vs 12.9 ms/step)."""
+    if requested:
+        return requested
+    return max(d for d in range(1, max(cores, 1) + 1) if batch_size % d == 0)
+
+
+def use_cpu_devices(count: int) -> None:
+    """Split the CPU into `count` devices; must run before JAX first touches a backend."""
+    jax.config.update("jax_num_cpu_devices", count)
 
 
 def initialize_distributed(coordinator: str, num_processes: int, process_id: int) -> None:

@@ -3,7 +3,8 @@
 The prompt is right-padded to a bucket of a few fixed lengths (so prompts of different
 lengths share compilations) and prefilled in one forward pass that fills the KV cache; then a
 `lax.while_loop` samples one token per iteration, feeding it through the cached forward,
-until the end tag has been produced or `max_new_tokens` is reached. Padding is harmless:
+until a stop text (for chat: any of the dialog tags, normally `</assistant>`) has been
+produced or `max_new_tokens` is reached. Padding is harmless:
 a padded position is always overwritten before any query may attend to it.
 
 Once prompt + reply outgrow `max_len`, each further token is predicted from the most
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinytx_jax.data import ASSISTANT_END, Vocabulary
+from tinytx_jax.data import TAGS, Vocabulary, cut_at_tag
 from tinytx_jax.model import TinyTransformer
 
 MIN_BUCKET = 32
@@ -73,8 +74,21 @@ def _ends_with(buffer: jax.Array, end: jax.Array, tag: jax.Array) -> jax.Array:
     return jnp.all(window == tag)
 
 
+def _generated_a_stop(
+    buffer: jax.Array, end: jax.Array, prompt_len: jax.Array, stops: tuple[jax.Array, ...]
+) -> jax.Array:
+    """Whether the new tokens end with one of `stops` (the prompt's own tags do not count)."""
+    done = jnp.bool_(False)
+    for tag in stops:
+        done = done | (_ends_with(buffer, end, tag) & (end - prompt_len >= tag.shape[0]))
+    return done
+
+
 def make_generate(
-    model: TinyTransformer, cfg: SamplingConfig, bucket: int, stop_tokens: tuple[int, ...]
+    model: TinyTransformer,
+    cfg: SamplingConfig,
+    bucket: int,
+    stop_tokens: tuple[tuple[int, ...], ...],
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """A jitted `(params, cache, prompt, start, prompt_len, key, call) -> (buffer, end)`.
 
@@ -84,7 +98,7 @@ def make_generate(
     `call` numbers the calls: each draws its samples from `fold_in(key, call)`.
     """
     max_len = model.config.max_len
-    tag = jnp.asarray(stop_tokens, jnp.int32)
+    stops = tuple(jnp.asarray(tokens, jnp.int32) for tokens in stop_tokens)
 
     def cached_logits(params, cache, token, position):
         logits, variables = model.apply(
@@ -114,8 +128,7 @@ def make_generate(
             token = sample_logits(logits, sample_key, cfg)
             buffer = buffer.at[end].set(token)
             end = end + 1
-            done = _ends_with(buffer, end, tag) if stop_tokens else jnp.bool_(False)
-            done = done & (end - prompt_len >= tag.shape[0])
+            done = _generated_a_stop(buffer, end, prompt_len, stops)
             logits, cache = next_logits(cache, token, buffer, end)
             return end, logits, cache, buffer, key, done
 
@@ -146,7 +159,8 @@ class Generator:
     """Turns prompt text into reply text with a trained model; compiles once per bucket.
 
     `cache_prefix(text)` keeps the KV cache of a prefix that every prompt shares (the
-    system prompt), so each reply only prefills what follows it.
+    system prompt), so each reply only prefills what follows it. Decoding stops at any of
+    `stop_texts` (none: free-running text).
     """
 
     def __init__(
@@ -155,12 +169,13 @@ class Generator:
         params: Any,
         vocab: Vocabulary,
         cfg: SamplingConfig,
-        stop_text: str = ASSISTANT_END,
+        stop_texts: tuple[str, ...] = TAGS,
     ):
         self.model, self.params, self.vocab, self.cfg = model, params, vocab, cfg
-        self.stop_text = stop_text
-        stop_known = stop_text and not vocab.unknown_chars(stop_text)
-        self.stop_tokens = tuple(int(t) for t in vocab.encode(stop_text)) if stop_known else ()
+        self.stop_texts = tuple(t for t in stop_texts if t and not vocab.unknown_chars(t))
+        self.stop_tokens = tuple(
+            tuple(int(t) for t in vocab.encode(text)) for text in self.stop_texts
+        )
         self.key = jax.random.key(cfg.seed)
         self.calls = 0
         self._lock = threading.Lock()
@@ -233,16 +248,18 @@ class Generator:
         self._run(self.vocab.encode(prompt_text), 0)
 
     def reply(self, prompt_text: str) -> tuple[str, bool]:
-        """The reply to `prompt_text`, cut before the end tag, and the truncation flag."""
+        """The reply to `prompt_text`, cut before the first stop text, and the truncation
+        flag."""
         tokens, truncated = self.generate_tokens(self.vocab.encode(prompt_text))
-        text = self.vocab.decode(tokens)
-        if self.stop_text:
-            text = text.split(self.stop_text, 1)[0]
-        return text, truncated
+        return cut_at_tag(self.vocab.decode(tokens), self.stop_texts), truncated
 
 
 def generate_uncached(
-    model: TinyTransformer, params: Any, prompt: np.ndarray, max_new_tokens: int, stop: tuple
+    model: TinyTransformer,
+    params: Any,
+    prompt: np.ndarray,
+    max_new_tokens: int,
+    stops: tuple[tuple[int, ...], ...],
 ) -> np.ndarray:
     """The seed's way, as a reference: a full forward over the last max_len tokens per token.
 
@@ -257,6 +274,7 @@ def generate_uncached(
         recent = tokens[-max_len:]
         window[: len(recent)] = recent
         tokens.append(int(jnp.argmax(forward(params, window, len(recent) - 1))))
-        if stop and tuple(tokens[-len(stop) :]) == stop and len(tokens) - len(prompt) >= len(stop):
+        new = len(tokens) - len(prompt)
+        if any(tuple(tokens[-len(stop) :]) == stop and new >= len(stop) for stop in stops):
             break
     return np.asarray(tokens[len(prompt) :], np.int32)

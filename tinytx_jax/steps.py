@@ -57,6 +57,15 @@ def train_step(
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss
 
 
+def draw_window_starts(
+    key: jax.Array, batch_size: int, num_tokens: int, block_size: int, starts_S: jax.Array | None
+) -> jax.Array:
+    """`[B]` window starts: uniform over the split (the seed's), or drawn from `starts_S`."""
+    if starts_S is None:
+        return jax.random.randint(key, (batch_size,), 0, num_tokens - block_size)
+    return starts_S[jax.random.randint(key, (batch_size,), 0, starts_S.shape[0])]
+
+
 def make_train_epoch(
     model: TinyTransformer,
     tx: optax.GradientTransformation,
@@ -65,10 +74,12 @@ def make_train_epoch(
     batch_size: int,
     block_size: int,
 ) -> StateUpdate:
-    """A jitted `(state, tokens_N, weights_N | None) -> (state, mean train loss)`.
+    """A jitted `(state, tokens_N, weights_N | None, starts_S | None) -> (state, mean loss)`.
 
     One call runs a whole epoch as a `lax.scan` of `train_step`, drawing the window starts
     on the device from the state's key, so the host only hears back at the epoch's end.
+    Windows start anywhere, or, given `starts_S`, at one of those positions (conversation
+    starts).
     """
     batch_sharding = parallel.batch_sharded(mesh)
 
@@ -77,9 +88,11 @@ def make_train_epoch(
         # below never need it (each window of block_size + 1 fits in the split).
         return jax.vmap(lambda s: jax.lax.dynamic_slice(array_N, (s,), (block_size + 1,)))(starts_B)
 
-    def step(state: TrainState, step_key: jax.Array, tokens_N, weights_N):
+    def step(state: TrainState, step_key: jax.Array, tokens_N, weights_N, starts_S):
         window_key, dropout_key = jax.random.split(step_key)
-        starts_B = jax.random.randint(window_key, (batch_size,), 0, tokens_N.shape[0] - block_size)
+        starts_B = draw_window_starts(
+            window_key, batch_size, tokens_N.shape[0], block_size, starts_S
+        )
         starts_B = jax.lax.with_sharding_constraint(starts_B, batch_sharding)
         tokens_BxW = windows_BxW(tokens_N, starts_B)
         weights_BxT = None if weights_N is None else windows_BxW(weights_N, starts_B)[:, 1:]
@@ -87,10 +100,17 @@ def make_train_epoch(
             state, tokens_BxW[:, :-1], tokens_BxW[:, 1:], weights_BxT, dropout_key, model, tx
         )
 
-    def train_epoch(state: TrainState, tokens_N: jax.Array, weights_N: jax.Array | None = None):
+    def train_epoch(
+        state: TrainState,
+        tokens_N: jax.Array,
+        weights_N: jax.Array | None = None,
+        starts_S: jax.Array | None = None,
+    ):
         rng, epoch_key = jax.random.split(jax.random.wrap_key_data(state.rng))
         step_keys = jax.random.split(epoch_key, steps_per_epoch)
-        state, losses = jax.lax.scan(lambda s, k: step(s, k, tokens_N, weights_N), state, step_keys)
+        state, losses = jax.lax.scan(
+            lambda s, k: step(s, k, tokens_N, weights_N, starts_S), state, step_keys
+        )
         return state.replace(rng=jax.random.key_data(rng), epoch=state.epoch + 1), losses.mean()
 
     # The old state's buffers are donated: an epoch updates the state in place.

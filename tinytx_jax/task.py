@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from tinytx_jax import configuration, corpus, data, optim, parallel
+from tinytx_jax import configuration, corpus, data, exact_match, optim, parallel, split
 from tinytx_jax.model import TinyTransformer
 from tinytx_jax.state import TrainState, init_train_state
 from tinytx_jax.steps import StateUpdate, make_train_epoch
@@ -28,8 +28,11 @@ class Task:
     vocab: data.Vocabulary
     train_tokens: jax.Array  # [N] int32, replicated
     train_weights: jax.Array | None  # [N] per-token loss weights; None: every token counts
+    train_starts: jax.Array | None  # [S] int32 window starts to draw from; None: anywhere
     val_chunks: tuple[jax.Array, jax.Array, jax.Array]  # inputs, targets, mask: [C, T] each
     val_targets: int
+    turns: exact_match.TurnBatch | None  # training turns, when exact match is computed
+    heldout_turns: exact_match.TurnBatch | None  # held-out turns (conversations split)
     corpus: corpus.Corpus
     mesh: jax.sharding.Mesh
 
@@ -45,37 +48,54 @@ class Task:
         return self._init(seed)
 
     def make_train_epoch(self, config: ml_collections.ConfigDict, steps: int) -> StateUpdate:
-        """This task's jitted epoch of `steps` steps: `(state, train_tokens, train_weights)`."""
+        """This task's jitted epoch of `steps` steps:
+        `(state, train_tokens, train_weights, train_starts)`."""
         return make_train_epoch(
             self.model, self.tx, self.mesh, steps, config.batch_size, config.block_size
         )
+
+    @property
+    def train_data(self) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        """The arguments after the state of every train epoch."""
+        return self.train_tokens, self.train_weights, self.train_starts
 
 
 def build_task(config: ml_collections.ConfigDict) -> Task:
     """Corpus, vocabulary, split, model and optimizer for `config` (already checked)."""
     text = corpus.load_corpus(config.data_path, config.data_repeat)
-    if config.loss_on == "assistant" and text.kind != corpus.DIALOGS:
-        raise configuration.ConfigError(
-            f"config.loss_on='assistant' needs dialog data, and {text.source} is plain text: "
-            "use loss_on='all'"
+    needs_dialogs = [
+        f"config.{name}={config[name]!r}"
+        for name, plain in (
+            ("loss_on", "all"),
+            ("window_start", "any"),
+            ("exact_match_every", 0),
         )
-    vocab = data.Vocabulary.from_text(text.text)
-    tokens = vocab.encode(text.text)
-    train_tokens, val_tokens = data.split_tokens(tokens, config.validation_fraction)
-    train_mask, _ = data.split_tokens(text.reply_mask, config.validation_fraction)
-    if len(train_tokens) <= config.block_size:
+        if config[name] != plain
+    ]
+    if needs_dialogs and text.kind != corpus.DIALOGS:
         raise configuration.ConfigError(
-            f"{text.source}: the training split has {len(train_tokens)} tokens, too few for "
+            f"{needs_dialogs[0]} needs dialog data, and {text.source} is plain text: "
+            "leave it at its default"
+        )
+    if not config.block_size:  # resolved here, so checkpoints and eval record the real size
+        config.block_size = fitted_block_size(text.conversations, config.max_len)
+    vocab = data.Vocabulary.from_text(text.text)
+    parts = split.split_corpus(
+        text, vocab, config.validation_split, config.validation_fraction, config.data_repeat
+    )
+    if len(parts.train_tokens) <= config.block_size:
+        raise configuration.ConfigError(
+            f"{text.source}: the training split has {len(parts.train_tokens)} tokens, too few for "
             f"config.block_size={config.block_size}: lower block_size or add data"
         )
-    if len(val_tokens) < 2:
+    if len(parts.val_tokens) < 2:
         raise configuration.ConfigError(
             f"{text.source}: the validation split has fewer than 2 tokens: add data or raise "
             "validation_fraction"
         )
     reply_only = config.loss_on == "assistant"
-    val_inputs, val_targets, val_weights = data.validation_set(
-        tokens, text.reply_mask, config.validation_fraction, config.block_size, reply_only
+    val_inputs, val_targets, val_weights = parts.validation_chunks(
+        config.block_size, reply_only, aligned=config.window_start == "conversation"
     )
     if not val_weights.any():
         raise configuration.ConfigError(
@@ -86,21 +106,68 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
     parallel.check_batch_size(config.batch_size, mesh)
     tx, plateau = optim.make_optimizers(config)
     on_all = parallel.replicated(mesh)
+    model = TinyTransformer(configuration.model_config(config, vocab.size))
     return Task(
-        model=TinyTransformer(configuration.model_config(config, vocab.size)),
+        model=model,
         tx=tx,
         plateau=plateau,
         plateau_enabled=config.lr_schedule == "constant",
         schedule=optim.make_schedule(config),
         vocab=vocab,
-        train_tokens=parallel.to_global(train_tokens, on_all),
+        train_tokens=parallel.to_global(parts.train_tokens, on_all),
         train_weights=(
-            parallel.to_global(train_mask.astype(np.float32), on_all) if reply_only else None
+            parallel.to_global(parts.train_mask.astype(np.float32), on_all) if reply_only else None
         ),
-        val_chunks=tuple(
-            parallel.to_global(a, on_all) for a in (val_inputs, val_targets, val_weights)
+        train_starts=(
+            parallel.to_global(window_starts(parts, config.block_size, text.source), on_all)
+            if config.window_start == "conversation"
+            else None
+        ),
+        val_chunks=tuple(  # rows split over the devices: each validates its share
+            parallel.to_global(parallel.pad_rows(a, mesh.size), parallel.rows_sharded(mesh))
+            for a in (val_inputs, val_targets, val_weights)
         ),
         val_targets=int(val_weights.sum()),
+        turns=_turns(parts.train_conversations, vocab, config, model, mesh),
+        heldout_turns=_turns(parts.heldout_conversations, vocab, config, model, mesh),
         corpus=text,
         mesh=mesh,
+    )
+
+
+def fitted_block_size(conversations: tuple[data.Conversation, ...], max_len: int) -> int:
+    """A window that holds the longest conversation whole (rounded up to 16, at most
+    max_len): with conversation-aligned windows, longer ones are wasted compute."""
+    longest = max(len(data.render_conversations((c,))[0]) for c in conversations)
+    return min(max_len, -(-(longest - 1) // 16) * 16)
+
+
+def long_conversations(conversations: tuple[data.Conversation, ...], block_size: int) -> int:
+    """How many conversations run past a conversation-aligned window (their ends never train)."""
+    return sum(len(data.render_conversations((c,))[0]) - 1 > block_size for c in conversations)
+
+
+def window_starts(parts: split.Split, block_size: int, source: str) -> np.ndarray:
+    """The conversation starts from which a whole window (block_size + 1) fits the split."""
+    fits = parts.train_starts[parts.train_starts + block_size < len(parts.train_tokens)]
+    if not len(fits):
+        raise configuration.ConfigError(
+            f"{source}: no conversation starts a full window of config.block_size="
+            f"{block_size}: lower block_size or raise data_repeat"
+        )
+    return fits.astype(np.int32)
+
+
+def _turns(
+    conversations: tuple[data.Conversation, ...],
+    vocab: data.Vocabulary,
+    config: ml_collections.ConfigDict,
+    model: TinyTransformer,
+    mesh: jax.sharding.Mesh,
+) -> exact_match.TurnBatch | None:
+    if not config.exact_match_every or not conversations:
+        return None
+    rows = -(-exact_match.ROWS_PER_GROUP // mesh.size) * mesh.size  # each device a share
+    return exact_match.turn_batch(
+        conversations, vocab, model.config.max_len, config.max_new_tokens, rows
     )

@@ -15,12 +15,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tinytx_jax import checkpoint, configuration, interrupt, metrics, optim, parallel, progress
+from tinytx_jax import (
+    checkpoint,
+    configuration,
+    exact_match,
+    interrupt,
+    metrics,
+    optim,
+    parallel,
+    progress,
+)
 from tinytx_jax import resume as resuming
 from tinytx_jax.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.state import TrainState, count_params
 from tinytx_jax.steps import make_end_epoch, make_evaluate
-from tinytx_jax.task import Task, build_task
+from tinytx_jax.task import Task, build_task, long_conversations
 
 
 class TrainingError(RuntimeError):
@@ -37,11 +46,28 @@ class Interrupted(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class CompiledSteps:
-    """The loop's three device functions, compiled before the first epoch."""
+    """The loop's device functions, compiled before the first epoch."""
 
     train_epoch: Callable[..., tuple[TrainState, jax.Array]]
     evaluate: Callable[..., tuple[jax.Array, jax.Array]]
     end_epoch: Callable[..., tuple[TrainState, jax.Array]]
+    check_turns: dict[str, TurnCheck]
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnCheck:
+    """A compiled exact-match check, the turns it scores, and their rows on the devices."""
+
+    check: Callable[..., jax.Array]
+    batch: exact_match.TurnBatch
+    arrays: tuple[jax.Array, ...]
+
+
+def _compile_turn_check(task: Task, params, batch: exact_match.TurnBatch) -> TurnCheck:
+    sharding = parallel.rows_sharded(task.mesh, axis=1)  # each device scores its rows
+    arrays = tuple(parallel.to_global(a, sharding) for a in batch.arrays)
+    check = exact_match.make_turn_check(task.model, batch.num_turns)
+    return TurnCheck(check.lower(params, *arrays).compile(), batch, arrays)
 
 
 def compile_steps(
@@ -53,11 +79,26 @@ def compile_steps(
         task.plateau, task.plateau_enabled, task.schedule, optim.PLATEAU_MIN_DELTA
     )
     val_loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(task.mesh))
+    batches = {"exact_match": task.turns, "val_exact_match": task.heldout_turns}
     return CompiledSteps(
-        train_epoch.lower(state, task.train_tokens, task.train_weights).compile(),
+        train_epoch.lower(state, *task.train_data).compile(),
         make_evaluate(task.model).lower(state.params, *task.val_chunks).compile(),
         end_epoch.lower(state, val_loss).compile(),
+        {
+            name: _compile_turn_check(task, state.params, batch)
+            for name, batch in batches.items()
+            if batch is not None
+        },
     )
+
+
+def measure_exact_match(steps: CompiledSteps, params) -> dict[str, float]:
+    """The fraction of turns whose greedy reply comes back exactly, per side of the split."""
+    fractions = {}
+    for name, turns in steps.check_turns.items():
+        correct = turns.check(params, *turns.arrays)
+        fractions[name] = exact_match.count_matches(correct, turns.batch) / turns.batch.num_turns
+    return fractions
 
 
 def stop_reason(
@@ -73,6 +114,12 @@ def stop_reason(
         return (
             f"Target reached at epoch {metrics.epoch}: val_acc={metrics.val_acc:.3f} >= "
             f"{config.target_val_acc}"
+        )
+    exact = metrics.exact_match
+    if config.target_exact_match and exact is not None and exact >= config.target_exact_match:
+        return (
+            f"Target reached at epoch {metrics.epoch}: exact_match={exact:.3f} >= "
+            f"{config.target_exact_match}"
         )
     return None
 
@@ -118,11 +165,20 @@ def _run_epochs(
     if config.profile_steps:
         log(f"Wrote a profile of {config.profile_steps} steps to {profile(task, config, workdir)}")
     log(
-        f"Training with JAX on {jax.devices()[0].platform} ({count_params(state.params):,} "
+        f"Training with JAX on {jax.devices()[0].platform}"
+        f"{f' x {jax.device_count()}' if jax.device_count() > 1 else ''} "
+        f"({count_params(state.params):,} "
         f"params, vocab {task.vocab.size}, {task.train_tokens.shape[0]:,} train / "
         f"{len(task.corpus.text) - task.train_tokens.shape[0]:,} val tokens, "
         f"data: {task.corpus.source}; compiled in {time.perf_counter() - start:.1f} s)"
     )
+    if config.window_start == "conversation":
+        cut = long_conversations(task.corpus.conversations, config.block_size)
+        if cut:
+            log(
+                f"({cut} conversations are longer than config.block_size={config.block_size}: "
+                "their later characters are never trained; raise block_size)"
+            )
     first_epoch = int(state.epoch) + 1
     primary = parallel.is_primary()
     metrics_log = metrics.MetricsLog(workdir, resumed_epoch=first_epoch - 1, enabled=primary)
@@ -134,11 +190,17 @@ def _run_epochs(
         with interrupt.SignalCatcher() as signals:
             for epoch in range(first_epoch, config.epochs + 1):
                 epoch_start = time.perf_counter()
-                state, train_loss = steps.train_epoch(state, task.train_tokens, task.train_weights)
+                state, train_loss = steps.train_epoch(state, *task.train_data)
                 train_loss.block_until_ready()  # host sync: times the training alone
                 epoch_train_s = time.perf_counter() - epoch_start
                 train_seconds += epoch_train_s
                 val_loss, val_acc = steps.evaluate(state.params, *task.val_chunks)
+                every = config.exact_match_every
+                measured = (
+                    measure_exact_match(steps, state.params)
+                    if every and (epoch % every == 0 or epoch == config.epochs)
+                    else {}
+                )
                 state, lr = steps.end_epoch(state, val_loss)
                 # Host sync: the epoch's figures come back for the log and the decisions below.
                 m = EpochMetrics(
@@ -148,6 +210,7 @@ def _run_epochs(
                     float(val_acc),
                     task.val_targets,
                     float(lr),
+                    **measured,
                 )
                 history.append(m)
                 metrics_log.write(
@@ -178,7 +241,7 @@ def _run_epochs(
                 last = reason is not None or signal or epoch == config.epochs
                 if epoch % config.checkpoint_every == 0 or last:
                     meta = resuming.run_meta(config, task, m)
-                    blocked.append(store.save(epoch, state, meta, val_loss))
+                    blocked.append(store.save(epoch, state, meta, m.ranking()))
                     saved_epoch = epoch
                 if signal:
                     store.wait()
@@ -209,10 +272,10 @@ def _run_epochs(
 def profile(task: Task, config: ml_collections.ConfigDict, workdir: str) -> str:
     """A `jax.profiler` trace of `profile_steps` compiled steps, on a throwaway state."""
     steps = task.make_train_epoch(config, config.profile_steps)
-    state, loss = steps(task.initial_state(config.seed), task.train_tokens, task.train_weights)
+    state, loss = steps(task.initial_state(config.seed), *task.train_data)
     loss.block_until_ready()  # compiled outside the trace
     directory = str(checkpoint.checkpoint_dir(workdir).parent / "profile")
     with jax.profiler.trace(directory):
-        _, loss = steps(state, task.train_tokens, task.train_weights)
+        _, loss = steps(state, *task.train_data)
         loss.block_until_ready()
     return directory

@@ -1,0 +1,112 @@
+"""Exact match of the greedy replies to every turn, in one batched forward pass.
+
+Greedy decoding gives back a reply exactly if and only if, at each of its characters and at
+its `</assistant>`, the most likely next character after the conversation so far is the
+right one: up to the first wrong character the decoder feeds the model exactly what
+teacher forcing feeds it. So one forward pass over each whole conversation scores all its
+turns at once, each in the context of the turns before it, as chat with history presents
+it. A turn the decoder cannot give back (its reply holds a tag, it needs more than
+`max_new_tokens`, or it ends past `max_len`) counts as a miss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tinytx_jax import data
+from tinytx_jax.model import TinyTransformer
+
+ROWS_PER_GROUP = 32  # conversations per forward pass (at least): bounds the logits' memory
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnBatch:
+    """Conversations as padded rows; each reply target names the turn it belongs to."""
+
+    inputs_GxRxL: np.ndarray  # int32
+    targets_GxRxL: np.ndarray  # int32
+    turns_GxRxL: np.ndarray  # int32 turn index, or `num_turns` where no reply is scored
+    possible_K: np.ndarray  # bool per turn: the decoder can give this reply back at all
+
+    @property
+    def num_turns(self) -> int:
+        return len(self.possible_K)
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What `make_turn_check`'s function takes after the parameters."""
+        return self.inputs_GxRxL, self.targets_GxRxL, self.turns_GxRxL
+
+
+def turn_batch(
+    conversations: tuple[data.Conversation, ...],
+    vocab: data.Vocabulary,
+    max_len: int,
+    max_new_tokens: int,
+    rows_per_group: int = ROWS_PER_GROUP,
+) -> TurnBatch:
+    """Every assistant turn of `conversations`, laid out for `make_turn_check`."""
+    rows, row_turns, possible = [], [], []
+    for conversation in conversations:
+        tokens, turns = [], []
+        for piece, is_reply in data.conversation_segments(conversation):
+            encoded = vocab.encode(piece)
+            tokens.extend(encoded.tolist())
+            turns.extend([len(possible) if is_reply else -1] * len(encoded))
+            if is_reply:
+                reply = piece[: -len(data.ASSISTANT_END)]
+                possible.append(
+                    data.cut_at_tag(reply) == reply
+                    and len(encoded) <= max_new_tokens
+                    and len(tokens) - 1 <= max_len  # the end tag's position is still predicted
+                )
+        rows.append(np.asarray(tokens[: max_len + 1], np.int32))
+        row_turns.append(np.asarray(turns[: max_len + 1], np.int32))
+    num_turns = len(possible)
+    length = max(len(row) for row in rows) - 1
+    groups = -(-len(rows) // rows_per_group)
+    shape = (groups * rows_per_group, length)
+    inputs, targets = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+    turn_of_target = np.full(shape, num_turns, np.int32)
+    for r, (row, turns) in enumerate(zip(rows, row_turns, strict=True)):
+        inputs[r, : len(row) - 1] = row[:-1]
+        targets[r, : len(row) - 1] = row[1:]
+        turn_of_target[r, : len(row) - 1] = np.where(turns[1:] >= 0, turns[1:], num_turns)
+    grouped = (groups, rows_per_group, length)
+    return TurnBatch(
+        inputs.reshape(grouped),
+        targets.reshape(grouped),
+        turn_of_target.reshape(grouped),
+        np.asarray(possible, bool),
+    )
+
+
+def make_turn_check(model: TinyTransformer, num_turns: int) -> Callable[..., jax.Array]:
+    """A jitted `(params, inputs_GxRxL, targets_GxRxL, turns_GxRxL) -> correct_K` (bool)."""
+
+    def check(params, inputs_GxRxL, targets_GxRxL, turns_GxRxL):
+        def group_correct(group):
+            inputs_RxL, targets_RxL = group
+            logits_RxLxV = model.apply({"params": params}, inputs_RxL)
+            return jnp.argmax(logits_RxLxV, axis=-1) == targets_RxL
+
+        correct_GxRxL = jax.lax.map(group_correct, (inputs_GxRxL, targets_GxRxL))
+        # A turn is right when its least right target is: min over its positions.
+        per_turn = jax.ops.segment_min(
+            correct_GxRxL.reshape(-1).astype(jnp.int32),
+            turns_GxRxL.reshape(-1),
+            num_segments=num_turns + 1,
+        )
+        return per_turn[:num_turns] > 0
+
+    return jax.jit(check)
+
+
+def count_matches(correct_K: jax.Array, batch: TurnBatch) -> int:
+    """Turns the greedy decoder would give back exactly."""
+    return int(np.sum(np.asarray(correct_K) & batch.possible_K))

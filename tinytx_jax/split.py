@@ -1,0 +1,107 @@
+"""The train/validation split of a corpus: the seed's tail, or whole held-out conversations.
+
+`tail` (the seed's): the last `validation_fraction` of the repeated token stream. With
+`data_repeat`, that tail is copies of training conversations, so it measures memorisation.
+`conversations`: that fraction of the conversations (at least one) is held out before
+repetition, chosen by a fixed permutation, so every run on the same file holds out the same
+ones and validation measures dialogs the model never saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from tinytx_jax import data
+from tinytx_jax.configuration import ConfigError
+from tinytx_jax.corpus import DIALOGS, Corpus
+
+HELDOUT_PERMUTATION_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Token streams of both sides, and which conversations each side holds."""
+
+    train_tokens: np.ndarray  # [N] int32
+    train_mask: np.ndarray  # [N] uint8: 1 on reply characters and their end tag
+    train_starts: np.ndarray  # [S] where conversations start in train_tokens (dialogs only)
+    val_tokens: np.ndarray  # [M] int32
+    val_mask: np.ndarray  # [M] uint8
+    val_starts: np.ndarray  # where whole conversations start in val_tokens (dialogs only)
+    train_conversations: tuple[data.Conversation, ...]  # distinct, before repetition
+    heldout_conversations: tuple[data.Conversation, ...]  # empty for the tail split
+
+    def validation_chunks(
+        self, block_size: int, replies_only: bool, aligned: bool
+    ) -> tuple[np.ndarray, ...]:
+        """`inputs, targets, weights` of the validation side, each `[C, block_size]`.
+
+        `aligned`: one row per conversation from its start (training with
+        window_start=conversation only ever sees conversations there, as chat does);
+        otherwise the seed's consecutive chunks. `replies_only` weights only reply targets.
+        """
+        mask = self.val_mask if replies_only else None
+        if aligned:
+            return data.conversation_chunks(self.val_tokens, self.val_starts, block_size, mask)
+        return data.validation_chunks(self.val_tokens, block_size, mask)
+
+
+def heldout_indices(count: int, validation_fraction: float) -> np.ndarray:
+    """Sorted indices of the conversations held out of `count` (at least one, never all)."""
+    held = min(max(1, round(count * validation_fraction)), count - 1)
+    order = np.random.default_rng(HELDOUT_PERMUTATION_SEED).permutation(count)
+    return np.sort(order[:held])
+
+
+def split_corpus(
+    corpus: Corpus,
+    vocab: data.Vocabulary,
+    validation_split: str,
+    validation_fraction: float,
+    repeat: int,
+) -> Split:
+    """Split `corpus` (already rendered with `repeat`) as `validation_split` says."""
+    if validation_split == "tail":
+        tokens = vocab.encode(corpus.text)
+        train_tokens, val_tokens = data.split_tokens(tokens, validation_fraction)
+        train_mask, val_mask = data.split_tokens(corpus.reply_mask, validation_fraction)
+        starts = data.conversation_offsets(corpus.conversations, repeat)
+        cutoff = len(train_tokens)
+        return Split(
+            train_tokens,
+            train_mask,
+            starts[starts < cutoff],
+            val_tokens,
+            val_mask,
+            starts[starts >= cutoff] - cutoff,
+            corpus.conversations,
+            (),
+        )
+    if corpus.kind != DIALOGS:
+        raise ConfigError(
+            f"config.validation_split='conversations' needs dialog data, and {corpus.source} is "
+            "plain text: use validation_split='tail'"
+        )
+    count = len(corpus.conversations)
+    if count < 2:
+        raise ConfigError(
+            f"{corpus.source}: config.validation_split='conversations' needs at least 2 "
+            f"conversations, found {count}: add dialogs or use validation_split='tail'"
+        )
+    held = set(heldout_indices(count, validation_fraction).tolist())
+    train = tuple(c for i, c in enumerate(corpus.conversations) if i not in held)
+    heldout = tuple(c for i, c in enumerate(corpus.conversations) if i in held)
+    train_text, train_mask = data.render_conversations(train, repeat)
+    val_text, val_mask = data.render_conversations(heldout)
+    return Split(
+        vocab.encode(train_text),
+        train_mask,
+        data.conversation_offsets(train, repeat),
+        vocab.encode(val_text),
+        val_mask,
+        data.conversation_offsets(heldout),
+        train,
+        heldout,
+    )
