@@ -220,3 +220,17 @@ def test_default_config_keeps_the_seeds_choices():
     config = default.get_config()
     assert (config.window_start, config.validation_split) == ("any", "tail")
     assert config.exact_match_every == 0 and config.target_exact_match == 0.0
+
+
+def test_chat_with_history_answers_every_turn_as_eval_asks_it(dialogs_run):
+    """The REPL's history and eval's preceding turns give the model the same context."""
+    workdir, _, _ = dialogs_run
+    model = trained_model.load_trained(workdir, "best", log=quiet)
+    config = model.config
+    for conversation in corpus.load_corpus(EXAMPLES, 1).conversations:
+        generator = sampling.Generator(
+            model.model, model.params, model.vocab, chat.sampling_config(config)
+        )
+        session = chat.ChatSession(generator, conversation.system, keep_history=True)
+        replies = [session.answer(user) for user, _ in conversation.turns]
+        assert replies == [expected for _, expected in conversation.turns]
