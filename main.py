@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from tinytx_jax import interrupt
 
-from tinytx_jax import commands
+interrupt.exit_promptly_on_signals()  # first: importing JAX takes a while
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from tinytx_jax import commands  # noqa: E402
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
 
@@ -73,7 +77,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         commands.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take --name=value)")
-    logging.set_verbosity(logging.ERROR)
+    # Library errors (orbax's writer threads, asyncio) would repeat ours as tracebacks: the
+    # project reports every failure itself, in one line.
+    logging.set_verbosity(logging.FATAL)
+    if _NUM_PROCESSES.value > 1 and not (_COORDINATOR.value or _DISTRIBUTED.value):
+        commands.fail(
+            f"--num_processes={_NUM_PROCESSES.value} needs --coordinator_address=HOST:PORT "
+            "(or --distributed where JAX finds the cluster itself)"
+        )
     multi = _COORDINATOR.value or _DISTRIBUTED.value or _NUM_PROCESSES.value > 1
     distributed = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value) if multi else None
     commands.run(_MODE.value, _CONFIG.value, _WORKDIR.value, _PROMPT.value, distributed)

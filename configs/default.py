@@ -55,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 10
     config.keep_checkpoints = 3
     config.resume = True  # False: move old checkpoints aside and start over.
+    config.resume_on_new_data = False  # True: resume even though the data file changed
 
     # Chat, eval and sampling (the seed decoded greedily, up to 200 characters).
     config.checkpoint = "best"  # which checkpoint chat and eval load: best or latest

@@ -51,7 +51,7 @@ def test_save_then_restore_gives_identical_state_and_logits(ckpt_config, tmp_pat
     assert_trees_equal(restored, saved)
     assert type(restored.plateau_state) is type(saved.plateau_state)
     assert jax.tree.structure(restored.opt_state) == jax.tree.structure(state.opt_state)
-    tokens = task.val_chunks[0][:2]
+    tokens = task.val_chunks[0][0, :2]
     logits = task.model.apply({"params": saved.params}, tokens)
     np.testing.assert_array_equal(task.model.apply({"params": restored.params}, tokens), logits)
 

@@ -54,8 +54,9 @@ def test_conversation_windows_train_on_conversation_starts_only(small_config):
     for start in np.asarray(task.train_starts):
         assert np.array_equal(tokens[start : start + len(system)], system)
         assert start + small_config.block_size < len(tokens)
-    rows = np.asarray(task.val_chunks[0])  # validation rows also start at conversations
-    assert all(np.array_equal(row[: len(system)], system) for row in rows)
+    inputs, _, weights = (np.asarray(a).reshape(-1, a.shape[-1]) for a in task.val_chunks)
+    rows = inputs[weights.sum(axis=1) > 0]  # validation rows also start at conversations
+    assert len(rows) and all(np.array_equal(row[: len(system)], system) for row in rows)
 
 
 def test_heldout_conversations_are_whole_fixed_and_never_trained(small_config):

@@ -10,11 +10,13 @@ policies are combined explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,21 @@ from tinytx_jax.model import ModelConfig
 SCHEMA_VERSION = 1
 EXACT_MATCH_WEIGHT = 1e6  # any difference in exact match outweighs any in val_loss
 PACKAGES = ("tinytx-jax", "jax", "flax", "optax", "orbax-checkpoint")
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
+        unraisable.exc_value
+    ):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def quiet_reader_callbacks() -> None:
+    """After a failed read of a damaged checkpoint, the reader's pending callbacks reach an
+    event loop orbax has already closed; each would print a traceback (dozens of them)
+    although the fallback to an earlier checkpoint works. Those, and only those, are dropped."""
+    sys.unraisablehook = _drop_closed_loop_callbacks
 
 
 class CheckpointError(RuntimeError):
@@ -105,6 +122,7 @@ class CheckpointStore:
             enable_async_checkpointing=True,
             enable_background_delete=not read_only,  # pruning old steps never blocks a save
         )
+        self._failed = False
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "meta")
         )
@@ -119,15 +137,34 @@ class CheckpointStore:
         """Start an asynchronous save ranked by `metrics` (`val_loss`, and `exact_match`
         when measured); returns the seconds the caller was blocked."""
         start = time.perf_counter()
-        self.manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        with self._writing(f"the checkpoint of epoch {epoch}"):
+            self.manager.save(
+                epoch,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                metrics=metrics,
+                force=True,
+            )
         return time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """An asynchronous save that failed (full disk, permissions) surfaces at the next
+        save or wait: one CheckpointError, once; the committed checkpoints stay."""
+        try:
+            yield
+        except Exception as error:
+            if self._failed:
+                return
+            self._failed = True
+            committed = self.steps()
+            kept = f"epoch {committed[-1]}" if committed else "none"
+            raise CheckpointError(
+                f"could not write {what} in {self.directory} ({one_line(error)}); the last "
+                f"committed checkpoint is kept ({kept}): free disk space or check permissions, "
+                "then run the same command to resume"
+            ) from None
 
     def read_meta(self, epoch: int) -> dict:
         restored = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -186,11 +223,13 @@ class CheckpointStore:
         self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._writing("a checkpoint"):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        with self._writing("a checkpoint"):
+            self.manager.wait_until_finished()
+            self.manager.close()
 
 
 def one_line(error: BaseException, limit: int = 160) -> str:

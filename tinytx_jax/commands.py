@@ -25,6 +25,7 @@ from tinytx_jax import (
     sampling,
     train,
     trained,
+    workdir_lock,
 )
 
 MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot")
@@ -33,14 +34,32 @@ EXPECTED_ERRORS = (
     corpus.DataError,
     checkpoint.CheckpointError,
     train.TrainingError,
+    workdir_lock.WorkdirBusy,
     FileNotFoundError,
+)
+
+
+NO_USABLE_PROMPT = (
+    "--prompt has no character of the model's vocabulary (or is empty): give some text"
 )
 
 
 def fail(message: str) -> NoReturn:
     """Stop with one line on stderr: the problem and what to do."""
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # At once: background writer threads must not print into the interpreter's shutdown.
+    os._exit(2)
+
+
+def describe_os_error(error: OSError) -> str:
+    """A file-system failure (permissions, full disk, a path through a file) in one line."""
+    where = f" ({error.filename})" if error.filename else ""
+    return (
+        f"{error.strerror or error}{where}: check that the workdir is a writable directory "
+        "with free space"
+    )
 
 
 def to_stderr(message: str) -> None:
@@ -57,6 +76,12 @@ def enable_compile_cache(workdir: str) -> None:
     when that is set): a rerun skips most compiling."""
     if not jax.config.jax_compilation_cache_dir:
         cache = Path(workdir).expanduser().absolute() / "jax_cache"
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return  # a read-only workdir: no cache, rather than a warning per compilation
+        if not os.access(cache, os.W_OK):
+            return
         jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -70,6 +95,7 @@ def run(
     distributed: tuple[str, int, int] | None = None,
 ) -> None:
     """Run `mode`; `distributed` is (coordinator, processes, this process) for multi-process."""
+    checkpoint.quiet_reader_callbacks()
     try:
         configuration.check_config(config)
         if config.compile_cache:
@@ -98,6 +124,8 @@ def run(
         sys.exit(128 + interrupted.signum)
     except EXPECTED_ERRORS as error:
         fail(str(error))
+    except OSError as error:
+        fail(describe_os_error(error))
 
 
 def use_checkpoint(
@@ -122,7 +150,10 @@ def use_checkpoint(
     if mode == "eval":
         evaluation.evaluate_checkpoint(model, session)
     elif prompt is not None:
-        print(session.answer(prompt) or "")
+        reply = session.answer(prompt.strip()) if prompt.strip() else None
+        if reply is None:
+            fail(NO_USABLE_PROMPT)
+        print(reply)
     else:
         chat.run_repl(session)
 
@@ -135,7 +166,7 @@ def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, promp
         to_stderr(f"(dropped characters not in the vocabulary: {chat.quoted(unknown)})")
     tokens = model.vocab.encode(prompt)
     if not len(tokens):
-        fail("--prompt has no character of the model's vocabulary: give some text to continue")
+        fail(NO_USABLE_PROMPT)
     generator = sampling.Generator(
         model.model, model.params, model.vocab, chat.sampling_config(config), stop_texts=()
     )

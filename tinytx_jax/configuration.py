@@ -14,6 +14,9 @@ WINDOW_STARTS = ("any", "conversation")
 VALIDATION_SPLITS = ("tail", "conversations")
 
 
+MAX_INT32 = 2**31 - 1  # seeds and the step counter are int32 on the device
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; the message says which and what to do."""
 
@@ -58,6 +61,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "block_size",
     ):
         _require(config[name] >= 0, f"config.{name} must be >= 0, got {config[name]}")
+    for name in ("seed", "sample_seed"):
+        _require(
+            0 <= config[name] <= MAX_INT32,
+            f"config.{name} must be in [0, {MAX_INT32}], got {config[name]}",
+        )
+    _require(
+        config.epochs * config.steps_per_epoch <= MAX_INT32,
+        f"config.epochs * config.steps_per_epoch must be at most {MAX_INT32} steps, got "
+        f"{config.epochs * config.steps_per_epoch}",
+    )
     _require(
         config.block_size or config.window_start == "conversation",
         "config.block_size=0 (fit the longest conversation) needs "

@@ -10,7 +10,9 @@ before training with one line naming the file, the line and what is wrong.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +38,56 @@ class Corpus:
     source: str
     conversations: tuple[data.Conversation, ...]  # empty for plain text
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The text's hash, computed once per run (checkpoints and resume compare it)."""
+        return data.corpus_fingerprint(self.text)
+
+
+# Peak host memory per corpus character while a run is built: the text, its UTF-32 copy
+# and search indices while encoding, tokens, reply mask and loss weights, the split copies.
+BYTES_PER_CHARACTER = 40
+
+
+def available_memory() -> int:
+    """Bytes the kernel says a new allocation can still get (MemAvailable)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_fits_in_memory(characters: int, repeat: int, source: str) -> None:
+    """Stop before building a corpus that cannot fit, saying what would."""
+    need, available = characters * repeat * BYTES_PER_CHARACTER, available_memory()
+    if need <= available:
+        return
+    most = available // max(characters * BYTES_PER_CHARACTER, 1)
+    fix = (
+        f"lower config.data_repeat to at most {most}"
+        if most >= 1
+        else "use a smaller file or a machine with more memory"
+    )
+    raise DataError(
+        f"{source}: {repeat:,} x {characters:,} characters would need about "
+        f"{need / 1e9:.1f} GB of memory, {available / 1e9:.1f} GB are available: {fix}"
+    )
+
+
+def _render(conversations: tuple[data.Conversation, ...], repeat: int, source: str):
+    once, _ = data.render_conversations(conversations)
+    check_fits_in_memory(len(once), repeat, source)
+    return data.render_conversations(conversations, repeat)
+
 
 def load_corpus(data_path: str, repeat: int) -> Corpus:
     """The built-in dialogs (empty path) or a file's; dialogs are repeated `repeat` times."""
     if not data_path:
         conversations = data.BUILTIN_CONVERSATIONS
-        text, mask = data.render_conversations(conversations, repeat)
+        text, mask = _render(conversations, repeat, "the built-in dialogs")
         return Corpus(text, mask, DIALOGS, f"builtin dialogs x {repeat}", conversations)
     path = Path(data_path)
     if path.suffix not in DIALOG_SUFFIXES + TEXT_SUFFIXES:
@@ -53,9 +99,10 @@ def load_corpus(data_path: str, repeat: int) -> Corpus:
     if not content.strip():
         raise DataError(f"{path}: the file is empty")
     if path.suffix in TEXT_SUFFIXES:
+        check_fits_in_memory(len(content), 1, str(path))
         return Corpus(content, np.ones(len(content), np.uint8), TEXT, str(path), ())
     conversations = parse_dialogs(content, path)
-    text, mask = data.render_conversations(conversations, repeat)
+    text, mask = _render(conversations, repeat, str(path))
     return Corpus(text, mask, DIALOGS, f"{path} x {repeat}", conversations)
 
 

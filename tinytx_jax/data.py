@@ -104,6 +104,8 @@ class Vocabulary:
     def __post_init__(self) -> None:
         index = {c: i for i, c in enumerate(self.chars)}
         object.__setattr__(self, "_index", index)
+        code_points = np.frombuffer(self.chars.encode("utf-32-le"), np.uint32)
+        object.__setattr__(self, "_code_points", code_points)  # sorted, as the chars are
 
     @classmethod
     def from_text(cls, text: str) -> Vocabulary:
@@ -118,9 +120,16 @@ class Vocabulary:
         return "".join(dict.fromkeys(c for c in text if c not in self._index))
 
     def encode(self, text: str) -> np.ndarray:
-        """Token ids of `text`; characters outside the vocabulary are dropped."""
-        index = self._index
-        return np.array([index[c] for c in text if c in index], dtype=np.int32)
+        """Token ids of `text`; characters outside the vocabulary are dropped.
+
+        A binary search over the sorted code points, not a Python loop: a 200 MB corpus
+        encodes in seconds, with a few bytes per character of memory.
+        """
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+        ids = np.searchsorted(self._code_points, codes)
+        known = ids < len(self._code_points)
+        known[known] = self._code_points[ids[known]] == codes[known]
+        return ids[known].astype(np.int32)
 
     def decode(self, tokens) -> str:
         return "".join(self.chars[int(t)] for t in tokens)
@@ -177,3 +186,22 @@ def conversation_chunks(
         targets[row, :count] = tokens[start + 1 : end]
         mask[row, :count] = 1.0 if loss_mask is None else loss_mask[start + 1 : end]
     return inputs, targets, mask
+
+
+EVAL_TOKENS_PER_GROUP = 32_768  # validation positions scored per forward pass
+
+
+def grouped_rows(arrays: tuple[np.ndarray, ...], multiple: int = 1) -> tuple[np.ndarray, ...]:
+    """`[C, T]` validation arrays as `[G, R, T]`, scored R rows at a time so that the
+    logits' memory stays bounded whatever the split's size; zero rows (weight 0) pad the
+    last group, and R is a multiple of `multiple` (the devices that share each group)."""
+    count, length = arrays[0].shape
+    rows = min(count, max(1, EVAL_TOKENS_PER_GROUP // length))
+    rows = -(-rows // multiple) * multiple
+    groups = -(-count // rows)
+    padded = []
+    for array in arrays:
+        full = np.zeros((groups * rows, length), array.dtype)
+        full[:count] = array
+        padded.append(full.reshape(groups, rows, length))
+    return tuple(padded)

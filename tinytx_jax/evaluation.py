@@ -58,7 +58,7 @@ def evaluate_checkpoint(
     """Validation loss/accuracy exactly as training reports them, then greedy exact match."""
     config = trained.config
     text = corpus.load_corpus(config.data_path, config.data_repeat)
-    if data.corpus_fingerprint(text.text) != trained.meta["data"]["fingerprint"]:
+    if text.fingerprint != trained.meta["data"]["fingerprint"]:
         log("(the data differs from the checkpoint's training data: figures are not comparable)")
     validation_split = config.get("validation_split", "tail")
     parts = split.split_corpus(
@@ -69,7 +69,8 @@ def evaluate_checkpoint(
         config.loss_on == "assistant",
         aligned=config.get("window_start", "any") == "conversation",
     )
-    loss, acc = make_evaluate(trained.model)(trained.params, inputs, targets, mask)
+    grouped = data.grouped_rows((inputs, targets, mask))
+    loss, acc = make_evaluate(trained.model)(trained.params, *grouped)
     report = EvalReport(
         float(loss),
         float(acc),

@@ -1,12 +1,17 @@
-"""SIGINT/SIGTERM become a flag that the training loop reads between epochs.
+"""SIGINT/SIGTERM: a flag the training loop reads between epochs, a prompt exit elsewhere.
 
 An epoch is one device call, so the loop finishes it, saves a checkpoint and only then
-exits: the signal never cuts a save short.
+exits: the signal never cuts a save short. Outside the loop (start-up, compilation,
+loading a checkpoint, the chat) nothing is being written, so the process ends at once with
+one line: no KeyboardInterrupt that a library could swallow, turn into another error (a
+checkpoint "unreadable") or catch in a native thread.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -33,3 +38,16 @@ class SignalCatcher:
     def __exit__(self, *exc_info) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+def _exit_now(signum: int, frame: FrameType | None) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    os.write(sys.stderr.fileno(), f"\nInterrupted ({name})\n".encode())
+    os._exit(128 + signum)
+
+
+def exit_promptly_on_signals() -> None:
+    """From now on (outside `SignalCatcher`), SIGINT/SIGTERM end the process: status 128+N."""
+    for signum in SIGNALS:
+        signal.signal(signum, _exit_now)

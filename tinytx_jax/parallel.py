@@ -54,14 +54,6 @@ def to_global(host_array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(host_array.shape, sharding, lambda index: host_array[index])
 
 
-def pad_rows(host_array: np.ndarray, multiple: int) -> np.ndarray:
-    """Zero rows appended so that the row count divides by `multiple` (zero weight: no effect)."""
-    missing = -len(host_array) % multiple
-    return np.concatenate(
-        [host_array, np.zeros((missing, *host_array.shape[1:]), host_array.dtype)]
-    )
-
-
 def cpu_device_count(batch_size: int, requested: int, cores: int) -> int:
     """How many XLA devices a CPU run splits into: `requested`, or (0) the most cores that
     divide the batch. XLA:CPU runs a small model's matmuls on barely more than one core;

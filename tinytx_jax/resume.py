@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from tinytx_jax import checkpoint, data, parallel
+from tinytx_jax import checkpoint, parallel
 from tinytx_jax.metrics import EpochMetrics
 from tinytx_jax.state import TrainState
 from tinytx_jax.task import Task
@@ -21,13 +21,16 @@ def run_meta(config: ml_collections.ConfigDict, task: Task, metrics: EpochMetric
         run_config=config.to_dict(),
         data_source=task.corpus.source,
         data_kind=task.corpus.kind,
-        fingerprint=data.corpus_fingerprint(task.corpus.text),
+        fingerprint=task.corpus.fingerprint,
         metrics=dataclasses.asdict(metrics),
     )
 
 
-def check_compatible(meta: dict, task: Task, directory: object) -> None:
-    """A resume must continue the same model on the same vocabulary."""
+def check_compatible(
+    meta: dict, task: Task, directory: object, allow_new_data: bool = False
+) -> None:
+    """A resume must continue the same model on the same vocabulary and (unless
+    `allow_new_data`) the same data."""
     wanted = dataclasses.asdict(task.model.config)
     saved = meta["model"]
     differences = [
@@ -45,15 +48,28 @@ def check_compatible(meta: dict, task: Task, directory: object) -> None:
             f"cannot resume from {directory}: {'; '.join(differences)}. Start over with "
             "--config.resume=False or use a new --workdir"
         )
+    fingerprint = task.corpus.fingerprint
+    if meta["data"]["fingerprint"] != fingerprint and not allow_new_data:
+        raise checkpoint.CheckpointError(
+            f"cannot resume from {directory}: it was trained on other data "
+            f"({meta['data']['source']}, {meta['data']['fingerprint'][:19]}...) than "
+            f"{task.corpus.source} ({fingerprint[:19]}...). Start over with "
+            "--config.resume=False, or go on training on the new data with "
+            "--config.resume_on_new_data=True"
+        )
 
 
 def restore_for_resume(
-    store: checkpoint.CheckpointStore, fresh: TrainState, task: Task, log: Callable[[str], None]
+    store: checkpoint.CheckpointStore,
+    fresh: TrainState,
+    task: Task,
+    log: Callable[[str], None],
+    allow_new_data: bool = False,
 ) -> tuple[TrainState, EpochMetrics]:
     """The latest readable checkpoint's state and the metrics of its epoch."""
 
     def target_for_meta(meta: dict) -> TrainState:
-        check_compatible(meta, task, store.directory)
+        check_compatible(meta, task, store.directory, allow_new_data)
         return checkpoint.abstract_like(fresh)
 
     steps = sorted(store.steps(), reverse=True)

@@ -226,7 +226,7 @@ class Generator:
 
     def _run(self, prompt: np.ndarray, call: int) -> tuple[np.ndarray, bool]:
         max_len = self.model.config.max_len
-        truncated = len(prompt) + self.cfg.max_new_tokens > max_len
+        cut_prompt = len(prompt) > max_len
         prompt = prompt[-max_len:]
         buffer = np.zeros(max_len + self.cfg.max_new_tokens, np.int32)
         buffer[: len(prompt)] = prompt
@@ -236,10 +236,13 @@ class Generator:
             generate = self.compiled(bucket)
             out, end = generate(self.params, cache, buffer, start, len(prompt), self.key, call)
         # Host sync: the reply's tokens come back once, after the whole decode loop.
-        return np.asarray(out)[len(prompt) : int(end)], truncated
+        end = int(end)
+        # Cut: the prompt did not fit, or the reply went on past max_len (the last
+        # tokens were then predicted from the most recent max_len only).
+        return np.asarray(out)[len(prompt) : end], cut_prompt or end > max_len
 
     def generate_tokens(self, prompt: np.ndarray) -> tuple[np.ndarray, bool]:
-        """New token ids after `prompt`, and whether the prompt had to be cut to fit."""
+        """New token ids after `prompt`, and whether the context had to be cut to fit."""
         self.calls += 1
         return self._run(prompt, self.calls)
 

@@ -118,17 +118,26 @@ def make_train_epoch(
 
 
 def make_evaluate(model: TinyTransformer) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """A jitted `(params, inputs_CxT, targets_CxT, mask_CxT) -> (loss, accuracy)`.
+    """A jitted `(params, inputs_GxRxT, targets_GxRxT, mask_GxRxT) -> (loss, accuracy)`.
 
-    Both figures are averaged over the targets the mask weights (padding has weight 0).
+    Groups of R rows are scored one after another (bounded memory, see
+    `data.grouped_rows`); both figures average over the targets the mask weights.
     """
 
-    def evaluate(params, inputs_CxT, targets_CxT, mask_CxT):
-        logits_CxTxV = model.apply({"params": params}, inputs_CxT)
-        total = mask_CxT.sum()
-        loss = (cross_entropy(logits_CxTxV, targets_CxT) * mask_CxT).sum() / total
-        correct = ((jnp.argmax(logits_CxTxV, axis=-1) == targets_CxT) * mask_CxT).sum()
-        return loss, correct / total
+    def evaluate(params, inputs_GxRxT, targets_GxRxT, mask_GxRxT):
+        def add_group(sums, group):
+            inputs_RxT, targets_RxT, mask_RxT = group
+            logits_RxTxV = model.apply({"params": params}, inputs_RxT)
+            loss_sum = (cross_entropy(logits_RxTxV, targets_RxT) * mask_RxT).sum()
+            correct = ((jnp.argmax(logits_RxTxV, axis=-1) == targets_RxT) * mask_RxT).sum()
+            return (sums[0] + loss_sum, sums[1] + correct), None
+
+        zero = jnp.zeros((), jnp.float32)
+        (loss_sum, correct), _ = jax.lax.scan(
+            add_group, (zero, zero), (inputs_GxRxT, targets_GxRxT, mask_GxRxT)
+        )
+        total = mask_GxRxT.sum()
+        return loss_sum / total, correct / total
 
     return jax.jit(evaluate)
 

@@ -29,7 +29,7 @@ class Task:
     train_tokens: jax.Array  # [N] int32, replicated
     train_weights: jax.Array | None  # [N] per-token loss weights; None: every token counts
     train_starts: jax.Array | None  # [S] int32 window starts to draw from; None: anywhere
-    val_chunks: tuple[jax.Array, jax.Array, jax.Array]  # inputs, targets, mask: [C, T] each
+    val_chunks: tuple[jax.Array, jax.Array, jax.Array]  # inputs, targets, mask: [G, R, T]
     val_targets: int
     turns: exact_match.TurnBatch | None  # training turns, when exact match is computed
     heldout_turns: exact_match.TurnBatch | None  # held-out turns (conversations split)
@@ -124,8 +124,8 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
             else None
         ),
         val_chunks=tuple(  # rows split over the devices: each validates its share
-            parallel.to_global(parallel.pad_rows(a, mesh.size), parallel.rows_sharded(mesh))
-            for a in (val_inputs, val_targets, val_weights)
+            parallel.to_global(a, parallel.rows_sharded(mesh, axis=1))
+            for a in data.grouped_rows((val_inputs, val_targets, val_weights), mesh.size)
         ),
         val_targets=int(val_weights.sum()),
         turns=_turns(parts.train_conversations, vocab, config, model, mesh),

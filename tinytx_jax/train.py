@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ from tinytx_jax import (
     optim,
     parallel,
     progress,
+    workdir_lock,
 )
 from tinytx_jax import resume as resuming
 from tinytx_jax.metrics import EpochMetrics, format_epoch_line
@@ -135,6 +137,15 @@ def train_and_evaluate(
     this call ran.
     """
     configuration.check_config(config)
+    # Process 0 holds the workdir for the run (the others share it with process 0).
+    lock = workdir_lock.training_lock(workdir) if parallel.is_primary() else nullcontext()
+    with lock:
+        return _train_in(config, workdir, log)
+
+
+def _train_in(
+    config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None]
+) -> tuple[TrainState, list[EpochMetrics]]:
     task = build_task(config)
     if not config.resume:
         moved = parallel.primary_then_all("set_aside", lambda: checkpoint.set_aside(workdir))
@@ -156,7 +167,9 @@ def _run_epochs(
 ) -> tuple[TrainState, list[EpochMetrics]]:
     state = task.initial_state(config.seed)
     if store.steps():
-        state, last = resuming.restore_for_resume(store, state, task, log)
+        state, last = resuming.restore_for_resume(
+            store, state, task, log, config.resume_on_new_data
+        )
         if last.epoch >= config.epochs or stop_reason(last, state, config):
             log(f"Nothing to train: the run in {store.directory} finished at epoch {last.epoch}")
             return state, []

@@ -1,0 +1,49 @@
+"""One training per workdir: an advisory lock that the kernel drops when its holder dies.
+
+`flock` on `WORKDIR/train.lock` is released however the process ends (even `kill -9`), so a
+stale lock file never blocks the next run; the file only names the current holder. Chat,
+eval and sampling do not take it: they read committed checkpoints while a run trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+LOCK_FILE = "train.lock"
+
+
+class WorkdirBusy(RuntimeError):
+    """Another training run holds the workdir; the message names it."""
+
+
+@contextlib.contextmanager
+def training_lock(workdir: str | os.PathLike) -> Iterator[None]:
+    """Hold `workdir` for this training run, or raise WorkdirBusy naming the holder."""
+    directory = Path(workdir).expanduser().absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise WorkdirBusy(
+                f"{directory} is in use by another training run ({holder}): wait for it to "
+                "finish, or train in another --workdir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}, started {started}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
