@@ -107,3 +107,15 @@ def test_chat_history_keeps_earlier_turns_in_the_prompt(trained_workdir):
     fresh = chat.ChatSession(generator, data.SYSTEM_PROMPT, notices=io.StringIO())
     fresh.answer("what is 2+2?")
     assert prompts[2] == data.render_prompt("what is 2+2?")
+
+
+def test_no_truncation_notice_when_the_reply_ends_early(trained_workdir):
+    """A large max_new_tokens alone cuts nothing: the notice is for real cuts only."""
+    model = trained.load_trained(trained_workdir, log=lambda _: None)
+    generator = sampling.Generator(
+        model.model, model.params, model.vocab, sampling.SamplingConfig(max_new_tokens=600)
+    )
+    notices = io.StringIO()
+    session = chat.ChatSession(generator, "You are helpful.", notices=notices)
+    assert session.answer("hi") == "hello!"
+    assert notices.getvalue() == ""
