@@ -24,6 +24,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.pre_norm = False
     config.dropout = 0.0
     config.dtype = "float32"
+    # GPT-style options (nanoGPT's model; see configs/char_lm.py): GPT-2 initialisation,
+    # tied input/output embeddings, biases in the MLP, output layer and LayerNorms.
+    config.init = "seed"  # "gpt2": normal(0, 0.02), residual outputs / sqrt(2 * n_layers)
+    config.tie_embeddings = False
+    config.bias = True
     # On a CPU, training splits the batch over this many XLA devices, one per core
     # (0: the most cores that divide batch_size; the seed's batch of 1 stays on one).
     config.cpu_devices = 0
@@ -32,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.lr = 5e-4
     config.lr_schedule = "constant"  # the seed: warm-up, then plateau halving; or "cosine"
     config.weight_decay = 0.0
+    config.weight_decay_on = "all"  # "matrices": embeddings and weight matrices only
+    config.adam_b1 = 0.9
+    config.adam_b2 = 0.999
     config.clip_norm = 1.0
     config.warmup_steps = 200
     config.batch_size = 1

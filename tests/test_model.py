@@ -97,3 +97,31 @@ def test_dropout_is_active_only_when_training():
         {"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(3)}
     )
     assert not np.allclose(train, eval_a)
+
+
+def test_gpt_style_options_shape_the_parameters():
+    cfg = ModelConfig(
+        vocab_size=40, d_model=64, n_layers=4, mlp=True, pre_norm=True,
+        init="gpt2", tie_embeddings=True, bias=False,
+    )  # fmt: skip
+    model = TinyTransformer(cfg)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    assert "head" not in params  # tied: the output layer is the token embedding
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    assert not [p for p, _ in leaves if "bias" in jax.tree_util.keystr(p)]
+    embed = params["token_embed"]
+    assert abs(float(embed.std()) - 0.02) < 0.002 and abs(float(embed.mean())) < 0.002
+    residual = jnp.concatenate(
+        [params[f"block_{i}"]["attention"]["out"]["kernel"].ravel() for i in range(4)]
+        + [params[f"block_{i}"]["mlp"]["fc_out"]["kernel"].ravel() for i in range(4)]
+    )
+    assert abs(float(residual.std()) - 0.02 / (2 * 4) ** 0.5) < 0.0005
+    tokens = jnp.arange(8)[None] % 40
+    logits = model.apply({"params": params}, tokens)
+    assert logits.shape == (1, 8, 40)
+
+
+def test_seed_model_keeps_its_parameters():
+    model = TinyTransformer(ModelConfig(vocab_size=31))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    assert "bias" in params["head"] and float(jnp.abs(params["token_embed"]).max()) <= 0.02

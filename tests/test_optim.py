@@ -89,3 +89,12 @@ def test_plateau_transform_uses_the_seed_criterion():
     _, state = plateau.update({}, state, value=jnp.float32(1.0 - 2.5e-6))
     assert float(state.scale) == 0.5
     assert isinstance(plateau, optax.GradientTransformationExtraArgs)
+
+
+def test_weight_decay_on_matrices_spares_biases_and_scales():
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2), "scale": jnp.ones(2)}
+    tx = optim.make_optimizer(lambda _: 0.1, 1.0, 0.5, decay_matrices_only=True)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    assert float(jnp.abs(updates["kernel"]).max()) > 0  # decayed
+    assert float(jnp.abs(updates["bias"]).max()) == 0 == float(jnp.abs(updates["scale"]).max())

@@ -12,6 +12,8 @@ LR_SCHEDULES = ("constant", "cosine")
 LOSS_ON = ("all", "assistant")
 WINDOW_STARTS = ("any", "conversation")
 VALIDATION_SPLITS = ("tail", "conversations")
+INITS = ("seed", "gpt2")
+WEIGHT_DECAY_ON = ("all", "matrices")
 
 
 MAX_INT32 = 2**31 - 1  # seeds and the step counter are int32 on the device
@@ -112,6 +114,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "config.target_exact_match needs config.exact_match_every > 0 (how often, in epochs, "
         "to check the replies)",
     )
+    for name in ("adam_b1", "adam_b2"):
+        _require(0.0 <= config[name] < 1.0, f"config.{name} must be in [0, 1), got {config[name]}")
     _require(0.0 < config.top_p <= 1.0, f"config.top_p must be in (0, 1], got {config.top_p}")
     _require(
         config.checkpoint in CHECKPOINT_CHOICES,
@@ -122,6 +126,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         ("loss_on", LOSS_ON),
         ("window_start", WINDOW_STARTS),
         ("validation_split", VALIDATION_SPLITS),
+        ("init", INITS),
+        ("weight_decay_on", WEIGHT_DECAY_ON),
     ):
         _require(
             config[name] in choices, f"config.{name} must be one of {choices}, got {config[name]!r}"
@@ -141,4 +147,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         pre_norm=config.pre_norm,
         dropout=config.dropout,
         dtype=config.dtype,
+        init=config.init,
+        tie_embeddings=config.tie_embeddings,
+        bias=config.bias,
     )

@@ -30,6 +30,7 @@ class EpochMetrics:
     lr: float
     exact_match: float | None = None  # of the training turns' greedy replies
     val_exact_match: float | None = None  # of the held-out turns' (conversations split)
+    val_bpc: float | None = None  # bits per character (text models): val_loss / ln 2
 
     def ranking(self) -> dict[str, float]:
         """What checkpoints are ranked by (see checkpoint.rank)."""
@@ -49,6 +50,8 @@ def format_epoch_line(m: EpochMetrics) -> str:
         line += f" exact_match={m.exact_match:.3f}"
     if m.val_exact_match is not None:
         line += f" val_exact_match={m.val_exact_match:.3f}"
+    if m.val_bpc is not None:
+        line += f" val_bpc={m.val_bpc:.4f}"
     return line
 
 
@@ -68,7 +71,7 @@ def epoch_record(
         "tokens_per_s": steps * tokens_per_step / train_s,
         "elapsed_s": elapsed_s,
     }
-    for name in ("exact_match", "val_exact_match"):
+    for name in ("exact_match", "val_exact_match", "val_bpc"):
         if getattr(m, name) is not None:
             record[name] = getattr(m, name)
     return record

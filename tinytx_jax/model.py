@@ -12,6 +12,7 @@ width, H heads, Dh head width, V vocabulary.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -19,6 +20,15 @@ import jax.numpy as jnp
 
 INIT_RANGE = 0.02
 LAYER_NORM_EPS = 1e-5  # LibTorch's default; Flax's is 1e-6.
+
+
+def weight_init(cfg: ModelConfig, residual_output: bool = False) -> nn.initializers.Initializer:
+    """The seed's uniform [-0.02, 0.02], or GPT-2's normal(0, 0.02) with the layers that
+    write into the residual stream scaled by 1/sqrt(2 * n_layers)."""
+    if cfg.init == "gpt2":
+        scale = 1.0 / math.sqrt(2 * cfg.n_layers) if residual_output else 1.0
+        return nn.initializers.normal(INIT_RANGE * scale)
+    return symmetric_uniform()
 
 
 def symmetric_uniform(scale: float = INIT_RANGE) -> nn.initializers.Initializer:
@@ -44,6 +54,10 @@ class ModelConfig:
     pre_norm: bool = False
     dropout: float = 0.0
     dtype: str = "float32"
+    # GPT-style extras (nanoGPT's model), off by default:
+    init: str = "seed"  # "gpt2": normal(0, 0.02), residual outputs / sqrt(2 * n_layers)
+    tie_embeddings: bool = False  # the output layer reuses the token embedding
+    bias: bool = True  # biases in the MLP, the output layer and the LayerNorms
 
 
 def attend(
@@ -97,10 +111,11 @@ class Dense(nn.Module):
     features: int
     use_bias: bool = True
     dtype: str = "float32"
+    kernel_init: nn.initializers.Initializer = symmetric_uniform()
 
     @nn.compact
     def __call__(self, x_NxD: jax.Array) -> jax.Array:
-        kernel_DxF = self.param("kernel", symmetric_uniform(), (x_NxD.shape[-1], self.features))
+        kernel_DxF = self.param("kernel", self.kernel_init, (x_NxD.shape[-1], self.features))
         rows_RxD = x_NxD.reshape(-1, x_NxD.shape[-1]).astype(self.dtype)
         out_RxF = rows_RxD @ kernel_DxF.astype(self.dtype)
         if self.use_bias:
@@ -128,7 +143,8 @@ class CausalSelfAttention(nn.Module):
         Dh = D // H
 
         def project(name: str, x_BxTxD: jax.Array) -> jax.Array:
-            return Dense(D, use_bias=False, dtype=cfg.dtype, name=name)(x_BxTxD)
+            init = weight_init(cfg, residual_output=name == "out")
+            return Dense(D, use_bias=False, dtype=cfg.dtype, kernel_init=init, name=name)(x_BxTxD)
 
         q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh = (
             project(name, x_BxTxD).reshape(B, T, H, Dh) for name in ("query", "key", "value")
@@ -164,8 +180,11 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
         cfg = self.config
-        h_BxTxF = Dense(cfg.mlp_ratio * cfg.d_model, dtype=cfg.dtype, name="fc_in")(x_BxTxD)
-        out_BxTxD = Dense(cfg.d_model, dtype=cfg.dtype, name="fc_out")(nn.gelu(h_BxTxF))
+        fc_in = Dense(
+            cfg.mlp_ratio * cfg.d_model, cfg.bias, cfg.dtype, weight_init(cfg), name="fc_in"
+        )
+        fc_out = Dense(cfg.d_model, cfg.bias, cfg.dtype, weight_init(cfg, True), name="fc_out")
+        out_BxTxD = fc_out(nn.gelu(fc_in(x_BxTxD)))
         return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic)
 
 
@@ -184,7 +203,9 @@ class Block(nn.Module):
         if cfg.mlp:
             sublayers.append(MLP(cfg, name="mlp"))
         for i, sublayer in enumerate(sublayers):
-            norm = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name=f"norm_{i}")
+            norm = nn.LayerNorm(
+                epsilon=LAYER_NORM_EPS, dtype=jnp.float32, use_bias=cfg.bias, name=f"norm_{i}"
+            )
             if cfg.pre_norm:
                 x_BxTxD = x_BxTxD + sublayer(norm(x_BxTxD).astype(cfg.dtype), deterministic)
             else:
@@ -215,8 +236,8 @@ class TinyTransformer(nn.Module):
         T = tokens_BxT.shape[1]
 
         V, D, L = cfg.vocab_size, cfg.d_model, cfg.max_len
-        token_embed_VxD = self.param("token_embed", symmetric_uniform(), (V, D))
-        pos_embed_LxD = self.param("pos_embed", symmetric_uniform(), (L, D))
+        token_embed_VxD = self.param("token_embed", weight_init(cfg), (V, D))
+        pos_embed_LxD = self.param("pos_embed", weight_init(cfg), (L, D))
         if decode_start is None:
             positions_TxD = pos_embed_LxD[:T]
         else:
@@ -228,8 +249,14 @@ class TinyTransformer(nn.Module):
         for i in range(cfg.n_layers):
             x_BxTxD = Block(cfg, name=f"block_{i}")(x_BxTxD, deterministic, decode_start)
         if cfg.pre_norm:
-            x_BxTxD = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name="final_norm")(
-                x_BxTxD
-            )
-        logits_BxTxV = Dense(V, dtype=cfg.dtype, name="head")(x_BxTxD).astype(jnp.float32)
+            x_BxTxD = nn.LayerNorm(
+                epsilon=LAYER_NORM_EPS, dtype=jnp.float32, use_bias=cfg.bias, name="final_norm"
+            )(x_BxTxD)
+        if cfg.tie_embeddings:
+            rows_RxD = x_BxTxD.reshape(-1, D).astype(cfg.dtype)
+            logits_RxV = rows_RxD @ token_embed_VxD.T.astype(cfg.dtype)
+            logits_BxTxV = logits_RxV.reshape(*x_BxTxD.shape[:-1], V).astype(jnp.float32)
+        else:
+            head = Dense(V, cfg.bias, cfg.dtype, weight_init(cfg), name="head")
+            logits_BxTxV = head(x_BxTxD).astype(jnp.float32)
         return logits_BxTxV[0] if unbatched else logits_BxTxV

@@ -16,6 +16,7 @@ the original halved only once per plateau.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -47,13 +48,30 @@ def cosine_schedule(
     return optax.join_schedules([warmup_schedule(lr, warmup_steps), decay], [warmup_steps])
 
 
+def matrices_only(params) -> object:
+    """The decay mask of GPT-style training: weight matrices and embeddings (rank >= 2)
+    decay; biases and LayerNorm scales do not."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
 def make_optimizer(
-    schedule: optax.Schedule, clip_norm: float, weight_decay: float
+    schedule: optax.Schedule,
+    clip_norm: float,
+    weight_decay: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    decay_matrices_only: bool = False,
 ) -> optax.GradientTransformation:
     """The per-step chain; AdamW's decay is decoupled (the seed's default decay is 0)."""
     return optax.chain(
         optax.clip_by_global_norm(clip_norm),
-        optax.adamw(schedule, weight_decay=weight_decay),
+        optax.adamw(
+            schedule,
+            b1=b1,
+            b2=b2,
+            weight_decay=weight_decay,
+            mask=matrices_only if decay_matrices_only else None,
+        ),
     )
 
 
@@ -78,6 +96,14 @@ def make_optimizers(
     config: ml_collections.ConfigDict,
 ) -> tuple[optax.GradientTransformation, optax.GradientTransformationExtraArgs]:
     """The per-step chain and the per-epoch plateau transform of a run config."""
-    tx = make_optimizer(make_schedule(config), config.clip_norm, config.weight_decay)
+    tx = make_optimizer(
+        make_schedule(config),
+        config.clip_norm,
+        config.weight_decay,
+        # .get: configs saved in checkpoints before these fields existed hold the defaults
+        config.get("adam_b1", 0.9),
+        config.get("adam_b2", 0.999),
+        config.get("weight_decay_on", "all") == "matrices",
+    )
     plateau = make_plateau(config.lr, config.plateau_factor, config.plateau_patience, config.min_lr)
     return tx, plateau

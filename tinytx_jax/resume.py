@@ -9,6 +9,7 @@ import ml_collections
 
 from tinytx_jax import checkpoint, parallel
 from tinytx_jax.metrics import EpochMetrics
+from tinytx_jax.model import ModelConfig
 from tinytx_jax.state import TrainState
 from tinytx_jax.task import Task
 
@@ -32,11 +33,12 @@ def check_compatible(
     """A resume must continue the same model on the same vocabulary and (unless
     `allow_new_data`) the same data."""
     wanted = dataclasses.asdict(task.model.config)
-    saved = meta["model"]
+    # Fields added since a checkpoint was written hold their defaults in it.
+    saved = {**dataclasses.asdict(ModelConfig(vocab_size=0)), **meta["model"]}
     differences = [
         f"{key}={saved.get(key)!r} in the checkpoint, {value!r} in the config"
         for key, value in wanted.items()
-        if saved.get(key) != value
+        if key != "vocab_size" and saved.get(key) != value
     ]
     if meta["vocab"] != task.vocab.chars:
         differences.append(

@@ -7,6 +7,7 @@ the plateau and early-stopping state, logs, checkpoints and checks for signals.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -19,6 +20,7 @@ import numpy as np
 from tinytx_jax import (
     checkpoint,
     configuration,
+    corpus,
     exact_match,
     interrupt,
     metrics,
@@ -192,6 +194,7 @@ def _run_epochs(
                 f"({cut} conversations are longer than config.block_size={config.block_size}: "
                 "their later characters are never trained; raise block_size)"
             )
+    text_model = task.corpus.kind == corpus.TEXT
     first_epoch = int(state.epoch) + 1
     primary = parallel.is_primary()
     metrics_log = metrics.MetricsLog(workdir, resumed_epoch=first_epoch - 1, enabled=primary)
@@ -224,6 +227,7 @@ def _run_epochs(
                     task.val_targets,
                     float(lr),
                     **measured,
+                    val_bpc=float(val_loss) / math.log(2) if text_model else None,
                 )
                 history.append(m)
                 metrics_log.write(

@@ -1,0 +1,51 @@
+"""Character-level language modelling on any text: nanoGPT's CPU recipe for tiny shakespeare.
+
+    python main.py --mode=train --config=configs/char_lm.py --config.data_path=any.txt
+
+The shape and schedule are nanoGPT's README recipe ("--device=cpu --block_size=64
+--batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000
+--dropout=0.0" on top of config/train_shakespeare_char.py), so the comparison with
+`../shared/peers/compare_nanogpt.sh` is like for like: 4 pre-norm blocks of width 128 with
+4 heads and a GELU MLP, block 64, batch 12, 2,000 steps validated every 250, AdamW
+(beta2 0.99, weight decay 0.1 on matrices and embeddings), lr 1e-3 with 100 warm-up steps
+and cosine decay to 1e-4, gradient clip 1.0, GPT-2 initialisation, tied embeddings, no biases.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = default.get_config()
+    config.data_path = "examples/tiny_text.txt"
+
+    config.n_layers = 4
+    config.n_heads = 4
+    config.d_model = 128
+    config.mlp = True
+    config.pre_norm = True
+    config.dropout = 0.0
+    config.init = "gpt2"
+    config.tie_embeddings = True
+    config.bias = False
+    config.block_size = 64
+    config.max_len = 64
+
+    config.batch_size = 12
+    config.lr = 1e-3
+    config.lr_schedule = "cosine"
+    config.min_lr = 1e-4
+    config.warmup_steps = 100
+    config.weight_decay = 0.1
+    config.weight_decay_on = "matrices"
+    config.adam_b2 = 0.99
+
+    config.epochs = 8
+    config.steps_per_epoch = 250
+    config.early_stop_patience = 8
+    config.checkpoint_every = 8
+    config.max_new_tokens = 500
+    config.temperature = 0.8
+    config.top_k = 200
+    return config
