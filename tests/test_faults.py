@@ -132,3 +132,35 @@ def test_damaged_latest_checkpoint_falls_back_in_one_line(trained_workdir, tmp_p
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert f"Checkpoint at epoch {latest.name} is unreadable" in result.stderr
     assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 2  # that, "loaded"
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1.2 MB tmpfs (needs root, as on the project's machines; skipped elsewhere)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1200K", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if mounted.returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_full_disk_and_read_only_workdir_in_one_line(small_filesystem):
+    workdir = small_filesystem / "w"
+    full = run_main("--mode=train", FAST, f"--workdir={workdir}", "--config.checkpoint_every=1",
+                    "--config.compile_cache=False")  # fmt: skip
+    one_line(full, 2, "could not write the checkpoint of epoch")
+    assert "the last committed checkpoint is kept" in full.stderr
+    subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], check=True)
+    chat = run_main("--mode=chat", f"--workdir={workdir}", "--config.checkpoint=latest",
+                    "--prompt=hi")  # fmt: skip
+    assert chat.returncode == 0 and "Traceback" not in chat.stderr  # the committed one loads
+    assert "WARNING" not in chat.stderr  # no compilation-cache warnings
+    again = run_main("--mode=train", FAST, f"--workdir={workdir}")
+    one_line(again, 2, "Read-only file system")
