@@ -77,6 +77,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Logging and randomness.
     config.print_every = 1
+    # Validation: 0 scores the whole split every epoch (the seed's); N > 0 scores N batches
+    # of windows drawn once with a fixed seed (for big corpora).
+    config.eval_steps = 0
     config.profile_steps = 0  # > 0: write a jax.profiler trace of that many steps
     config.compile_cache = True  # keep compiled programs in WORKDIR/jax_cache for reruns
     config.seed = 7

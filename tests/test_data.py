@@ -47,3 +47,21 @@ def test_validation_chunks_cover_every_target_once():
     np.testing.assert_array_equal(inputs.reshape(-1)[real], tokens[:-1])
     np.testing.assert_array_equal(targets.reshape(-1)[real], tokens[1:])
     assert mask[-1].sum() == 8_159 - 31 * 256
+
+
+def test_sampled_validation_windows_are_fixed_real_windows():
+    tokens = np.arange(10_000, dtype=np.int32) % 97
+    inputs, targets, mask = data.sampled_windows(tokens, 24, 16)
+    again = data.sampled_windows(tokens, 24, 16)
+    assert all(np.array_equal(a, b) for a, b in zip((inputs, targets, mask), again, strict=True))
+    assert inputs.shape == targets.shape == mask.shape == (24, 16) and mask.all()
+    np.testing.assert_array_equal(targets[:, :-1], inputs[:, 1:])  # consecutive text
+    np.testing.assert_array_equal((inputs[:, 1:] - inputs[:, :-1]) % 97, 1)
+    small = data.sampled_windows(tokens[:100], 24, 16)  # a cap beyond the split: all of it
+    assert small[2].sum() == 99
+
+
+def test_encoding_is_a_lookup_that_drops_unknown_characters():
+    vocab = data.Vocabulary.from_text("hello world ü😀")
+    assert vocab.decode(vocab.encode("hello 😀 zü")) == "hello 😀 ü"
+    assert vocab.encode("xyz").size == 0

@@ -59,6 +59,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "top_k",
         "profile_steps",
         "exact_match_every",
+        "eval_steps",
         "cpu_devices",
         "block_size",
     ):

@@ -23,6 +23,8 @@ BUILTIN_DIALOGS: tuple[tuple[str, str], ...] = (
     ("color of sky?", "blue"),
 )
 BUILTIN_REPEAT = 300
+MAX_VOCABULARY = 65_535  # tokens are stored as uint16
+ENCODE_PIECE = 1 << 22  # characters encoded at a time
 VALIDATION_FRACTION = 0.1
 
 
@@ -125,6 +127,14 @@ class Vocabulary:
         A binary search over the sorted code points, not a Python loop: a 200 MB corpus
         encodes in seconds, with a few bytes per character of memory.
         """
+        pieces = [
+            self._encode_piece(text[i : i + ENCODE_PIECE])
+            for i in range(0, len(text), ENCODE_PIECE)
+        ]
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+
+    def _encode_piece(self, text: str) -> np.ndarray:
+        # In pieces: the temporaries (UTF-32 codes, int64 indices) stay small for any corpus.
         codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
         ids = np.searchsorted(self._code_points, codes)
         known = ids < len(self._code_points)
@@ -205,3 +215,17 @@ def grouped_rows(arrays: tuple[np.ndarray, ...], multiple: int = 1) -> tuple[np.
         full[:count] = array
         padded.append(full.reshape(groups, rows, length))
     return tuple(padded)
+
+
+def sampled_windows(
+    tokens: np.ndarray, count: int, chunk_len: int, loss_mask: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
+    """`count` windows of a big validation split, drawn once with a fixed seed, so that
+    every epoch (and every run on the same data) scores the same ones (`eval_steps`)."""
+    if len(tokens) - 1 <= count * chunk_len:  # a cap no smaller than the split: all of it
+        return validation_chunks(tokens, chunk_len, loss_mask)
+    starts = np.random.default_rng(0).integers(0, len(tokens) - chunk_len, count)
+    offsets = starts[:, None] + np.arange(chunk_len + 1)[None, :]
+    windows = tokens[offsets].astype(np.int32)
+    mask = np.ones((count, chunk_len)) if loss_mask is None else loss_mask[offsets[:, 1:]]
+    return windows[:, :-1], windows[:, 1:], mask.astype(np.float32)

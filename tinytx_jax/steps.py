@@ -94,7 +94,7 @@ def make_train_epoch(
             window_key, batch_size, tokens_N.shape[0], block_size, starts_S
         )
         starts_B = jax.lax.with_sharding_constraint(starts_B, batch_sharding)
-        tokens_BxW = windows_BxW(tokens_N, starts_B)
+        tokens_BxW = windows_BxW(tokens_N, starts_B).astype(jnp.int32)  # stored as uint16
         weights_BxT = None if weights_N is None else windows_BxW(weights_N, starts_B)[:, 1:]
         return train_step(
             state, tokens_BxW[:, :-1], tokens_BxW[:, 1:], weights_BxT, dropout_key, model, tx

@@ -80,6 +80,11 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
     if not config.block_size:  # resolved here, so checkpoints and eval record the real size
         config.block_size = fitted_block_size(text.conversations, config.max_len)
     vocab = data.Vocabulary.from_text(text.text)
+    if vocab.size > data.MAX_VOCABULARY:
+        raise configuration.ConfigError(
+            f"{text.source}: {vocab.size:,} distinct characters, more than the "
+            f"{data.MAX_VOCABULARY:,} a character model here takes: is it really text?"
+        )
     parts = split.split_corpus(
         text, vocab, config.validation_split, config.validation_fraction, config.data_repeat
     )
@@ -94,9 +99,18 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
             "validation_fraction"
         )
     reply_only = config.loss_on == "assistant"
-    val_inputs, val_targets, val_weights = parts.validation_chunks(
-        config.block_size, reply_only, aligned=config.window_start == "conversation"
-    )
+    aligned = config.window_start == "conversation"
+    if config.eval_steps and not aligned:
+        val_inputs, val_targets, val_weights = data.sampled_windows(
+            parts.val_tokens,
+            config.eval_steps * config.batch_size,
+            config.block_size,
+            parts.val_mask if reply_only else None,
+        )
+    else:
+        val_inputs, val_targets, val_weights = parts.validation_chunks(
+            config.block_size, reply_only, aligned
+        )
     if not val_weights.any():
         raise configuration.ConfigError(
             f"{text.source}: the validation split holds no assistant reply: add data or raise "
@@ -114,7 +128,8 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         plateau_enabled=config.lr_schedule == "constant",
         schedule=optim.make_schedule(config),
         vocab=vocab,
-        train_tokens=parallel.to_global(parts.train_tokens, on_all),
+        # uint16 (every vocabulary fits, see check below): half the memory of int32.
+        train_tokens=parallel.to_global(parts.train_tokens.astype(np.uint16), on_all),
         train_weights=(
             parallel.to_global(parts.train_mask.astype(np.float32), on_all) if reply_only else None
         ),
