@@ -99,3 +99,15 @@ def test_corpus_too_short_for_the_block_is_reported():
     config.data_repeat = 1
     with pytest.raises(configuration.ConfigError, match=r"too few for config\.block_size"):
         build_task(config)
+
+
+def test_eval_steps_caps_validation_and_the_last_epoch_scores_the_whole_split(
+    small_config, tmp_path
+):
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"word{i % 37} " for i in range(4000)))
+    small_config.update(data_path=str(text), block_size=32, eval_steps=2, epochs=2)
+    _, history = train.train_and_evaluate(small_config, str(tmp_path / "w"), log=lambda _: None)
+    full_targets = history[1].val_targets
+    assert history[0].val_targets == 2 * small_config.batch_size * 32 < full_targets
+    assert history[1].val_bpc == pytest.approx(history[1].val_loss / math.log(2))

@@ -31,6 +31,10 @@ class Task:
     train_starts: jax.Array | None  # [S] int32 window starts to draw from; None: anywhere
     val_chunks: tuple[jax.Array, jax.Array, jax.Array]  # inputs, targets, mask: [G, R, T]
     val_targets: int
+    # With eval_steps, val_chunks are the fixed sampled windows and these the whole split,
+    # scored at the last scheduled epoch so that a run's final figure is exact.
+    full_val_chunks: tuple[jax.Array, jax.Array, jax.Array] | None
+    full_val_targets: int
     turns: exact_match.TurnBatch | None  # training turns, when exact match is computed
     heldout_turns: exact_match.TurnBatch | None  # held-out turns (conversations split)
     corpus: corpus.Corpus
@@ -100,16 +104,16 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         )
     reply_only = config.loss_on == "assistant"
     aligned = config.window_start == "conversation"
+    val_inputs, val_targets, val_weights = parts.validation_chunks(
+        config.block_size, reply_only, aligned
+    )
+    capped = None
     if config.eval_steps and not aligned:
-        val_inputs, val_targets, val_weights = data.sampled_windows(
+        capped = data.sampled_windows(
             parts.val_tokens,
             config.eval_steps * config.batch_size,
             config.block_size,
             parts.val_mask if reply_only else None,
-        )
-    else:
-        val_inputs, val_targets, val_weights = parts.validation_chunks(
-            config.block_size, reply_only, aligned
         )
     if not val_weights.any():
         raise configuration.ConfigError(
@@ -138,16 +142,23 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
             if config.window_start == "conversation"
             else None
         ),
-        val_chunks=tuple(  # rows split over the devices: each validates its share
-            parallel.to_global(a, parallel.rows_sharded(mesh, axis=1))
-            for a in data.grouped_rows((val_inputs, val_targets, val_weights), mesh.size)
-        ),
-        val_targets=int(val_weights.sum()),
+        val_chunks=_on_devices(capped or (val_inputs, val_targets, val_weights), mesh),
+        val_targets=int((capped or (val_weights,))[-1].sum()),
+        full_val_chunks=_on_devices((val_inputs, val_targets, val_weights), mesh)
+        if capped
+        else None,
+        full_val_targets=int(val_weights.sum()),
         turns=_turns(parts.train_conversations, vocab, config, model, mesh),
         heldout_turns=_turns(parts.heldout_conversations, vocab, config, model, mesh),
         corpus=text,
         mesh=mesh,
     )
+
+
+def _on_devices(chunks: tuple[np.ndarray, ...], mesh: jax.sharding.Mesh) -> tuple[jax.Array, ...]:
+    """Validation rows in groups, split over the devices: each validates its share."""
+    sharding = parallel.rows_sharded(mesh, axis=1)
+    return tuple(parallel.to_global(a, sharding) for a in data.grouped_rows(chunks, mesh.size))
 
 
 def fitted_block_size(conversations: tuple[data.Conversation, ...], max_len: int) -> int:

@@ -54,6 +54,7 @@ class CompiledSteps:
 
     train_epoch: Callable[..., tuple[TrainState, jax.Array]]
     evaluate: Callable[..., tuple[jax.Array, jax.Array]]
+    evaluate_full: Callable[..., tuple[jax.Array, jax.Array]] | None  # see Task.full_val_chunks
     end_epoch: Callable[..., tuple[TrainState, jax.Array]]
     check_turns: dict[str, TurnCheck]
 
@@ -87,6 +88,9 @@ def compile_steps(
     return CompiledSteps(
         train_epoch.lower(state, *task.train_data).compile(),
         make_evaluate(task.model).lower(state.params, *task.val_chunks).compile(),
+        make_evaluate(task.model).lower(state.params, *task.full_val_chunks).compile()
+        if task.full_val_chunks
+        else None,
         end_epoch.lower(state, val_loss).compile(),
         {
             name: _compile_turn_check(task, state.params, batch)
@@ -210,7 +214,11 @@ def _run_epochs(
                 train_loss.block_until_ready()  # host sync: times the training alone
                 epoch_train_s = time.perf_counter() - epoch_start
                 train_seconds += epoch_train_s
-                val_loss, val_acc = steps.evaluate(state.params, *task.val_chunks)
+                full = steps.evaluate_full is not None and epoch == config.epochs
+                if full:
+                    val_loss, val_acc = steps.evaluate_full(state.params, *task.full_val_chunks)
+                else:
+                    val_loss, val_acc = steps.evaluate(state.params, *task.val_chunks)
                 every = config.exact_match_every
                 measured = (
                     measure_exact_match(steps, state.params)
@@ -224,7 +232,7 @@ def _run_epochs(
                     float(train_loss),
                     float(val_loss),
                     float(val_acc),
-                    task.val_targets,
+                    task.full_val_targets if full else task.val_targets,
                     float(lr),
                     **measured,
                     val_bpc=float(val_loss) / math.log(2) if text_model else None,
