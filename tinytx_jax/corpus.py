@@ -78,8 +78,8 @@ def check_fits_in_memory(characters: int, repeat: int, source: str) -> None:
 
 
 def _render(conversations: tuple[data.Conversation, ...], repeat: int, source: str):
-    once, _ = data.render_conversations(conversations)
-    check_fits_in_memory(len(once), repeat, source)
+    once = sum(data.conversation_length(c) for c in conversations)
+    check_fits_in_memory(once, repeat, source)
     return data.render_conversations(conversations, repeat)
 
 

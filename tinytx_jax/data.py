@@ -70,9 +70,14 @@ def cut_at_tag(text: str, tags: tuple[str, ...] = TAGS) -> str:
     return text[:cut]
 
 
+def conversation_length(conversation: Conversation) -> int:
+    """Characters of the rendered conversation, `<system>` to its `<eot>` line."""
+    return sum(len(piece) for piece, _ in conversation_segments(conversation))
+
+
 def conversation_offsets(conversations: tuple[Conversation, ...], repeat: int = 1) -> np.ndarray:
     """The character offset at which each conversation of the repeated text starts."""
-    lengths = [sum(len(piece) for piece, _ in conversation_segments(c)) for c in conversations]
+    lengths = [conversation_length(c) for c in conversations]
     starts = np.cumsum([0, *lengths])
     return np.concatenate([starts[:-1] + k * starts[-1] for k in range(repeat)]).astype(np.int64)
 

@@ -164,13 +164,13 @@ def _on_devices(chunks: tuple[np.ndarray, ...], mesh: jax.sharding.Mesh) -> tupl
 def fitted_block_size(conversations: tuple[data.Conversation, ...], max_len: int) -> int:
     """A window that holds the longest conversation whole (rounded up to 16, at most
     max_len): with conversation-aligned windows, longer ones are wasted compute."""
-    longest = max(len(data.render_conversations((c,))[0]) for c in conversations)
+    longest = max(data.conversation_length(c) for c in conversations)
     return min(max_len, -(-(longest - 1) // 16) * 16)
 
 
 def long_conversations(conversations: tuple[data.Conversation, ...], block_size: int) -> int:
     """How many conversations run past a conversation-aligned window (their ends never train)."""
-    return sum(len(data.render_conversations((c,))[0]) - 1 > block_size for c in conversations)
+    return sum(data.conversation_length(c) - 1 > block_size for c in conversations)
 
 
 def window_starts(parts: split.Split, block_size: int, source: str) -> np.ndarray:
