@@ -155,7 +155,7 @@ def test_on_device_exact_match_equals_greedy_chat_replies(dialogs_run):
             conversations, model.vocab, model.model.config.max_len, config.max_new_tokens
         )
         check = exact_match.make_turn_check(model.model, batch.num_turns)
-        verdicts = np.asarray(check(store_params, *batch.arrays))
+        verdicts = np.asarray(check(store_params, *data.grouped_rows(batch.arrays)))
         generator = sampling.Generator(
             model.model, store_params, model.vocab, chat.sampling_config(config)
         )

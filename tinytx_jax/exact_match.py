@@ -21,16 +21,14 @@ import numpy as np
 from tinytx_jax import data
 from tinytx_jax.model import TinyTransformer
 
-ROWS_PER_GROUP = 32  # conversations per forward pass (at least): bounds the logits' memory
-
 
 @dataclasses.dataclass(frozen=True)
 class TurnBatch:
     """Conversations as padded rows; each reply target names the turn it belongs to."""
 
-    inputs_GxRxL: np.ndarray  # int32
-    targets_GxRxL: np.ndarray  # int32
-    turns_GxRxL: np.ndarray  # int32 turn index, or `num_turns` where no reply is scored
+    inputs_CxL: np.ndarray  # int32, one row per conversation
+    targets_CxL: np.ndarray  # int32
+    turn_ids_CxL: np.ndarray  # int32: turn index + 1 where a reply is scored, else 0
     possible_K: np.ndarray  # bool per turn: the decoder can give this reply back at all
 
     @property
@@ -39,8 +37,9 @@ class TurnBatch:
 
     @property
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """What `make_turn_check`'s function takes after the parameters."""
-        return self.inputs_GxRxL, self.targets_GxRxL, self.turns_GxRxL
+        """The rows `make_turn_check`'s function takes after the parameters, once grouped
+        (`data.grouped_rows`: its zero padding is "no reply" here too)."""
+        return self.inputs_CxL, self.targets_CxL, self.turn_ids_CxL
 
 
 def turn_batch(
@@ -48,7 +47,6 @@ def turn_batch(
     vocab: data.Vocabulary,
     max_len: int,
     max_new_tokens: int,
-    rows_per_group: int = ROWS_PER_GROUP,
 ) -> TurnBatch:
     """Every assistant turn of `conversations`, laid out for `make_turn_check`."""
     rows, row_turns, possible = [], [], []
@@ -57,7 +55,7 @@ def turn_batch(
         for piece, is_reply in data.conversation_segments(conversation):
             encoded = vocab.encode(piece)
             tokens.extend(encoded.tolist())
-            turns.extend([len(possible) if is_reply else -1] * len(encoded))
+            turns.extend([len(possible) + 1 if is_reply else 0] * len(encoded))
             if is_reply:
                 reply = piece[: -len(data.ASSISTANT_END)]
                 possible.append(
@@ -67,29 +65,19 @@ def turn_batch(
                 )
         rows.append(np.asarray(tokens[: max_len + 1], np.int32))
         row_turns.append(np.asarray(turns[: max_len + 1], np.int32))
-    num_turns = len(possible)
-    length = max(len(row) for row in rows) - 1
-    groups = -(-len(rows) // rows_per_group)
-    shape = (groups * rows_per_group, length)
-    inputs, targets = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-    turn_of_target = np.full(shape, num_turns, np.int32)
+    shape = (len(rows), max(len(row) for row in rows) - 1)
+    inputs, targets, turn_ids = (np.zeros(shape, np.int32) for _ in range(3))
     for r, (row, turns) in enumerate(zip(rows, row_turns, strict=True)):
         inputs[r, : len(row) - 1] = row[:-1]
         targets[r, : len(row) - 1] = row[1:]
-        turn_of_target[r, : len(row) - 1] = np.where(turns[1:] >= 0, turns[1:], num_turns)
-    grouped = (groups, rows_per_group, length)
-    return TurnBatch(
-        inputs.reshape(grouped),
-        targets.reshape(grouped),
-        turn_of_target.reshape(grouped),
-        np.asarray(possible, bool),
-    )
+        turn_ids[r, : len(row) - 1] = turns[1:]
+    return TurnBatch(inputs, targets, turn_ids, np.asarray(possible, bool))
 
 
 def make_turn_check(model: TinyTransformer, num_turns: int) -> Callable[..., jax.Array]:
-    """A jitted `(params, inputs_GxRxL, targets_GxRxL, turns_GxRxL) -> correct_K` (bool)."""
+    """A jitted `(params, inputs_GxRxL, targets_GxRxL, turn_ids_GxRxL) -> correct_K` (bool)."""
 
-    def check(params, inputs_GxRxL, targets_GxRxL, turns_GxRxL):
+    def check(params, inputs_GxRxL, targets_GxRxL, turn_ids_GxRxL):
         def group_correct(group):
             inputs_RxL, targets_RxL = group
             logits_RxLxV = model.apply({"params": params}, inputs_RxL)
@@ -99,10 +87,10 @@ def make_turn_check(model: TinyTransformer, num_turns: int) -> Callable[..., jax
         # A turn is right when its least right target is: min over its positions.
         per_turn = jax.ops.segment_min(
             correct_GxRxL.reshape(-1).astype(jnp.int32),
-            turns_GxRxL.reshape(-1),
+            turn_ids_GxRxL.reshape(-1),
             num_segments=num_turns + 1,
         )
-        return per_turn[:num_turns] > 0
+        return per_turn[1:] > 0  # segment 0 gathers every position that is not a reply
 
     return jax.jit(check)
 

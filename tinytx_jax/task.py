@@ -142,21 +142,24 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
             if config.window_start == "conversation"
             else None
         ),
-        val_chunks=_on_devices(capped or (val_inputs, val_targets, val_weights), mesh),
+        val_chunks=rows_on_devices(capped or (val_inputs, val_targets, val_weights), mesh),
         val_targets=int((capped or (val_weights,))[-1].sum()),
-        full_val_chunks=_on_devices((val_inputs, val_targets, val_weights), mesh)
+        full_val_chunks=rows_on_devices((val_inputs, val_targets, val_weights), mesh)
         if capped
         else None,
         full_val_targets=int(val_weights.sum()),
-        turns=_turns(parts.train_conversations, vocab, config, model, mesh),
-        heldout_turns=_turns(parts.heldout_conversations, vocab, config, model, mesh),
+        turns=_turns(parts.train_conversations, vocab, config, model),
+        heldout_turns=_turns(parts.heldout_conversations, vocab, config, model),
         corpus=text,
         mesh=mesh,
     )
 
 
-def _on_devices(chunks: tuple[np.ndarray, ...], mesh: jax.sharding.Mesh) -> tuple[jax.Array, ...]:
-    """Validation rows in groups, split over the devices: each validates its share."""
+def rows_on_devices(
+    chunks: tuple[np.ndarray, ...], mesh: jax.sharding.Mesh
+) -> tuple[jax.Array, ...]:
+    """Evaluation rows (validation, exact match) in groups, split over the devices: each
+    scores its share."""
     sharding = parallel.rows_sharded(mesh, axis=1)
     return tuple(parallel.to_global(a, sharding) for a in data.grouped_rows(chunks, mesh.size))
 
@@ -189,11 +192,7 @@ def _turns(
     vocab: data.Vocabulary,
     config: ml_collections.ConfigDict,
     model: TinyTransformer,
-    mesh: jax.sharding.Mesh,
 ) -> exact_match.TurnBatch | None:
     if not config.exact_match_every or not conversations:
         return None
-    rows = -(-exact_match.ROWS_PER_GROUP // mesh.size) * mesh.size  # each device a share
-    return exact_match.turn_batch(
-        conversations, vocab, model.config.max_len, config.max_new_tokens, rows
-    )
+    return exact_match.turn_batch(conversations, vocab, model.config.max_len, config.max_new_tokens)

@@ -33,7 +33,7 @@ from tinytx_jax import resume as resuming
 from tinytx_jax.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.state import TrainState, count_params
 from tinytx_jax.steps import make_end_epoch, make_evaluate
-from tinytx_jax.task import Task, build_task, long_conversations
+from tinytx_jax.task import Task, build_task, long_conversations, rows_on_devices
 
 
 class TrainingError(RuntimeError):
@@ -69,8 +69,7 @@ class TurnCheck:
 
 
 def _compile_turn_check(task: Task, params, batch: exact_match.TurnBatch) -> TurnCheck:
-    sharding = parallel.rows_sharded(task.mesh, axis=1)  # each device scores its rows
-    arrays = tuple(parallel.to_global(a, sharding) for a in batch.arrays)
+    arrays = rows_on_devices(batch.arrays, task.mesh)
     check = exact_match.make_turn_check(task.model, batch.num_turns)
     return TurnCheck(check.lower(params, *arrays).compile(), batch, arrays)
 
