@@ -119,7 +119,7 @@ def run(
             train.train_and_evaluate(config, workdir, log=print if parallel.is_primary() else quiet)
         if mode != "train":
             use_checkpoint(config, workdir, mode, prompt)
-        elif parallel.is_primary() and corpus_kind(config) == corpus.TEXT:
+        elif parallel.is_primary() and corpus.data_kind(config.data_path) == corpus.TEXT:
             print("Sample:")  # as nanoGPT's sample.py: what the text model writes now
             use_checkpoint(config, workdir, "sample", prompt)
     except train.Interrupted as interrupted:
@@ -129,12 +129,6 @@ def run(
         fail(str(error))
     except OSError as error:
         fail(describe_os_error(error))
-
-
-def corpus_kind(config: ml_collections.ConfigDict) -> str:
-    """Dialogs or text, from the data path alone (the built-in corpus is dialogs)."""
-    suffix = Path(config.data_path).suffix if config.data_path else ""
-    return corpus.TEXT if suffix in corpus.TEXT_SUFFIXES else corpus.DIALOGS
 
 
 def use_checkpoint(

@@ -83,6 +83,11 @@ def _render(conversations: tuple[data.Conversation, ...], repeat: int, source: s
     return data.render_conversations(conversations, repeat)
 
 
+def data_kind(data_path: str) -> str:
+    """DIALOGS or TEXT, from the path alone (empty: the built-in dialogs)."""
+    return TEXT if data_path and Path(data_path).suffix in TEXT_SUFFIXES else DIALOGS
+
+
 def load_corpus(data_path: str, repeat: int) -> Corpus:
     """The built-in dialogs (empty path) or a file's; dialogs are repeated `repeat` times."""
     if not data_path:
@@ -98,7 +103,7 @@ def load_corpus(data_path: str, repeat: int) -> Corpus:
     content = read_utf8(path)
     if not content.strip():
         raise DataError(f"{path}: the file is empty")
-    if path.suffix in TEXT_SUFFIXES:
+    if data_kind(data_path) == TEXT:
         check_fits_in_memory(len(content), 1, str(path))
         return Corpus(content, np.ones(len(content), np.uint8), TEXT, str(path), ())
     conversations = parse_dialogs(content, path)
