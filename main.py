@@ -4,10 +4,12 @@ python main.py                      # train on the built-in dialogs, then chat
 python main.py --mode=train --config=configs/fast.py --config.lr=1e-3
 python main.py --mode=chat [--prompt="hi"]
 python main.py --mode=eval
+python main.py --mode=serve [--port=8000]   # OpenAI-compatible API and web chat
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tinytx_jax import interrupt
@@ -19,6 +21,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from tinytx_jax import commands  # noqa: E402
 
+API_KEY_VARIABLE = "TINYTX_API_KEY"
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.py")
 
 _WORKDIR = flags.DEFINE_string("workdir", "./workdir", "Directory for checkpoints and metrics.")
@@ -29,13 +32,27 @@ _MODE = flags.DEFINE_enum(
     "train_and_chat: train, then chat (the seed's behaviour; plain-text data: then sample); "
     "train; chat: load the workdir's checkpoint and chat; eval: report a checkpoint's "
     "validation figures and exact matches; sample: continue --prompt freely; plot: write "
-    "WORKDIR/curves.png from WORKDIR/metrics.jsonl.",
+    "WORKDIR/curves.png from WORKDIR/metrics.jsonl; serve: an OpenAI-compatible HTTP API "
+    "and a web chat page for the workdir's chat model.",
 )
 _PROMPT = flags.DEFINE_string(
     "prompt",
     None,
     "chat: answer this one line, print only the reply and exit (instead of the REPL); "
     "sample: the text to continue.",
+)
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: the address to listen on.")
+_PORT = flags.DEFINE_integer(
+    "port",
+    8000,
+    "serve: the port to listen on (0: any free one).",
+    lower_bound=0,
+    upper_bound=65535,
+)
+_API_KEY = flags.DEFINE_string(
+    "api_key",
+    None,
+    f"serve: require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE} if set).",
 )
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", "", "Multi-process training: host:port of process 0."
@@ -87,7 +104,9 @@ def main(argv: list[str]) -> None:
         )
     multi = _COORDINATOR.value or _DISTRIBUTED.value or _NUM_PROCESSES.value > 1
     distributed = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value) if multi else None
-    commands.run(_MODE.value, _CONFIG.value, _WORKDIR.value, _PROMPT.value, distributed)
+    api_key = _API_KEY.value or os.environ.get(API_KEY_VARIABLE) or None
+    listen = commands.Listen(_HOST.value, _PORT.value, api_key)
+    commands.run(_MODE.value, _CONFIG.value, _WORKDIR.value, _PROMPT.value, distributed, listen)
 
 
 if __name__ == "__main__":

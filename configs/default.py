@@ -74,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.top_p = 1.0  # 1: off
     config.sample_seed = 0
     config.chat_history = False  # True: the REPL keeps the conversation as context
+    config.serve_slots = 32  # --mode=serve: requests decoded together, one KV cache each
 
     # Logging and randomness.
     config.print_every = 1

@@ -9,6 +9,7 @@ subprocess.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -84,3 +85,43 @@ def fast_run(tmp_path_factory) -> tuple[Path, list[str]]:
 def trained_workdir(fast_run) -> Path:
     """A workdir holding a `configs/fast.py` run (val_acc >= 0.99)."""
     return fast_run[0]
+
+
+class Server:
+    """A `main.py --mode=serve` subprocess on a free port; `url` once it listens."""
+
+    def __init__(self, workdir: Path, *args: str, env: dict | None = None):
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "main.py"),
+                "--mode=serve",
+                f"--workdir={workdir}",
+                "--port=0",
+                *args,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=main_env(env),
+        )
+        line = self.process.stdout.readline()
+        if "Serving" not in line:
+            self.process.kill()
+            raise AssertionError(f"no server: {line}{self.process.stderr.read()}")
+        self.url = line.split(" on ")[1].split()[0]
+
+    def stop(self, signum: int = signal.SIGTERM) -> tuple[int, str, str]:
+        """Signal the server; its exit status, the rest of its stdout, and its stderr."""
+        self.process.send_signal(signum)
+        out, err = self.process.communicate(timeout=30)
+        return self.process.returncode, out, err
+
+
+@pytest.fixture(scope="session")
+def server(trained_workdir):
+    """The `configs/fast.py` chat model served for the session."""
+    running = Server(trained_workdir)
+    yield running
+    running.stop()

@@ -6,6 +6,7 @@ main.py holds the flags; this module runs a mode and turns the project's errors 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -19,26 +20,32 @@ from tinytx_jax import (
     checkpoint,
     configuration,
     corpus,
+    data,
+    decode_slots,
     evaluation,
     metrics,
+    openai_api,
     parallel,
     sampling,
+    server,
     train,
     trained,
     workdir_lock,
 )
 
-MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot")
+MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot", "serve")
 EXPECTED_ERRORS = (
     configuration.ConfigError,
     corpus.DataError,
     checkpoint.CheckpointError,
     train.TrainingError,
     workdir_lock.WorkdirBusy,
+    server.ServeError,
     FileNotFoundError,
 )
 
 
+MAX_REPLY_TOKENS = 4096  # the largest max_tokens a request may ask for
 NO_USABLE_PROMPT = (
     "--prompt has no character of the model's vocabulary (or is empty): give some text"
 )
@@ -87,12 +94,22 @@ def enable_compile_cache(workdir: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Listen:
+    """Where --mode=serve listens, and the API key it requires (None: none)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+
+
 def run(
     mode: str,
     config: ml_collections.ConfigDict,
     workdir: str,
     prompt: str | None,
     distributed: tuple[str, int, int] | None = None,
+    listen: Listen = Listen(),
 ) -> None:
     """Run `mode`; `distributed` is (coordinator, processes, this process) for multi-process."""
     checkpoint.quiet_reader_callbacks()
@@ -114,6 +131,9 @@ def run(
             parallel.initialize_distributed(*distributed)
         if mode == "plot":
             print(f"Wrote {metrics.plot_curves(workdir)}")
+            return
+        if mode == "serve":
+            serve_checkpoint(config, workdir, listen)
             return
         if mode in ("train", "train_and_chat"):
             train.train_and_evaluate(config, workdir, log=print if parallel.is_primary() else quiet)
@@ -159,6 +179,35 @@ def use_checkpoint(
         print(reply)
     else:
         chat.run_repl(session)
+
+
+def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Listen) -> None:
+    """Load the workdir's chat model, compile its decoding, and serve it over HTTP."""
+    model = trained.load_trained(workdir, config.checkpoint, log=to_stderr)
+    if model.meta["data"]["kind"] == corpus.TEXT:
+        fail(f"{workdir} holds a model of plain text, not dialogs: serve a dialog model")
+    to_stderr(
+        f"(loaded the {config.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
+        f"val_loss {model.meta['metrics']['val_loss']:.4f}; compiling {config.serve_slots} "
+        "decode slots)"
+    )
+    engine = decode_slots.DecodeSlots(
+        model.model,
+        model.params,
+        model.vocab,
+        slots=config.serve_slots,
+        top_k=config.top_k,
+        warm_prompt=model.vocab.encode(data.render_prompt("hi", config.system_prompt)),
+    )
+    defaults = openai_api.Defaults(
+        max_tokens=config.max_new_tokens,
+        max_tokens_limit=MAX_REPLY_TOKENS,
+        temperature=config.temperature,
+        top_p=config.top_p,
+    )
+    settings = server.ServeSettings(listen.api_key, defaults, config.system_prompt)
+    name = Path(workdir).expanduser().resolve().name
+    server.serve(server.ChatService(model, engine, settings, name), listen.host, listen.port)
 
 
 def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, prompt: str | None):

@@ -47,6 +47,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "checkpoint_every",
         "keep_checkpoints",
         "max_new_tokens",
+        "serve_slots",
     )
     for name in positive:
         value = config[name]

@@ -1,0 +1,115 @@
+"""The serving engine: concurrent replies equal the REPL's, seeds, cancelling, long contexts."""
+
+from __future__ import annotations
+
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from tinytx_jax import data, trained
+from tinytx_jax.decode_slots import DecodeSlots, Request, held_back
+from tinytx_jax.model import ModelConfig, TinyTransformer
+from tinytx_jax.sampling import Generator, SamplingConfig
+
+QUESTIONS = ("hi", "what is 2+2?", "what color is the sky?", "hello", "hi there")
+
+
+class Reply:
+    """Collects what the engine emits for one request."""
+
+    def __init__(self):
+        self.pieces: list[str] = []
+        self.finish: str | None = None
+        self.done = threading.Event()
+
+    def __call__(self, piece: str, finish: str | None) -> None:
+        self.pieces.append(piece)
+        if finish:
+            self.finish = finish
+            self.done.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+def submit(engine, prompt, max_new_tokens=200, **sampling) -> tuple[Request, Reply]:
+    reply = Reply()
+    request = Request(np.asarray(prompt), max_new_tokens, reply, **sampling)
+    engine.submit(request)
+    return request, reply
+
+
+@pytest.fixture(scope="module")
+def model(trained_workdir):
+    return trained.load_trained(trained_workdir, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    engine = DecodeSlots(model.model, model.params, model.vocab, slots=8)
+    yield engine
+    engine.close()
+
+
+def test_replies_decoded_together_equal_the_repl_replies(model, engine):
+    generator = Generator(model.model, model.params, model.vocab, SamplingConfig())
+    prompts = [data.render_prompt(q) for q in QUESTIONS * 4]  # 20 requests, 8 slots
+    expected = [generator.reply(p)[0] for p in prompts]
+    submitted = [submit(engine, model.vocab.encode(p)) for p in prompts]
+    for (request, reply), want in zip(submitted, expected, strict=True):
+        assert reply.done.wait(60)
+        assert (reply.text, reply.finish) == (want, "stop")
+        assert "<" not in "".join(reply.pieces)  # the end tag is never streamed, even in part
+        assert request.completion_tokens == len(want) + len(data.ASSISTANT_END)
+    assert expected[:3] == ["hello!", "4", "blue"]
+    assert engine.in_flight == 0
+
+
+def test_a_seeded_reply_does_not_depend_on_other_requests(model, engine):
+    prompt = model.vocab.encode(data.render_prompt("hi"))
+    sampling = {"temperature": 1.5, "top_p": 0.95, "seed": 1234}
+    _, alone = submit(engine, prompt, 40, **sampling)
+    assert alone.done.wait(60)
+    crowd = [submit(engine, prompt, 40, temperature=1.5, seed=s) for s in range(6)]
+    _, again = submit(engine, prompt, 40, **sampling)
+    assert again.done.wait(60) and all(r.done.wait(60) for _, r in crowd)
+    assert again.text == alone.text
+    assert len({r.text for _, r in crowd}) > 1  # other seeds sample other replies
+
+
+def test_a_cancelled_request_frees_its_slot(model, engine):
+    prompt = model.vocab.encode(data.render_prompt("hi"))
+    request, reply = submit(engine, prompt, 4000, temperature=2.0, seed=3)
+    request.cancelled = True
+    _, other = submit(engine, prompt)
+    assert other.done.wait(60) and other.text == "hello!"
+    assert not reply.done.is_set()
+    assert engine.in_flight == 0
+
+
+def test_contexts_longer_than_max_len_go_on_after_a_shift():
+    config = ModelConfig(vocab_size=11, d_model=16, max_len=32)
+    model = TinyTransformer(config)
+    params = model.init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
+    engine = DecodeSlots(model, params, data.Vocabulary("abcdefghijk"), slots=2, stop_texts=())
+    try:
+        long_prompt, short_prompt = np.arange(50) % 11, np.arange(5)
+        long_request, long_reply = submit(engine, long_prompt, 10, temperature=1.0)
+        request, reply = submit(engine, short_prompt, 100, temperature=1.0)
+        assert long_reply.done.wait(60) and reply.done.wait(60)
+        assert (long_reply.finish, reply.finish) == ("length", "length")
+        assert (long_request.completion_tokens, request.completion_tokens) == (10, 100)
+        assert len(reply.text) == 100 and long_request.context_shifted and request.context_shifted
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "held"),
+    [("hello!", 0), ("hello!<", 1), ("hello!</assis", 7), ("a<b", 0), ("x<eo", 3)],
+)
+def test_only_what_could_become_a_tag_is_held_back(text, held):
+    assert held_back(text, data.TAGS) == held

@@ -1,0 +1,202 @@
+"""`--mode=serve` end to end: the openai client, plain HTTP, streaming, concurrency, and
+bad input that gets a 4xx with an OpenAI error body while the server keeps serving."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from urllib.error import HTTPError
+
+import openai
+import pytest
+
+from tests.conftest import Server, run_main
+
+pytestmark = pytest.mark.e2e
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def post(url: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url + "/v1/chat/completions", data, {"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+
+
+def test_the_openai_client_chats_with_the_trained_model(server):
+    chat = client(server).chat.completions
+    reply = chat.create(model="any", messages=HI)
+    assert reply.choices[0].message.content == "hello!"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage.completion_tokens == len("hello!</assistant>")
+    prompt = "<system>You are helpful.</system>\n<user>hi</user>\n<assistant>"
+    assert reply.usage.prompt_tokens == len(prompt)
+    with_history = chat.create(
+        model="any",
+        messages=[
+            {"role": "system", "content": "You are helpful."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello!"},
+            {"role": "user", "content": "what is 2+2?"},
+        ],
+    )
+    assert with_history.choices[0].message.content == "4"
+    [model] = client(server).models.list().data
+    assert model.owned_by == "tinytx-jax" and model.id == get(server.url + "/health")["model"]
+
+
+def test_streaming_sends_the_reply_in_chunks_then_done(server):
+    stream = client(server).chat.completions.create(
+        model="any",
+        messages=[{"role": "user", "content": "what color is the sky?"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "blue" and len(chunks) >= 4
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == len("blue</assistant>")
+    connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=60)
+    connection.request("POST", "/v1/chat/completions", json.dumps({"messages": HI, "stream": True}))
+    raw = connection.getresponse()
+    assert raw.getheader("content-type").startswith("text/event-stream")
+    assert raw.read().decode().rstrip().endswith("data: [DONE]")
+
+
+def test_concurrent_requests_all_get_their_own_answer(server):
+    questions = {"hi": "hello!", "what is 2+2?": "4", "what color is the sky?": "blue"}
+    asked = list(questions) * 16
+
+    def ask(question: str) -> str:
+        status, body = post(server.url, {"messages": [{"role": "user", "content": question}]})
+        assert status == 200
+        return body["choices"][0]["message"]["content"]
+
+    with ThreadPoolExecutor(48) as pool:
+        answers = list(pool.map(ask, asked))
+    assert answers == [questions[q] for q in asked]
+    assert get(server.url + "/health")["in_flight"] == 0
+
+
+BAD_REQUESTS = [
+    (b"{not json", 400),
+    (b"\xff\xfe", 400),
+    (b"[1, 2]", 400),
+    (b"[" * 100_000, 400),
+    ({"messages": []}, 400),
+    ({"model": "m"}, 400),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, 400),
+    ({"messages": [{"role": "user", "content": None}]}, 400),
+    ({"messages": HI, "max_tokens": -5}, 400),
+    ({"messages": HI, "max_tokens": 10**12}, 400),
+    ({"messages": HI, "temperature": "warm"}, 400),
+    ({"messages": [{"role": "user", "content": "¿¿¿"}]}, 400),
+    (json.dumps({"messages": HI, "pad": "x" * (2 << 20)}).encode(), 413),
+]
+
+
+@pytest.mark.parametrize(("body", "status"), BAD_REQUESTS)
+def test_bad_input_gets_a_4xx_openai_error_and_the_server_keeps_serving(server, body, status):
+    got, answer = post(server.url, body)
+    assert got == status
+    assert (
+        set(answer["error"]) >= {"message", "type", "param", "code"} and answer["error"]["message"]
+    )
+    assert get(server.url + "/health")["status"] == "ok"
+
+
+def test_unknown_routes_and_methods_get_openai_errors(server):
+    for path, method, status in (("/v2/nothing", "GET", 404), ("/v1/chat/completions", "GET", 405)):
+        connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=60)
+        connection.request(method, path)
+        response = connection.getresponse()
+        assert response.status == status and "error" in json.loads(response.read())
+
+
+def test_unknown_characters_are_dropped_with_a_notice(server):
+    status, body = post(server.url, {"messages": [{"role": "user", "content": "hi¿"}]})
+    assert status == 200 and body["choices"][0]["message"]["content"] == "hello!"
+    assert "'¿'" in body["notices"][0]
+
+
+def test_a_prompt_over_max_len_is_trimmed_with_a_notice(server):
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}] * 20
+    status, body = post(server.url, {"messages": [*history, *HI], "max_tokens": 50})
+    assert status == 200 and body["choices"][0]["finish_reason"] in ("stop", "length")
+    assert body["usage"]["prompt_tokens"] > 512
+    assert "kept the most recent 512" in body["notices"][0]
+
+
+def test_a_client_leaving_mid_stream_frees_its_slot(server):
+    body = {"messages": HI, "stream": True, "max_tokens": 4000, "temperature": 2.0, "seed": 9}
+    cancelled = get(server.url + "/health")["cancelled"]
+    sock = socket.create_connection(server.url.removeprefix("http://").split(":"), timeout=60)
+    payload = json.dumps(body).encode()
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    received = b""
+    while b"data:" not in received:
+        received += sock.recv(4096)
+    sock.close()
+    status, answer = post(server.url, {"messages": HI})
+    assert status == 200 and answer["choices"][0]["message"]["content"] == "hello!"
+    deadline = time.monotonic() + 10
+    while get(server.url + "/health")["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert get(server.url + "/health")["in_flight"] == 0
+    assert get(server.url + "/health")["cancelled"] == cancelled + 1
+
+
+def test_the_log_shows_no_traceback_and_sigterm_stops_cleanly(trained_workdir):
+    running = Server(trained_workdir)
+    for body, _ in BAD_REQUESTS:
+        post(running.url, body)
+    status, out, err = running.stop(signal.SIGTERM)
+    assert status == 0 and "Server stopped (SIGTERM)" in out
+    assert "Traceback" not in err and "Error" not in err
+
+
+def test_an_api_key_is_required_when_set(trained_workdir):
+    running = Server(trained_workdir, env={"TINYTX_API_KEY": "sesame"})
+    try:
+        status, body = post(running.url, {"messages": HI})
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        status, body = post(running.url, {"messages": HI}, {"Authorization": "Bearer sesame"})
+        assert status == 200
+        with pytest.raises(openai.AuthenticationError):
+            client(running).models.list()
+        assert get(running.url + "/health")["api_key_required"]
+    finally:
+        running.stop()
+
+
+def test_a_taken_port_is_one_line(server, trained_workdir):
+    port = server.url.rsplit(":", 1)[1]
+    result = run_main("--mode=serve", f"--workdir={trained_workdir}", f"--port={port}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot listen on")
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,245 @@
+"""The OpenAI chat-completions format: requests checked field by field, replies shaped.
+
+Pure functions, no server: `parse_chat_request` turns a decoded JSON body into a
+`ChatRequest` or raises `ApiError` (a 4xx status and an OpenAI-shaped `error` body);
+the `*_body` functions build what the official client expects back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+import time
+from typing import Any
+
+from tinytx_jax import data
+
+ROLES = ("system", "user", "assistant")
+
+
+class ApiError(Exception):
+    """A request the server refuses: HTTP `status` and the OpenAI error fields."""
+
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        status: int = 400,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.message, self.param, self.status, self.kind, self.code = (
+            message,
+            param,
+            status,
+            kind,
+            code,
+        )
+
+    def body(self) -> dict:
+        return error_body(self.message, self.kind, self.param, self.code)
+
+
+def error_body(
+    message: str, kind: str = "invalid_request_error", param: str | None = None, code=None
+) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatRequest:
+    """What a chat-completions request asks for, checked."""
+
+    user: str
+    history: tuple[data.Turn, ...]
+    system: str | None  # None: the server's system prompt
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stream: bool
+    include_usage: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """The server's sampling settings and limits, from its flags and config."""
+
+    max_tokens: int
+    max_tokens_limit: int
+    temperature: float
+    top_p: float
+
+
+def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ApiError(f"'{name}' must be a number, got {value!r}", name)
+    if not low <= value <= high:
+        raise ApiError(f"'{name}' must be between {low:g} and {high:g}, got {value!r}", name)
+    return float(value)
+
+
+def _integer(body: dict, names: tuple[str, ...], default: int, low: int, high: int) -> int:
+    name = next((n for n in names if body.get(n) is not None), names[0])
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(f"'{name}' must be an integer, got {value!r}", name)
+    if not low <= value <= high:
+        raise ApiError(f"'{name}' must be between {low} and {high}, got {value!r}", name)
+    return value
+
+
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ApiError(f"'{name}' must be true or false, got {value!r}", name)
+    return value
+
+
+def message_text(message: Any, where: str) -> tuple[str, str]:
+    """A message's role and text; content is a string or a list of text parts."""
+    if not isinstance(message, dict):
+        raise ApiError(f"{where} must be an object with 'role' and 'content'", where)
+    role = message.get("role")
+    if role not in ROLES:
+        raise ApiError(
+            f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", f"{where}.role"
+        )
+    content = message.get("content")
+    if isinstance(content, list):
+        if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+            raise ApiError(f"{where}.content: only text parts are supported", f"{where}.content")
+        if not all(isinstance(p.get("text"), str) for p in content):
+            raise ApiError(f"{where}.content: a text part needs a 'text' string", where)
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise ApiError(f"{where}.content must be a string, got {content!r}", f"{where}.content")
+    return role, content
+
+
+def conversation(messages: Any) -> tuple[str | None, tuple[data.Turn, ...], str]:
+    """The system prompt (if given), the earlier turns, and the last user message.
+
+    The REPL's shape: an optional system message first, then user and assistant in
+    turn, ending with the user message to answer.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise ApiError("'messages' must be a non-empty list of messages", "messages")
+    said = [message_text(m, f"messages[{i}]") for i, m in enumerate(messages)]
+    system = None
+    if said[0][0] == "system":
+        system = said.pop(0)[1]
+    roles = [role for role, _ in said]
+    expected = ["user", "assistant"] * (len(said) // 2) + ["user"]
+    if roles != expected[: len(said)] or len(said) % 2 == 0:
+        raise ApiError(
+            "'messages' must be: an optional system message, then user and assistant "
+            "messages in turn, ending with a user message",
+            "messages",
+        )
+    turns = tuple((said[i][1], said[i + 1][1]) for i in range(0, len(said) - 1, 2))
+    return system, turns, said[-1][1]
+
+
+def parse_chat_request(body: Any, defaults: Defaults) -> ChatRequest:
+    """Check a decoded request body field by field; ApiError names the first bad one."""
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object")
+    if _integer(body, ("n",), 1, 1, 1) != 1:
+        raise ApiError("only n=1 is supported", "n")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(f"'model' must be a string, got {model!r}", "model")
+    system, history, user = conversation(body.get("messages"))
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError("'stream_options' must be an object", "stream_options")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ApiError(f"'seed' must be an integer, got {seed!r}", "seed")
+    return ChatRequest(
+        user=user,
+        history=history,
+        system=system,
+        max_tokens=_integer(
+            body,
+            ("max_completion_tokens", "max_tokens"),
+            defaults.max_tokens,
+            1,
+            defaults.max_tokens_limit,
+        ),
+        temperature=_number(body, "temperature", defaults.temperature, 0.0, 2.0),
+        top_p=_number(body, "top_p", defaults.top_p, 0.0, 1.0),
+        seed=seed,
+        stream=_flag(body, "stream"),
+        include_usage=_flag(options or {}, "include_usage"),
+    )
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_body(
+    ident: str, model: str, text: str, finish_reason: str, usage: dict, notices: list[str]
+) -> dict:
+    """A whole (not streamed) reply; `notices` says what was dropped or cut, if anything."""
+    body = {
+        "id": ident,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": usage,
+    }
+    if notices:
+        body["notices"] = notices
+    return body
+
+
+def chunk_body(
+    ident: str,
+    model: str,
+    delta: dict,
+    finish_reason: str | None = None,
+    usage: dict | None = None,
+    notices: list[str] | None = None,
+) -> dict:
+    """One server-sent event of a streamed reply; the usage chunk has no choices."""
+    choices = [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+    body = {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+    }
+    if usage:
+        body["usage"] = usage
+    if notices:
+        body["notices"] = notices
+    return body

@@ -1,0 +1,301 @@
+"""`--mode=serve`: the trained chat model over HTTP, as OpenAI's chat-completions API.
+
+Routes: `POST /v1/chat/completions` (whole or streamed as server-sent events),
+`GET /v1/models`, `GET /health`, and the web chat page at `/`. Requests are decoded
+together by `decode_slots.DecodeSlots` in its own thread; the event loop only parses,
+waits and writes. Every refusal is a 4xx with an OpenAI-shaped `error` body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import secrets
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tinytx_jax import chat, data, interrupt, openai_api
+from tinytx_jax.decode_slots import DecodeSlots
+from tinytx_jax.decode_slots import Request as DecodeRequest
+from tinytx_jax.openai_api import ApiError
+from tinytx_jax.trained import TrainedModel
+
+CHAT_PAGE = Path(__file__).resolve().parent / "web" / "chat.html"
+MAX_BODY_BYTES = 1 << 20
+DRAIN_FACTOR = 16  # bodies up to this many times the limit are read before the 413
+GRACEFUL_SHUTDOWN_S = 5
+
+
+class ServeError(Exception):
+    """The server cannot start (an address in use, a host that does not resolve)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeSettings:
+    api_key: str | None
+    defaults: openai_api.Defaults
+    system_prompt: str
+    max_body_bytes: int = MAX_BODY_BYTES
+
+
+class ChatService:
+    """Turns checked requests into prompts for the engine and collects its replies."""
+
+    def __init__(
+        self, trained: TrainedModel, engine: DecodeSlots, settings: ServeSettings, name: str
+    ):
+        self.trained, self.engine, self.settings, self.name = trained, engine, settings, name
+        self.max_len = trained.model.config.max_len
+
+    def facts(self) -> dict:
+        """What the web page shows about the model, and what /health reports."""
+        meta = self.trained.meta
+        return {
+            "status": "ok",
+            "model": self.name,
+            "data": meta["config"].get("data_path") or "built-in dialogs",
+            "epoch": self.trained.epoch,
+            "val_loss": round(float(meta["metrics"]["val_loss"]), 4),
+            "max_len": self.max_len,
+            "slots": self.engine.slots,
+            "in_flight": self.engine.in_flight,
+            "replies": self.engine.replies,
+            "cancelled": self.engine.cancelled,
+            "api_key_required": bool(self.settings.api_key),
+        }
+
+    def prompt(self, request: openai_api.ChatRequest) -> tuple[np.ndarray, list[str]]:
+        """The REPL's prompt for this conversation (unknown characters dropped), and notices."""
+        vocab = self.trained.vocab
+        system = self.settings.system_prompt if request.system is None else request.system
+        texts = [system, request.user, *(text for turn in request.history for text in turn)]
+        unknown = vocab.unknown_chars("".join(texts))
+
+        def kept(text: str) -> str:
+            return "".join(c for c in text if c not in unknown)
+
+        if not kept(request.user).strip():
+            raise ApiError(
+                "the last user message has no character of the model's vocabulary "
+                f"(the model knows: {vocab.chars!r})",
+                "messages",
+                code="unsupported_characters",
+            )
+        history = tuple((kept(u), kept(a)) for u, a in request.history)
+        tokens = vocab.encode(data.render_prompt(kept(request.user), kept(system), history))
+        notices = []
+        if unknown:
+            notices.append(f"dropped characters not in the vocabulary: {chat.quoted(unknown)}")
+        if len(tokens) > self.max_len:
+            notices.append(
+                f"the prompt has {len(tokens)} tokens, over max_len={self.max_len}: "
+                f"kept the most recent {self.max_len}"
+            )
+        return tokens, notices
+
+    async def reply(
+        self, request: openai_api.ChatRequest, prompt: np.ndarray
+    ) -> AsyncIterator[tuple[str, str | None, DecodeRequest]]:
+        """The reply's pieces as the engine sends them; the last one has a finish reason.
+        Leaving early (a client gone) frees the request's slot."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
+        seed = secrets.randbits(32) if request.seed is None else request.seed % (1 << 32)
+        decode = DecodeRequest(
+            prompt,
+            request.max_tokens,
+            lambda piece, finish: loop.call_soon_threadsafe(pieces.put_nowait, (piece, finish)),
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=seed,
+        )
+        self.engine.submit(decode)
+        finish = None
+        try:
+            while finish is None:
+                piece, finish = await pieces.get()
+                yield piece, finish, decode
+        finally:
+            decode.cancelled = finish is None
+
+    def shift_notice(self, decode: DecodeRequest) -> list[str]:
+        if not decode.context_shifted:
+            return []
+        return [
+            f"prompt + reply exceed max_len={self.max_len} tokens: the reply went on from "
+            f"the most recent {self.max_len // 2}"
+        ]
+
+
+def create_app(service: ChatService) -> Starlette:
+    """The ASGI app: routes, the API-key check and OpenAI-shaped errors."""
+    settings = service.settings
+
+    def check_key(request: Request) -> None:
+        if not settings.api_key:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.strip().encode(), settings.api_key.encode()
+        ):
+            raise ApiError(
+                "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                status=401,
+                code="invalid_api_key",
+            )
+
+    async def read_json(request: Request) -> object:
+        """The body, if it is within the limit. A body somewhat over it is read to its end
+        and dropped, so that the client, still sending, gets the 413 and not a reset."""
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        too_big = ApiError(f"the request body is over {limit} bytes", status=413)
+        if declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
+            raise too_big
+        body, received = bytearray(), 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received <= limit:
+                body += chunk
+            elif received > DRAIN_FACTOR * limit:
+                break
+        if received > limit:
+            raise too_big
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as error:
+            raise ApiError(f"the request body is not valid JSON: {error}") from None
+
+    async def chat_completions(request: Request) -> Response:
+        check_key(request)
+        chat_request = openai_api.parse_chat_request(await read_json(request), settings.defaults)
+        prompt, notices = service.prompt(chat_request)
+        ident = openai_api.completion_id()
+        if chat_request.stream:
+            return StreamingResponse(
+                events(chat_request, prompt, notices, ident), media_type="text/event-stream"
+            )
+        pieces = [piece async for piece in service.reply(chat_request, prompt)]
+        _, finish, decode = pieces[-1]
+        text = "".join(piece for piece, _, _ in pieces)
+        usage = openai_api.usage_body(len(prompt), decode.completion_tokens)
+        notices += service.shift_notice(decode)
+        return JSONResponse(
+            openai_api.completion_body(ident, service.name, text, finish, usage, notices)
+        )
+
+    async def events(
+        chat_request: openai_api.ChatRequest, prompt: np.ndarray, notices: list[str], ident: str
+    ) -> AsyncIterator[str]:
+        def event(body: dict | str) -> str:
+            return f"data: {body if isinstance(body, str) else json.dumps(body)}\n\n"
+
+        yield event(
+            openai_api.chunk_body(ident, service.name, {"role": "assistant", "content": ""})
+        )
+        async for piece, finish, decode in service.reply(chat_request, prompt):
+            if piece:
+                yield event(openai_api.chunk_body(ident, service.name, {"content": piece}))
+            if finish:
+                notices += service.shift_notice(decode)
+                yield event(openai_api.chunk_body(ident, service.name, {}, finish, None, notices))
+                if chat_request.include_usage:
+                    usage = openai_api.usage_body(len(prompt), decode.completion_tokens)
+                    yield event(openai_api.chunk_body(ident, service.name, {}, usage=usage))
+        yield event("[DONE]")
+
+    async def models(request: Request) -> Response:
+        check_key(request)
+        return JSONResponse({"object": "list", "data": [model_card()]})
+
+    async def model(request: Request) -> Response:
+        check_key(request)
+        if request.path_params["name"] != service.name:
+            raise ApiError(
+                f"no model {request.path_params['name']!r}: this server has {service.name!r}",
+                status=404,
+                code="model_not_found",
+            )
+        return JSONResponse(model_card())
+
+    def model_card() -> dict:
+        created = int(time.time())
+        return {"id": service.name, "object": "model", "created": created, "owned_by": "tinytx-jax"}
+
+    async def health(request: Request) -> Response:
+        return JSONResponse(service.facts())
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(CHAT_PAGE.read_text(encoding="utf-8"))
+
+    async def refused(request: Request, error: Exception) -> Response:
+        assert isinstance(error, ApiError)
+        return JSONResponse(error.body(), status_code=error.status)
+
+    async def http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        body = openai_api.error_body(f"{request.method} {request.url.path}: {error.detail}")
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+    return Starlette(
+        routes=[
+            Route("/", page, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/models/{name:path}", model, methods=["GET"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        ],
+        exception_handlers={ApiError: refused, HTTPException: http_error},
+    )
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound here, not by uvicorn, so that a taken port is one clear line."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as error:
+        raise ServeError(
+            f"cannot listen on {host}:{port}: {error.strerror or error}; choose another "
+            "--port (or --host)"
+        ) from None
+    sock.listen(2048)
+    return sock
+
+
+def serve(service: ChatService, host: str, port: int) -> None:
+    """Listen, print the address, serve until Ctrl-C / SIGTERM, then finish what is in flight
+    (up to a few seconds) and stop the engine."""
+    sock = listening_socket(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(service),
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+    )
+    print(f"Serving {service.name} on http://{shown}:{bound_port} (Ctrl-C to stop)", flush=True)
+    # uvicorn catches the signal while it serves and raises it again once it has stopped.
+    with interrupt.SignalCatcher() as caught:
+        asyncio.run(server.serve(sockets=[sock]))
+    service.engine.close()
+    how = f" ({signal.Signals(caught.received).name})" if caught.received else ""
+    print(f"Server stopped{how}: requests in flight were finished.", flush=True)
