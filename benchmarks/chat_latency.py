@@ -17,14 +17,13 @@ import pty
 import select
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 from absl import app, flags, logging
 
-from configs import fast
-from tinytx_jax import chat, checkpoint, data, sampling, train, trained
+from benchmarks.trained_workdir import ensure_checkpoint
+from tinytx_jax import chat, data, sampling, trained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with a checkpoint (default: a temp dir).")
 _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed replies per prompt.")
@@ -61,15 +60,6 @@ def seconds_to_prompt(workdir: str) -> float:
     os.close(leader)
     os.close(follower)
     return elapsed
-
-
-def ensure_checkpoint(workdir: str | None) -> str:
-    """A workdir with a checkpoint: the given one, or a temp dir trained with configs/fast.py."""
-    workdir = workdir or tempfile.mkdtemp(prefix="tinytx_chat_bench_")
-    if not checkpoint.CheckpointStore(workdir).steps():
-        print(f"training configs/fast.py into {workdir} ...")
-        train.train_and_evaluate(fast.get_config(), workdir, log=lambda _: None)
-    return workdir
 
 
 def measure_chat(workdir: str, repeats: int) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tinytx_jax import data, trained
-from tinytx_jax.decode_slots import DecodeSlots, Request, held_back
+from tinytx_jax.decode_slots import DecodeSlots, Request, held_back, stop_prefixes
 from tinytx_jax.model import ModelConfig, TinyTransformer
 from tinytx_jax.sampling import Generator, SamplingConfig
 
@@ -63,6 +63,7 @@ def test_replies_decoded_together_equal_the_repl_replies(model, engine):
         assert reply.done.wait(60)
         assert (reply.text, reply.finish) == (want, "stop")
         assert "<" not in "".join(reply.pieces)  # the end tag is never streamed, even in part
+        assert len(reply.pieces) == len(want) + 1  # one piece per character, then the end
         assert request.completion_tokens == len(want) + len(data.ASSISTANT_END)
     assert expected[:3] == ["hello!", "4", "blue"]
     assert engine.in_flight == 0
@@ -109,7 +110,13 @@ def test_contexts_longer_than_max_len_go_on_after_a_shift():
 
 @pytest.mark.parametrize(
     ("text", "held"),
-    [("hello!", 0), ("hello!<", 1), ("hello!</assis", 7), ("a<b", 0), ("x<eo", 3)],
+    [("hello!", 0), ("hello!<", 1), ("hello!</assis", 7), ("a<b", 0), ("x<eo", 3), ("<", 1)],
 )
 def test_only_what_could_become_a_tag_is_held_back(text, held):
-    assert held_back(text, data.TAGS) == held
+    assert held_back(text, stop_prefixes(data.TAGS)) == held
+
+
+def test_a_request_that_does_not_stream_gets_its_reply_in_one_piece(model, engine):
+    _, reply = submit(engine, model.vocab.encode(data.render_prompt("hi")), stream=False)
+    assert reply.done.wait(60)
+    assert reply.pieces == ["hello!"] and reply.finish == "stop"

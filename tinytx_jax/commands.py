@@ -20,7 +20,6 @@ from tinytx_jax import (
     checkpoint,
     configuration,
     corpus,
-    data,
     decode_slots,
     evaluation,
     metrics,
@@ -197,7 +196,7 @@ def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Li
         model.vocab,
         slots=config.serve_slots,
         top_k=config.top_k,
-        warm_prompt=model.vocab.encode(data.render_prompt("hi", config.system_prompt)),
+        warm_up=True,
     )
     defaults = openai_api.Defaults(
         max_tokens=config.max_new_tokens,

@@ -25,7 +25,6 @@ import numpy as np
 
 from tinytx_jax.data import TAGS, Vocabulary, cut_at_tag
 from tinytx_jax.model import TinyTransformer
-from tinytx_jax.sampling import bucket_length
 
 
 @dataclasses.dataclass
@@ -39,6 +38,7 @@ class Request:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    stream: bool = True  # False: the whole reply in one emit, at the end
     cancelled: bool = False  # set by the caller (a client gone): the slot is freed
     completion_tokens: int = 0
     context_shifted: bool = False
@@ -75,18 +75,35 @@ def sample_row(
     return jnp.where(temperature > 0, sampled, jnp.argmax(logits_V)).astype(jnp.int32)
 
 
-def held_back(text: str, stop_texts: tuple[str, ...]) -> int:
+def prefill_length(length: int, max_len: int) -> int:
+    """The padded length of a prefill: the next power of two from 32, at most max_len."""
+    return min(max(32, 1 << (length - 1).bit_length()), max_len)
+
+
+def _ignore(text: str, finish: str | None) -> None:
+    del text, finish
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def stop_prefixes(stop_texts: tuple[str, ...]) -> frozenset[str]:
+    """Every proper beginning of a stop text: what a reply may not show yet."""
+    return frozenset(stop[:n] for stop in stop_texts for n in range(1, len(stop)))
+
+
+def held_back(text: str, prefixes: frozenset[str]) -> int:
     """How many trailing characters of `text` could still become a stop text."""
-    for length in range(max((len(s) for s in stop_texts), default=1) - 1, 0, -1):
-        if length <= len(text) and any(s.startswith(text[-length:]) for s in stop_texts):
-            return length
-    return 0
+    longest = min(max(map(len, prefixes), default=0), len(text))
+    return next((n for n in range(longest, 0, -1) if text[-n:] in prefixes), 0)
 
 
 class DecodeSlots:
     """The engine: `submit` a Request from any thread; `close` stops it.
 
-    `warm_prompt` compiles for prompts like it before the engine starts."""
+    With `warm_up`, the decode step and the prefill of a short prompt compile before the
+    engine starts, and every other prefill shape in a background thread meanwhile."""
 
     def __init__(
         self,
@@ -96,22 +113,25 @@ class DecodeSlots:
         slots: int = 32,
         top_k: int = 0,
         stop_texts: tuple[str, ...] = TAGS,
-        warm_prompt: np.ndarray | None = None,
+        warm_up: bool = False,
     ):
         self.model, self.params, self.vocab, self.slots = model, params, vocab, slots
         self.max_len = model.config.max_len
         self.stop_texts = tuple(t for t in stop_texts if t and not vocab.unknown_chars(t))
+        self._stop_prefixes = stop_prefixes(self.stop_texts)
         self.top_k = top_k
         self._waiting: queue.Queue[Request | None] = queue.Queue()
         self._active: dict[int, _Slot] = {}
         self._closed = False
         self.replies = 0  # requests answered to the end
         self.cancelled = 0  # requests whose client left before the end
-        self._prefills: dict[int, Callable[..., tuple[jax.Array, Any]]] = {}
+        self._prefill_jit = jax.jit(self._prefill_fn, donate_argnums=1)
+        self._prefills: dict[tuple[int, int], Callable[..., tuple[jax.Array, Any]]] = {}
         self._step = jax.jit(self._step_fn, donate_argnums=1)
         self._cache = self._empty_cache()
-        if warm_prompt is not None:
-            self._warm_up(warm_prompt)
+        self.compiling = 0  # prefill shapes the background warm-up has still to compile
+        if warm_up:
+            self._warm_up()
         self._thread = threading.Thread(target=self._loop, name="decode-slots", daemon=True)
         self._thread.start()
 
@@ -127,15 +147,41 @@ class DecodeSlots:
         self._waiting.put(None)
         self._thread.join(timeout=10)
 
-    def _warm_up(self, prompt: np.ndarray) -> None:
-        """Compile the step, and the prefill of prompts like `prompt` for every number
-        of requests arriving together, before the first request waits for it."""
-        for rows in sorted({min(1 << i, self.slots) for i in range(self.slots.bit_length() + 1)}):
-            fills = [
-                self._join(Request(prompt, 2, lambda _text, _finish: None)) for _ in range(rows)
-            ]
-            self._prefill([fill for fill in fills if fill])
-            self._decode_step()
+    def _warm_up(self) -> None:
+        shapes = [
+            (prefill_length(1 << i, self.max_len), min(1 << j, self.slots))
+            for i in range(self.max_len.bit_length())
+            for j in range(self.slots.bit_length() + 1)
+        ]
+        shapes = sorted(set(shapes), key=lambda shape: (shape[1], shape[0]))
+        alone = [shape for shape in shapes if shape[1] == 1]  # a request on its own
+        for shape in alone:
+            self._prefill_program(*shape)
+        self._decode_step()
+        self.compiling = len(shapes) - len(alone)
+
+        def compile_the_rest() -> None:
+            for shape in shapes[len(alone) :]:
+                self._prefill_program(*shape)
+                self.compiling -= 1
+
+        threading.Thread(target=compile_the_rest, name="warm-up", daemon=True).start()
+
+    def _prefill_program(self, bucket: int, rows: int) -> Callable[..., tuple[jax.Array, Any]]:
+        """The compiled prefill of `rows` prompts padded to `bucket` tokens."""
+        if (bucket, rows) not in self._prefills:
+            ints, rows_of = np.int32, lambda dtype: jax.ShapeDtypeStruct((rows,), dtype)
+            self._prefills[bucket, rows] = self._prefill_jit.lower(
+                *_abstract((self.params, self._cache)),
+                rows_of(ints),
+                jax.ShapeDtypeStruct((rows, bucket), ints),
+                rows_of(ints),
+                rows_of(np.uint32),
+                rows_of(ints),
+                rows_of(np.float32),
+                rows_of(np.float32),
+            ).compile()
+        return self._prefills[bucket, rows]
 
     def _empty_cache(self) -> Any:
         _, variables = self.model.apply(
@@ -174,17 +220,15 @@ class DecodeSlots:
     def _prefill(self, fills: list[tuple[int, list[int]]]) -> None:
         """Refill the caches of slots from position 0, all in one batch, and advance each
         by its next token. `fills` holds (slot index, context tokens to keep)."""
-        bucket = bucket_length(max(len(tokens) for _, tokens in fills), self.max_len)
-        rows = 1 << (len(fills) - 1).bit_length()  # a power of two: few compilations
+        # Powers of two, for lengths and rows alike: few compilations, all made at start-up.
+        bucket = prefill_length(max(len(tokens) for _, tokens in fills), self.max_len)
+        rows = 1 << (len(fills) - 1).bit_length()
         padded = fills + [fills[0]] * (rows - len(fills))  # twins write the same values
-        key = (bucket, rows)
-        if key not in self._prefills:
-            self._prefills[key] = jax.jit(self._prefill_fn, donate_argnums=1)
         chunks = np.zeros((rows, bucket), np.int32)
         for row, (_, tokens) in enumerate(padded):
             chunks[row, : len(tokens)] = tokens
         requests = [self._active[index].request for index, _ in padded]
-        tokens, self._cache = self._prefills[key](
+        tokens, self._cache = self._prefill_program(bucket, rows)(
             self.params,
             self._cache,
             np.array([index for index, _ in padded], np.int32),
@@ -263,11 +307,12 @@ class DecodeSlots:
             slot.text = cut_at_tag(slot.text, self.stop_texts)
         elif request.completion_tokens >= request.max_new_tokens:
             finish = "length"
-        shown = len(slot.text) if finish else len(slot.text) - held_back(slot.text, self.stop_texts)
-        piece = slot.text[slot.emitted : shown]
-        slot.emitted = max(slot.emitted, shown)
         if finish:
             del self._active[index]
             self.replies += 1
-        if piece or finish:
-            request.emit(piece, finish)
+            request.emit(slot.text[slot.emitted :], finish)
+        elif request.stream:
+            shown = len(slot.text) - held_back(slot.text, self._stop_prefixes)
+            if shown > slot.emitted:
+                request.emit(slot.text[slot.emitted : shown], None)
+                slot.emitted = shown

@@ -73,6 +73,7 @@ class ChatService:
             "in_flight": self.engine.in_flight,
             "replies": self.engine.replies,
             "cancelled": self.engine.cancelled,
+            "compiling": self.engine.compiling,
             "api_key_required": bool(self.settings.api_key),
         }
 
@@ -120,6 +121,7 @@ class ChatService:
             temperature=request.temperature,
             top_p=request.top_p,
             seed=seed,
+            stream=request.stream,
         )
         self.engine.submit(decode)
         finish = None
