@@ -125,3 +125,14 @@ def server(trained_workdir):
     running = Server(trained_workdir)
     yield running
     running.stop()
+
+
+def repl_reply(workdir: Path, user: str, history: tuple = ()) -> str:
+    """What the REPL's generator answers `user` after `history` with the workdir's model."""
+    from tinytx_jax import data, sampling, trained
+
+    model = trained.load_trained(workdir, log=lambda _: None)
+    generator = sampling.Generator(
+        model.model, model.params, model.vocab, sampling.SamplingConfig()
+    )
+    return generator.reply(data.render_prompt(user, data.SYSTEM_PROMPT, history))[0]

@@ -15,7 +15,7 @@ from urllib.error import HTTPError
 import openai
 import pytest
 
-from tests.conftest import Server, run_main
+from tests.conftest import Server, repl_reply, run_main
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
 
 
-def test_the_openai_client_chats_with_the_trained_model(server):
+def test_the_openai_client_chats_with_the_trained_model(server, trained_workdir):
     chat = client(server).chat.completions
     reply = chat.create(model="any", messages=HI)
     assert reply.choices[0].message.content == "hello!"
@@ -60,7 +60,8 @@ def test_the_openai_client_chats_with_the_trained_model(server):
             {"role": "user", "content": "what is 2+2?"},
         ],
     )
-    assert with_history.choices[0].message.content == "4"
+    expected = repl_reply(trained_workdir, "what is 2+2?", (("hi", "hello!"),))
+    assert with_history.choices[0].message.content == expected
     [model] = client(server).models.list().data
     assert model.owned_by == "tinytx-jax" and model.id == get(server.url + "/health")["model"]
 

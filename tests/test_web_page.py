@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 
+from tests.conftest import repl_reply
+
 pytestmark = pytest.mark.e2e
 
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -26,7 +28,7 @@ def open_browser():
 @pytest.mark.skipif(
     not (CHROMEDRIVER and CHROMIUM), reason="needs chromium and chromium-driver (apt)"
 )
-def test_typing_hi_and_enter_streams_hello_and_keeps_the_conversation(server):
+def test_typing_hi_and_enter_streams_hello_and_keeps_the_conversation(server, trained_workdir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -44,7 +46,8 @@ def test_typing_hi_and_enter_streams_hello_and_keeps_the_conversation(server):
         browser.find_element(By.ID, "prompt").send_keys("hi", Keys.ENTER)
         wait.until(lambda b: replies(b) == ["hello!"])
         browser.find_element(By.ID, "prompt").send_keys("what is 2+2?", Keys.ENTER)
-        wait.until(lambda b: replies(b) == ["hello!", "4"])
+        in_context = repl_reply(trained_workdir, "what is 2+2?", (("hi", "hello!"),))
+        wait.until(lambda b: replies(b) == ["hello!", in_context])
         users = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".message.user")]
         assert users == ["hi", "what is 2+2?"]
         assert browser.find_element(By.ID, "prompt").get_attribute("value") == ""
