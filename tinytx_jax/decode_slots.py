@@ -130,6 +130,7 @@ class DecodeSlots:
         self._step = jax.jit(self._step_fn, donate_argnums=1)
         self._cache = self._empty_cache()
         self.compiling = 0  # prefill shapes the background warm-up has still to compile
+        self._warm_thread: threading.Thread | None = None
         if warm_up:
             self._warm_up()
         self._thread = threading.Thread(target=self._loop, name="decode-slots", daemon=True)
@@ -146,6 +147,8 @@ class DecodeSlots:
         self._closed = True
         self._waiting.put(None)
         self._thread.join(timeout=10)
+        if self._warm_thread:
+            self._warm_thread.join()
 
     def _warm_up(self) -> None:
         shapes = [
@@ -162,10 +165,13 @@ class DecodeSlots:
 
         def compile_the_rest() -> None:
             for shape in shapes[len(alone) :]:
+                if self._closed:  # an exit must not meet a compilation in flight
+                    return
                 self._prefill_program(*shape)
                 self.compiling -= 1
 
-        threading.Thread(target=compile_the_rest, name="warm-up", daemon=True).start()
+        self._warm_thread = threading.Thread(target=compile_the_rest, name="warm-up", daemon=True)
+        self._warm_thread.start()
 
     def _prefill_program(self, bucket: int, rows: int) -> Callable[..., tuple[jax.Array, Any]]:
         """The compiled prefill of `rows` prompts padded to `bucket` tokens."""
