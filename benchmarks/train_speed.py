@@ -41,15 +41,15 @@ def measure_train_speed(config: ml_collections.ConfigDict, epochs: int) -> dict:
     state = task.initial_state(config.seed)
     epoch_fn = task.make_train_epoch(config, config.steps_per_epoch)
     start = time.perf_counter()
-    compiled = epoch_fn.lower(state, *task.train_data).compile()
+    compiled = epoch_fn.lower(state, *task.train_data(1)).compile()
     compile_s = time.perf_counter() - start
-    state, loss = compiled(state, *task.train_data)
+    state, loss = compiled(state, *task.train_data(1))
     loss.block_until_ready()
 
     step_ms = []
     for _ in range(epochs):
         start = time.perf_counter()
-        state, loss = compiled(state, *task.train_data)
+        state, loss = compiled(state, *task.train_data(1))
         loss.block_until_ready()
         step_ms.append((time.perf_counter() - start) * 1e3 / config.steps_per_epoch)
     median_ms = float(np.median(step_ms))

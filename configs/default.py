@@ -14,6 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss_on = "all"  # "assistant": only reply characters and their end tag count
     config.window_start = "any"  # "conversation": every window starts where a dialog does
     config.validation_split = "tail"  # "conversations": hold out whole dialogs, unrepeated
+    # Training windows: "device" slices them from the split on the device; "host" gathers
+    # each epoch's windows in host memory; "auto": the device when the split fits there.
+    config.feed = "auto"
 
     # Model (the seed's single block, single head, no MLP, post-norm).
     config.d_model = 64

@@ -29,6 +29,8 @@ SUBPROCESS_ENV = {
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
 }
 
+# Encoded-text caches of the tests' files stay out of the home directory (subprocesses too).
+os.environ.setdefault("TINYTX_CACHE_DIR", str(Path(tempfile.gettempdir()) / "tinytx_test_tokens"))
 jax.config.update("jax_numpy_rank_promotion", "raise")  # no silent broadcasting in the model
 jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

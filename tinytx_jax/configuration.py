@@ -12,6 +12,7 @@ LR_SCHEDULES = ("constant", "cosine")
 LOSS_ON = ("all", "assistant")
 WINDOW_STARTS = ("any", "conversation")
 VALIDATION_SPLITS = ("tail", "conversations")
+FEEDS = ("auto", "device", "host")
 INITS = ("seed", "gpt2")
 WEIGHT_DECAY_ON = ("all", "matrices")
 
@@ -128,6 +129,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         ("loss_on", LOSS_ON),
         ("window_start", WINDOW_STARTS),
         ("validation_split", VALIDATION_SPLITS),
+        ("feed", FEEDS),
         ("init", INITS),
         ("weight_decay_on", WEIGHT_DECAY_ON),
     ):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytx_jax import data
+from tinytx_jax import data, token_cache
 
 DIALOGS, TEXT = "dialogs", "text"
 DIALOG_SUFFIXES = (".jsonl", ".json")
@@ -30,18 +30,29 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-    """The training text, which characters are reply text, and where it came from."""
+    """The training text, which characters are reply text, and where it came from.
 
-    text: str
+    Dialogs are held as rendered text; plain text only as its encoding (`encoded`), which
+    may come from the token cache without the file being read.
+    """
+
+    text: str  # the rendered dialogs ("" for plain text)
     reply_mask: np.ndarray  # uint8 per character: 1 for assistant replies and their end tag
     kind: str  # DIALOGS or TEXT
     source: str
     conversations: tuple[data.Conversation, ...]  # empty for plain text
+    encoded: token_cache.EncodedText | None = None  # plain text: tokens, vocabulary, hash
+    from_cache: bool = False
+
+    @property
+    def length(self) -> int:
+        """Characters (tokens) in the corpus."""
+        return len(self.encoded.tokens) if self.encoded else len(self.text)
 
     @functools.cached_property
     def fingerprint(self) -> str:
         """The text's hash, computed once per run (checkpoints and resume compare it)."""
-        return data.corpus_fingerprint(self.text)
+        return self.encoded.fingerprint if self.encoded else data.corpus_fingerprint(self.text)
 
 
 # Peak host memory per corpus character while a run is built: the text, its UTF-32 copy
@@ -100,15 +111,34 @@ def load_corpus(data_path: str, repeat: int) -> Corpus:
             f"{path}: unknown data format {path.suffix!r}: use .jsonl for dialogs or .txt "
             "for plain text"
         )
+    if data_kind(data_path) == TEXT:
+        return load_text(path)
     content = read_utf8(path)
     if not content.strip():
         raise DataError(f"{path}: the file is empty")
-    if data_kind(data_path) == TEXT:
-        check_fits_in_memory(len(content), 1, str(path))
-        return Corpus(content, np.ones(len(content), np.uint8), TEXT, str(path), ())
     conversations = parse_dialogs(content, path)
     text, mask = _render(conversations, repeat, str(path))
     return Corpus(text, mask, DIALOGS, f"{path} x {repeat}", conversations)
+
+
+def load_text(path: Path) -> Corpus:
+    """A plain-text corpus, encoded, from the token cache when the file is unchanged."""
+    encoded = cached = token_cache.load(path)
+    if cached is None:
+        content = read_utf8(path)
+        if not content.strip():
+            raise DataError(f"{path}: the file is empty")
+        check_fits_in_memory(len(content), 1, str(path))
+        chars = token_cache.distinct_chars(content)
+        if len(chars) > data.MAX_VOCABULARY:
+            raise DataError(
+                f"{path}: {len(chars):,} distinct characters, more than the "
+                f"{data.MAX_VOCABULARY:,} a character model here takes: is it really text?"
+            )
+        encoded = token_cache.encode_text(content, chars)
+        token_cache.save(path, encoded)
+    ones = np.ones(len(encoded.tokens), np.uint8)
+    return Corpus("", ones, TEXT, str(path), (), encoded, from_cache=cached is not None)
 
 
 def read_utf8(path: Path) -> str:

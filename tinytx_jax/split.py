@@ -64,7 +64,7 @@ def split_corpus(
 ) -> Split:
     """Split `corpus` (already rendered with `repeat`) as `validation_split` says."""
     if validation_split == "tail":
-        tokens = vocab.encode(corpus.text)
+        tokens = corpus.encoded.tokens if corpus.encoded else vocab.encode(corpus.text)
         train_tokens, val_tokens = data.split_tokens(tokens, validation_fraction)
         train_mask, val_mask = data.split_tokens(corpus.reply_mask, validation_fraction)
         starts = data.conversation_offsets(corpus.conversations, repeat)

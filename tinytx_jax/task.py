@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from tinytx_jax import configuration, corpus, data, exact_match, optim, parallel, split
+from tinytx_jax import configuration, corpus, data, exact_match, feeding, optim, parallel, split
 from tinytx_jax.model import TinyTransformer
 from tinytx_jax.state import TrainState, init_train_state
 from tinytx_jax.steps import StateUpdate, make_train_epoch
@@ -26,9 +26,11 @@ class Task:
     plateau_enabled: bool
     schedule: optax.Schedule
     vocab: data.Vocabulary
-    train_tokens: jax.Array  # [N] int32, replicated
-    train_weights: jax.Array | None  # [N] per-token loss weights; None: every token counts
-    train_starts: jax.Array | None  # [S] int32 window starts to draw from; None: anywhere
+    # On the devices, replicated; in host memory (numpy) when fed from the host.
+    train_tokens: jax.Array | np.ndarray  # [N] uint16
+    train_weights: jax.Array | np.ndarray | None  # [N] loss weights; None: every token counts
+    train_starts: jax.Array | np.ndarray | None  # [S] int32 window starts; None: anywhere
+    host_feed: feeding.HostFeed | None  # set: each epoch's windows are gathered on the host
     val_chunks: tuple[jax.Array, jax.Array, jax.Array]  # inputs, targets, mask: [G, R, T]
     val_targets: int
     # With eval_steps, val_chunks are the fixed sampled windows and these the whole split,
@@ -58,9 +60,10 @@ class Task:
             self.model, self.tx, self.mesh, steps, config.batch_size, config.block_size
         )
 
-    @property
-    def train_data(self) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-        """The arguments after the state of every train epoch."""
+    def train_data(self, epoch: int) -> feeding.TrainData:
+        """The arguments after the state of train epoch `epoch`."""
+        if self.host_feed:
+            return self.host_feed.pack(epoch)
         return self.train_tokens, self.train_weights, self.train_starts
 
 
@@ -83,7 +86,11 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         )
     if not config.block_size:  # resolved here, so checkpoints and eval record the real size
         config.block_size = fitted_block_size(text.conversations, config.max_len)
-    vocab = data.Vocabulary.from_text(text.text)
+    vocab = (
+        data.Vocabulary(text.encoded.chars)
+        if text.encoded
+        else data.Vocabulary.from_text(text.text)
+    )
     if vocab.size > data.MAX_VOCABULARY:
         raise configuration.ConfigError(
             f"{text.source}: {vocab.size:,} distinct characters, more than the "
@@ -125,6 +132,24 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
     tx, plateau = optim.make_optimizers(config)
     on_all = parallel.replicated(mesh)
     model = TinyTransformer(configuration.model_config(config, vocab.size))
+    # uint16 (every vocabulary fits, see the check above): half the memory of int32.
+    train_tokens = parts.train_tokens.astype(np.uint16)
+    train_weights = parts.train_mask.astype(np.float32) if reply_only else None
+    train_starts = None
+    if config.window_start == "conversation":
+        train_starts = window_starts(parts, config.block_size, text.source)
+    nbytes = train_tokens.nbytes + (0 if train_weights is None else train_weights.nbytes)
+    host_feed = None
+    if feeding.from_host(config.get("feed", "auto"), nbytes, list(mesh.devices.flat)):
+        windows = config.steps_per_epoch * config.batch_size
+        host_feed = feeding.HostFeed(
+            train_tokens, train_weights, train_starts, windows, config.block_size, config.seed, mesh
+        )
+    else:
+        train_tokens, train_weights, train_starts = (
+            None if array is None else parallel.to_global(array, on_all)
+            for array in (train_tokens, train_weights, train_starts)
+        )
     return Task(
         model=model,
         tx=tx,
@@ -132,16 +157,10 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         plateau_enabled=config.lr_schedule == "constant",
         schedule=optim.make_schedule(config),
         vocab=vocab,
-        # uint16 (every vocabulary fits, see check below): half the memory of int32.
-        train_tokens=parallel.to_global(parts.train_tokens.astype(np.uint16), on_all),
-        train_weights=(
-            parallel.to_global(parts.train_mask.astype(np.float32), on_all) if reply_only else None
-        ),
-        train_starts=(
-            parallel.to_global(window_starts(parts, config.block_size, text.source), on_all)
-            if config.window_start == "conversation"
-            else None
-        ),
+        train_tokens=train_tokens,
+        train_weights=train_weights,
+        train_starts=train_starts,
+        host_feed=host_feed,
         val_chunks=rows_on_devices(capped or (val_inputs, val_targets, val_weights), mesh),
         val_targets=int((capped or (val_weights,))[-1].sum()),
         full_val_chunks=rows_on_devices((val_inputs, val_targets, val_weights), mesh)

@@ -85,7 +85,7 @@ def compile_steps(
     val_loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(task.mesh))
     batches = {"exact_match": task.turns, "val_exact_match": task.heldout_turns}
     return CompiledSteps(
-        train_epoch.lower(state, *task.train_data).compile(),
+        train_epoch.lower(state, *task.train_data(1)).compile(),
         make_evaluate(task.model).lower(state.params, *task.val_chunks).compile(),
         make_evaluate(task.model).lower(state.params, *task.full_val_chunks).compile()
         if task.full_val_chunks
@@ -187,8 +187,10 @@ def _run_epochs(
         f"{f' x {jax.device_count()}' if jax.device_count() > 1 else ''} "
         f"({count_params(state.params):,} "
         f"params, vocab {task.vocab.size}, {task.train_tokens.shape[0]:,} train / "
-        f"{len(task.corpus.text) - task.train_tokens.shape[0]:,} val tokens, "
-        f"data: {task.corpus.source}; compiled in {time.perf_counter() - start:.1f} s)"
+        f"{task.corpus.length - task.train_tokens.shape[0]:,} val tokens, "
+        f"data: {task.corpus.source}{' (tokens from the cache)' if task.corpus.from_cache else ''}"
+        f"{'; windows fed from host memory' if task.host_feed else ''}; "
+        f"compiled in {time.perf_counter() - start:.1f} s)"
     )
     if config.window_start == "conversation":
         cut = long_conversations(task.corpus.conversations, config.block_size)
@@ -209,7 +211,7 @@ def _run_epochs(
         with interrupt.SignalCatcher() as signals:
             for epoch in range(first_epoch, config.epochs + 1):
                 epoch_start = time.perf_counter()
-                state, train_loss = steps.train_epoch(state, *task.train_data)
+                state, train_loss = steps.train_epoch(state, *task.train_data(epoch))
                 train_loss.block_until_ready()  # host sync: times the training alone
                 epoch_train_s = time.perf_counter() - epoch_start
                 train_seconds += epoch_train_s
@@ -296,10 +298,10 @@ def _run_epochs(
 def profile(task: Task, config: ml_collections.ConfigDict, workdir: str) -> str:
     """A `jax.profiler` trace of `profile_steps` compiled steps, on a throwaway state."""
     steps = task.make_train_epoch(config, config.profile_steps)
-    state, loss = steps(task.initial_state(config.seed), *task.train_data)
+    state, loss = steps(task.initial_state(config.seed), *task.train_data(0))
     loss.block_until_ready()  # compiled outside the trace
     directory = str(checkpoint.checkpoint_dir(workdir).parent / "profile")
     with jax.profiler.trace(directory):
-        _, loss = steps(state, *task.train_data)
+        _, loss = steps(state, *task.train_data(0))
         loss.block_until_ready()
     return directory
