@@ -51,3 +51,10 @@ def test_an_unusable_cache_only_costs_time(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv(token_cache.ENVIRONMENT_VARIABLE, str(cache_dir.parent / "blocker"))
     loaded = corpus.load_corpus(str(path), 1)  # cannot write under a file: still loads
     assert not loaded.from_cache and loaded.length == 240
+
+
+def test_a_text_of_more_than_65535_distinct_characters_is_one_clear_error(tmp_path, cache_dir):
+    path = tmp_path / "wide.txt"
+    path.write_text("".join(map(chr, range(0x10000, 0x10000 + 70_000))), encoding="utf-8")
+    with pytest.raises(corpus.DataError, match="70,000 distinct characters"):
+        corpus.load_corpus(str(path), 1)

@@ -9,6 +9,7 @@ import pytest
 
 from configs import default
 from tinytx_jax import configuration, train
+from tinytx_jax import task as task_module
 from tinytx_jax.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.steps import make_evaluate, make_train_epoch
 from tinytx_jax.task import build_task
@@ -111,3 +112,13 @@ def test_eval_steps_caps_validation_and_the_last_epoch_scores_the_whole_split(
     full_targets = history[1].val_targets
     assert history[0].val_targets == 2 * small_config.batch_size * 32 < full_targets
     assert history[1].val_bpc == pytest.approx(history[1].val_loss / math.log(2))
+
+
+def test_a_split_over_the_limit_is_never_scored_whole(small_config, tmp_path, monkeypatch):
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"word{i % 37} " for i in range(4000)))
+    small_config.update(data_path=str(text), block_size=32, eval_steps=2, epochs=2)
+    monkeypatch.setattr(task_module, "FULL_FINAL_VALIDATION_LIMIT", 1000)
+    assert build_task(small_config).full_val_chunks is None
+    monkeypatch.setattr(task_module, "FULL_FINAL_VALIDATION_LIMIT", 10**9)
+    assert build_task(small_config).full_val_chunks is not None

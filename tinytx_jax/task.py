@@ -15,6 +15,10 @@ from tinytx_jax.model import TinyTransformer
 from tinytx_jax.state import TrainState, init_train_state
 from tinytx_jax.steps import StateUpdate, make_train_epoch
 
+# With eval_steps, the last scheduled epoch scores the whole split up to this many targets
+# (tiny shakespeare's 111K take a second or two; 20M would take minutes).
+FULL_FINAL_VALIDATION_LIMIT = 2_000_000
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -34,7 +38,8 @@ class Task:
     val_chunks: tuple[jax.Array, jax.Array, jax.Array]  # inputs, targets, mask: [G, R, T]
     val_targets: int
     # With eval_steps, val_chunks are the fixed sampled windows and these the whole split,
-    # scored at the last scheduled epoch so that a run's final figure is exact.
+    # scored at the last scheduled epoch so that a run's final figure is exact (None over
+    # FULL_FINAL_VALIDATION_LIMIT targets).
     full_val_chunks: tuple[jax.Array, jax.Array, jax.Array] | None
     full_val_targets: int
     turns: exact_match.TurnBatch | None  # training turns, when exact match is computed
@@ -164,7 +169,7 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         val_chunks=rows_on_devices(capped or (val_inputs, val_targets, val_weights), mesh),
         val_targets=int((capped or (val_weights,))[-1].sum()),
         full_val_chunks=rows_on_devices((val_inputs, val_targets, val_weights), mesh)
-        if capped
+        if capped and val_weights.sum() <= FULL_FINAL_VALIDATION_LIMIT
         else None,
         full_val_targets=int(val_weights.sum()),
         turns=_turns(parts.train_conversations, vocab, config, model),
