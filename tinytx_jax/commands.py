@@ -27,6 +27,7 @@ from tinytx_jax import (
     parallel,
     sampling,
     server,
+    token_cache,
     train,
     trained,
     workdir_lock,
@@ -77,15 +78,16 @@ def quiet(message: str) -> None:
     del message
 
 
-def enable_compile_cache(workdir: str) -> None:
-    """Persist compiled XLA programs in WORKDIR/jax_cache (or in $JAX_COMPILATION_CACHE_DIR
-    when that is set): a rerun skips most compiling."""
+def enable_compile_cache() -> None:
+    """Persist compiled XLA programs in the user's cache (`$TINYTX_CACHE_DIR/jax_cache`, by
+    default `~/.cache/tinytx_jax/jax_cache`, or $JAX_COMPILATION_CACHE_DIR when set): any
+    later run of the same shapes, in any workdir, skips most compiling."""
     if not jax.config.jax_compilation_cache_dir:
-        cache = Path(workdir).expanduser().absolute() / "jax_cache"
+        cache = token_cache.cache_root().expanduser().absolute() / "jax_cache"
         try:
             cache.mkdir(parents=True, exist_ok=True)
         except OSError:
-            return  # a read-only workdir: no cache, rather than a warning per compilation
+            return  # an unwritable cache: none, rather than a warning per compilation
         if not os.access(cache, os.W_OK):
             return
         jax.config.update("jax_compilation_cache_dir", str(cache))
@@ -115,7 +117,7 @@ def run(
     try:
         configuration.check_config(config)
         if config.compile_cache:
-            enable_compile_cache(workdir)
+            enable_compile_cache()
         forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
         if mode in ("train", "train_and_chat") and not distributed and not forced:
             cores = len(os.sched_getaffinity(0))

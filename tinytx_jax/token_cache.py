@@ -52,8 +52,12 @@ def cache_file(path: Path) -> Path:
     status = path.stat()
     identity = f"{FORMAT}|{path.resolve()}|{status.st_size}|{status.st_mtime_ns}"
     name = hashlib.sha256(identity.encode()).hexdigest()[:32]
-    root = os.environ.get(ENVIRONMENT_VARIABLE) or Path.home() / ".cache" / "tinytx_jax"
-    return Path(root) / "tokens" / f"{name}.npz"
+    return cache_root() / "tokens" / f"{name}.npz"
+
+
+def cache_root() -> Path:
+    """This user's tinytx-jax caches (encoded texts, compiled programs)."""
+    return Path(os.environ.get(ENVIRONMENT_VARIABLE) or Path.home() / ".cache" / "tinytx_jax")
 
 
 def load(path: Path) -> EncodedText | None:
