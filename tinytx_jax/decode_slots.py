@@ -25,6 +25,7 @@ import numpy as np
 
 from tinytx_jax.data import TAGS, Vocabulary, cut_at_tag
 from tinytx_jax.model import TinyTransformer
+from tinytx_jax.sampling import usable_stop_texts
 
 
 @dataclasses.dataclass
@@ -75,6 +76,10 @@ def sample_row(
     return jnp.where(temperature > 0, sampled, jnp.argmax(logits_V)).astype(jnp.int32)
 
 
+# One token per row, each row with its own seed, draw, temperature and top-p.
+sample_rows = jax.vmap(sample_row, in_axes=(0, 0, 0, 0, 0, None))
+
+
 def prefill_length(length: int, max_len: int) -> int:
     """The padded length of a prefill: the next power of two from 32, at most max_len."""
     return min(max(32, 1 << (length - 1).bit_length()), max_len)
@@ -117,7 +122,7 @@ class DecodeSlots:
     ):
         self.model, self.params, self.vocab, self.slots = model, params, vocab, slots
         self.max_len = model.config.max_len
-        self.stop_texts = tuple(t for t in stop_texts if t and not vocab.unknown_chars(t))
+        self.stop_texts = usable_stop_texts(stop_texts, vocab)
         self._stop_prefixes = stop_prefixes(self.stop_texts)
         self.top_k = top_k
         self._waiting: queue.Queue[Request | None] = queue.Queue()
@@ -210,8 +215,7 @@ class DecodeSlots:
         logits_NxV, cache = jax.vmap(
             lambda cache_1, token, position: self._forward(params, cache_1, token[None], position)
         )(cache, tokens_N, positions_N)
-        sample = jax.vmap(sample_row, in_axes=(0, 0, 0, 0, 0, None))
-        return sample(logits_NxV[:, -1], seeds_N, draws_N, temps_N, top_p_N, self.top_k), cache
+        return sample_rows(logits_NxV[:, -1], seeds_N, draws_N, temps_N, top_p_N, self.top_k), cache
 
     def _prefill_fn(self, params, cache, slots_K, chunks_KxT, lengths_K, *sampling_K):
         slot_caches = jax.tree.map(lambda c: c[slots_K], cache)
@@ -219,9 +223,8 @@ class DecodeSlots:
             lambda cache_1, chunk_T: self._forward(params, cache_1, chunk_T, 0)
         )(slot_caches, chunks_KxT)
         last_KxV = jnp.take_along_axis(logits_KxTxV, (lengths_K - 1)[:, None, None], axis=1)[:, 0]
-        sample = jax.vmap(sample_row, in_axes=(0, 0, 0, 0, 0, None))
         cache = jax.tree.map(lambda c, new: c.at[slots_K].set(new), cache, slot_caches)
-        return sample(last_KxV, *sampling_K, self.top_k), cache
+        return sample_rows(last_KxV, *sampling_K, self.top_k), cache
 
     def _prefill(self, fills: list[tuple[int, list[int]]]) -> None:
         """Refill the caches of slots from position 0, all in one batch, and advance each

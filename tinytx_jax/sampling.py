@@ -58,6 +58,11 @@ def sample_logits(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax
     return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
+def usable_stop_texts(stop_texts: tuple[str, ...], vocab: Vocabulary) -> tuple[str, ...]:
+    """The stop texts a model of `vocab` can produce at all."""
+    return tuple(t for t in stop_texts if t and not vocab.unknown_chars(t))
+
+
 def bucket_length(length: int, max_len: int) -> int:
     """The padded prompt length: a multiple of 32, capped at max_len.
 
@@ -172,7 +177,7 @@ class Generator:
         stop_texts: tuple[str, ...] = TAGS,
     ):
         self.model, self.params, self.vocab, self.cfg = model, params, vocab, cfg
-        self.stop_texts = tuple(t for t in stop_texts if t and not vocab.unknown_chars(t))
+        self.stop_texts = usable_stop_texts(stop_texts, vocab)
         self.stop_tokens = tuple(
             tuple(int(t) for t in vocab.encode(text)) for text in self.stop_texts
         )

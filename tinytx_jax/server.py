@@ -83,19 +83,15 @@ class ChatService:
         system = self.settings.system_prompt if request.system is None else request.system
         texts = [system, request.user, *(text for turn in request.history for text in turn)]
         unknown = vocab.unknown_chars("".join(texts))
-
-        def kept(text: str) -> str:
-            return "".join(c for c in text if c not in unknown)
-
-        if not kept(request.user).strip():
+        if not "".join(c for c in request.user if c not in unknown).strip():
             raise ApiError(
                 "the last user message has no character of the model's vocabulary "
                 f"(the model knows: {vocab.chars!r})",
                 "messages",
                 code="unsupported_characters",
             )
-        history = tuple((kept(u), kept(a)) for u, a in request.history)
-        tokens = vocab.encode(data.render_prompt(kept(request.user), kept(system), history))
+        # Encoding drops the unknown characters, as the REPL does before rendering.
+        tokens = vocab.encode(data.render_prompt(request.user, system, request.history))
         notices = []
         if unknown:
             notices.append(f"dropped characters not in the vocabulary: {chat.quoted(unknown)}")
