@@ -130,15 +130,20 @@ def load_text(path: Path) -> Corpus:
             raise DataError(f"{path}: the file is empty")
         check_fits_in_memory(len(content), 1, str(path))
         chars = token_cache.distinct_chars(content)
-        if len(chars) > data.MAX_VOCABULARY:
-            raise DataError(
-                f"{path}: {len(chars):,} distinct characters, more than the "
-                f"{data.MAX_VOCABULARY:,} a character model here takes: is it really text?"
-            )
+        check_vocabulary_size(len(chars), str(path))  # before the tokens become uint16
         encoded = token_cache.encode_text(content, chars)
         token_cache.save(path, encoded)
     ones = np.ones(len(encoded.tokens), np.uint8)
     return Corpus("", ones, TEXT, str(path), (), encoded, from_cache=cached is not None)
+
+
+def check_vocabulary_size(size: int, source: str) -> None:
+    """Stop on more distinct characters than uint16 tokens can name."""
+    if size > data.MAX_VOCABULARY:
+        raise DataError(
+            f"{source}: {size:,} distinct characters, more than the "
+            f"{data.MAX_VOCABULARY:,} a character model here takes: is it really text?"
+        )
 
 
 def read_utf8(path: Path) -> str:

@@ -96,11 +96,7 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         if text.encoded
         else data.Vocabulary.from_text(text.text)
     )
-    if vocab.size > data.MAX_VOCABULARY:
-        raise configuration.ConfigError(
-            f"{text.source}: {vocab.size:,} distinct characters, more than the "
-            f"{data.MAX_VOCABULARY:,} a character model here takes: is it really text?"
-        )
+    corpus.check_vocabulary_size(vocab.size, text.source)
     parts = split.split_corpus(
         text, vocab, config.validation_split, config.validation_fraction, config.data_repeat
     )
