@@ -13,4 +13,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.steps_per_epoch = 25
     config.epochs = 40
     config.target_val_acc = 0.99
+    config.exact_match_every = 1
+    config.target_exact_match = 1.0
     return config

@@ -75,17 +75,21 @@ def small_config():
 
 @pytest.fixture(scope="session")
 def fast_run(tmp_path_factory) -> tuple[Path, list[str]]:
-    """`configs/fast.py` trained once per session, in-process: its workdir and log lines."""
+    """`configs/fast.py` trained once per session, in-process: its workdir and log lines.
+
+    It trains to its targets (every built-in reply exact, val_acc >= 0.99), not for a fixed
+    number of epochs: the epoch it gets there at differs between CPUs, the replies do not.
+    """
     workdir = tmp_path_factory.mktemp("fast_run")
     lines: list[str] = []
     _, history = train.train_and_evaluate(fast.get_config(), str(workdir), log=lines.append)
-    assert history[-1].val_acc >= 0.99
+    assert history[-1].exact_match == 1.0 and history[-1].val_acc >= 0.99, lines[-6:]
     return workdir, lines
 
 
 @pytest.fixture(scope="session")
 def trained_workdir(fast_run) -> Path:
-    """A workdir holding a `configs/fast.py` run (val_acc >= 0.99)."""
+    """A workdir holding a `configs/fast.py` run that answers every built-in dialog."""
     return fast_run[0]
 
 

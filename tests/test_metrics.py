@@ -41,8 +41,10 @@ def test_metrics_jsonl_tensorboard_and_curves(trained_workdir):
             "steps_per_s",
             "tokens_per_s",
             "elapsed_s",
+            "exact_match",
         }
-    assert records[-1]["val_acc"] >= 0.99 and records[-1]["step"] == 25 * len(records)
+    assert records[-1]["val_acc"] >= 0.99 and records[-1]["exact_match"] == 1.0
+    assert records[-1]["step"] == 25 * len(records)
     scalars = read_events(trained_workdir / "tensorboard")
     assert [step for step, _ in scalars["val_loss"]] == [r["epoch"] for r in records]
     assert scalars["val_loss"][-1][1] == records[-1]["val_loss"]

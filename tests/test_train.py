@@ -16,7 +16,7 @@ from tinytx_jax.task import build_task
 
 LINE = re.compile(
     r"^Epoch (\d+), train_loss=\d+\.\d{4} val_loss=\d+\.\d{4} "
-    r"val_acc=(\d\.\d{3}) \(n=8159\) lr=\d\.\d{2}e[-+]\d{2}$"
+    r"val_acc=(\d\.\d{3}) \(n=8159\) lr=\d\.\d{2}e[-+]\d{2}( exact_match=\d\.\d{3})?$"
 )
 
 
@@ -24,7 +24,7 @@ def test_fast_config_reaches_target_accuracy(fast_run):
     _, lines = fast_run
     epochs = [LINE.match(ln) for ln in lines if ln.startswith("Epoch")]
     assert epochs and all(epochs)
-    assert float(epochs[-1].group(2)) >= 0.99
+    assert float(epochs[-1].group(2)) >= 0.99 and epochs[-1].group(3) == " exact_match=1.000"
     assert any(ln.startswith("Target reached") for ln in lines)
 
 

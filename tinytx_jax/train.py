@@ -117,17 +117,20 @@ def stop_reason(
             f"Early stopping at epoch {metrics.epoch}: no val_loss improvement for "
             f"{config.early_stop_patience} epochs (best {float(state.best_val_loss):.4f})"
         )
-    if config.target_val_acc and metrics.val_acc >= config.target_val_acc:
-        return (
-            f"Target reached at epoch {metrics.epoch}: val_acc={metrics.val_acc:.3f} >= "
-            f"{config.target_val_acc}"
-        )
-    exact = metrics.exact_match
-    if config.target_exact_match and exact is not None and exact >= config.target_exact_match:
-        return (
-            f"Target reached at epoch {metrics.epoch}: exact_match={exact:.3f} >= "
-            f"{config.target_exact_match}"
-        )
+    # With both targets set, both must be reached: a model that scores val_acc 0.99 can
+    # still answer one dialog wrong, and one that answers every dialog can do so narrowly.
+    reached = []
+    if config.target_val_acc:
+        if metrics.val_acc < config.target_val_acc:
+            return None
+        reached.append(f"val_acc={metrics.val_acc:.3f} >= {config.target_val_acc}")
+    if config.target_exact_match:
+        exact = metrics.exact_match
+        if exact is None or exact < config.target_exact_match:
+            return None
+        reached.append(f"exact_match={exact:.3f} >= {config.target_exact_match}")
+    if reached:
+        return f"Target reached at epoch {metrics.epoch}: {', '.join(reached)}"
     return None
 
 
