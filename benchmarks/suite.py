@@ -1,6 +1,6 @@
 """Every benchmark in one command; prints a table and writes a JSON file.
 
-    python -m benchmarks.suite [--out=benchmarks/results_cpu.json]
+    python -m benchmarks.suite [--out=runs/benchmarks/results_cpu.json]
 
 Train speed (seed config, batch 8, batch 32) with model FLOPs and the fraction of a
 matmul peak measured here (MFU), compile time, time to val_acc >= 0.99 for the default
@@ -15,18 +15,20 @@ import platform
 import resource
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
 from benchmarks.chat_latency import measure_chat, median_ms
+from benchmarks.machine import cpu_model
 from benchmarks.train_speed import measure_train_speed
 from configs import default, fast
 from tinytx_jax import train
 
 _OUT = flags.DEFINE_string(
-    "out", None, "JSON output (default: benchmarks/results_<platform>.json)."
+    "out", None, "JSON output (default: runs/benchmarks/results_<platform>.json)."
 )
 
 
@@ -67,6 +69,7 @@ def main(argv: list[str]) -> None:
             "device_kind": device.device_kind,
             "devices": jax.device_count(),
             "host_cpus": os.cpu_count(),
+            "cpu": cpu_model(),
             "python": platform.python_version(),
             "jax": jax.__version__,
         },
@@ -93,8 +96,9 @@ def main(argv: list[str]) -> None:
         "device_peak_mb": (device.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**20,
     }
 
-    out = _OUT.value or f"benchmarks/results_{device.platform}.json"
-    with open(out, "w") as file:
+    out = Path(_OUT.value or f"runs/benchmarks/results_{device.platform}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as file:
         json.dump(results, file, indent=2)
     print_table(results)
     print(f"wrote {out}")
@@ -104,7 +108,7 @@ def print_table(results: dict) -> None:
     machine = results["machine"]
     print(
         f"machine: {machine['device_kind']} ({machine['platform']}) x{machine['devices']}, "
-        f"{machine['host_cpus']} host CPUs, jax {machine['jax']}"
+        f"{machine['host_cpus']} host CPUs, jax {machine['jax']}\nCPU: {machine['cpu']}"
     )
     print(
         f"matmul peak: {results['matmul_peak']['gflops']:.1f} GFLOP/s "

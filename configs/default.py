@@ -1,90 +1,82 @@
-"""The seed's run, number for number: 400 epochs x 200 steps, batch 1, block 256."""
+"""The seed's run, number for number: 400 epochs x 200 steps, batch 1, block 256.
+
+Every field has a one-line comment: `python main.py --help` lists them with their values.
+"""
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
-    # Data: the built-in dialogs (data_path ""), or a .jsonl of dialogs, or a .txt of text.
-    # Dialogs are repeated data_repeat times, as the seed did; the last 10% is held out.
-    config.data_path = ""
-    config.data_repeat = 300
-    config.validation_fraction = 0.1
-    config.loss_on = "all"  # "assistant": only reply characters and their end tag count
-    config.window_start = "any"  # "conversation": every window starts where a dialog does
-    config.validation_split = "tail"  # "conversations": hold out whole dialogs, unrepeated
-    # Training windows: "device" slices them from the split on the device; "host" gathers
-    # each epoch's windows in host memory; "auto": the device when the split fits there.
-    config.feed = "auto"
+    # Data.
+    config.data_path = ""  # "": the built-in dialogs; a .jsonl of dialogs or a .txt of text
+    config.data_repeat = 300  # passes of the dialogs in the corpus (plain text: not repeated)
+    config.validation_fraction = 0.1  # the held-out part (the seed: the last 10%)
+    config.loss_on = "all"  # "all" characters, or only the "assistant" replies and end tags
+    config.window_start = "any"  # windows start "any"where, or at a "conversation" start
+    config.validation_split = "tail"  # "tail" of the repeated text, or whole "conversations"
+    config.feed = "auto"  # training windows from the "device"-resident split, or "host" memory
 
-    # Model (the seed's single block, single head, no MLP, post-norm).
-    config.d_model = 64
-    config.max_len = 512
-    config.n_heads = 1
-    config.n_layers = 1
-    config.mlp = False
-    config.pre_norm = False
-    config.dropout = 0.0
-    config.dtype = "float32"
-    # GPT-style options (nanoGPT's model; see configs/char_lm.py): GPT-2 initialisation,
-    # tied input/output embeddings, biases in the MLP, output layer and LayerNorms.
-    config.init = "seed"  # "gpt2": normal(0, 0.02), residual outputs / sqrt(2 * n_layers)
-    config.tie_embeddings = False
-    config.bias = True
-    # On a CPU, training splits the batch over this many XLA devices, one per core
-    # (0: the most cores that divide batch_size; the seed's batch of 1 stays on one).
-    config.cpu_devices = 0
+    # Model: the seed's single block, single head, no MLP, post-norm.
+    config.d_model = 64  # model width
+    config.max_len = 512  # learned positions; longer inputs keep their last max_len tokens
+    config.n_heads = 1  # attention heads
+    config.n_layers = 1  # transformer blocks
+    config.mlp = False  # a GELU MLP (4 x d_model) in each block
+    config.pre_norm = False  # LayerNorm before attention/MLP (GPT) instead of after (the seed)
+    config.dropout = 0.0  # dropout on attention and residual outputs while training
+    config.dtype = "float32"  # compute dtype ("bfloat16" for accelerators; params stay float32)
+    config.init = "seed"  # "seed": uniform +-0.02; "gpt2": normal(0, 0.02), scaled residuals
+    config.tie_embeddings = False  # the output layer shares the token embedding (nanoGPT)
+    config.bias = True  # biases in the MLP, output layer and LayerNorms
+    config.cpu_devices = 0  # CPU: XLA devices to split the batch over (0: as the cores allow)
 
-    # Optimisation.
-    config.lr = 5e-4
-    config.lr_schedule = "constant"  # the seed: warm-up, then plateau halving; or "cosine"
-    config.weight_decay = 0.0
-    config.weight_decay_on = "all"  # "matrices": embeddings and weight matrices only
-    config.adam_b1 = 0.9
-    config.adam_b2 = 0.999
-    config.clip_norm = 1.0
-    config.warmup_steps = 200
-    config.batch_size = 1
-    config.block_size = 256
+    # Optimisation: clip -> AdamW with warm-up, then plateau halving (or cosine).
+    config.lr = 5e-4  # peak learning rate
+    config.lr_schedule = "constant"  # "constant" (the seed: plateau halving) or "cosine"
+    config.weight_decay = 0.0  # AdamW's decoupled weight decay
+    config.weight_decay_on = "all"  # decay "all" parameters, or "matrices" and embeddings only
+    config.adam_b1 = 0.9  # AdamW's beta1
+    config.adam_b2 = 0.999  # AdamW's beta2 (nanoGPT's character recipe: 0.99)
+    config.clip_norm = 1.0  # global gradient-norm clip
+    config.warmup_steps = 200  # linear warm-up: lr * (step + 1) / warmup_steps
+    config.batch_size = 1  # windows per step
+    config.block_size = 256  # window length (0: the longest conversation; dialogs only)
 
     # Schedule: epochs of steps, validation after each epoch.
-    config.epochs = 400
-    config.steps_per_epoch = 200
-    config.plateau_patience = 50
-    config.plateau_factor = 0.5
-    config.min_lr = 1e-5
-    config.early_stop_patience = 150
-    config.target_val_acc = 0.0  # > 0: stop as soon as val_acc reaches it.
-    # Exact match of the greedy replies to every training turn, every N epochs (0: never);
-    # > 0 target: stop as soon as that fraction of turns comes back exactly.
-    config.exact_match_every = 0
-    config.target_exact_match = 0.0
+    config.epochs = 400  # the budget, in epochs
+    config.steps_per_epoch = 200  # steps between validations
+    config.plateau_patience = 50  # epochs without a better val loss before the rate halves
+    config.plateau_factor = 0.5  # what a plateau multiplies the rate by
+    config.min_lr = 1e-5  # the rate never goes below this (cosine decays to it)
+    config.early_stop_patience = 150  # epochs without a better val loss before stopping
+    config.target_val_acc = 0.0  # > 0: stop once val_acc reaches it (and every other target)
+    config.exact_match_every = 0  # every N epochs, score the greedy reply to every turn (0: off)
+    config.target_exact_match = 0.0  # > 0: stop once this fraction of replies is exact
 
-    # Checkpoints in WORKDIR/checkpoints: every N epochs and at the end; the latest
-    # `keep_checkpoints` and the best by validation loss are kept.
-    config.checkpoint_every = 10
-    config.keep_checkpoints = 3
-    config.resume = True  # False: move old checkpoints aside and start over.
+    # Checkpoints in WORKDIR/checkpoints.
+    config.checkpoint_every = 10  # epochs between checkpoints (one is always saved at the end)
+    config.keep_checkpoints = 3  # latest checkpoints kept, besides the best one
+    config.resume = True  # resume from the latest checkpoint; False moves old runs aside
     config.resume_on_new_data = False  # True: resume even though the data file changed
 
-    # Chat, eval and sampling (the seed decoded greedily, up to 200 characters).
-    config.checkpoint = "best"  # which checkpoint chat and eval load: best or latest
-    config.system_prompt = "You are helpful."
-    config.max_new_tokens = 200
-    config.temperature = 0.0  # 0: greedy
-    config.top_k = 0  # 0: off
-    config.top_p = 1.0  # 1: off
-    config.sample_seed = 0
+    # Chat, eval, sampling and serving.
+    config.checkpoint = "best"  # which checkpoint chat, eval and serve load: best or latest
+    config.system_prompt = "You are helpful."  # the system text of chat prompts
+    config.max_new_tokens = 200  # reply (or sample) length limit, in characters
+    config.temperature = config_dict.placeholder(float)  # 0: greedy; None: 0 for dialogs, 0.8 text
+    config.top_k = config_dict.placeholder(int)  # 0: off; None: off for dialogs, 200 for text
+    config.top_p = 1.0  # nucleus sampling mass (1: off)
+    config.sample_seed = 0  # the random draws of sampling
     config.chat_history = False  # True: the REPL keeps the conversation as context
     config.serve_slots = 32  # --mode=serve: requests decoded together, one KV cache each
 
-    # Logging and randomness.
-    config.print_every = 1
-    # Validation: 0 scores the whole split every epoch (the seed's); N > 0 scores N batches
-    # of windows drawn once with a fixed seed (for big corpora).
-    config.eval_steps = 0
+    # Logging, tools and randomness.
+    config.print_every = 1  # epochs between log lines
+    config.eval_steps = 0  # 0: validate on the whole split; N: on N fixed batches of windows
     config.profile_steps = 0  # > 0: write a jax.profiler trace of that many steps
-    config.compile_cache = True  # keep compiled programs in WORKDIR/jax_cache for reruns
-    config.seed = 7
+    config.compile_cache = True  # keep compiled programs in ~/.cache/tinytx_jax/jax_cache
+    config.seed = 7  # parameters, window sampling and dropout all derive from it
     return config

@@ -62,9 +62,10 @@ def test_replies_decoded_together_equal_the_repl_replies(model, engine):
     for (request, reply), want in zip(submitted, expected, strict=True):
         assert reply.done.wait(60)
         assert (reply.text, reply.finish) == (want, "stop")
-        assert "<" not in "".join(reply.pieces)  # the end tag is never streamed, even in part
-        assert len(reply.pieces) == len(want) + 1  # one piece per character, then the end
-        assert request.completion_tokens == len(want) + len(data.ASSISTANT_END)
+        if "<" not in want:  # (an untrained question may get a garbled tag, held back a while)
+            assert request.completion_tokens == len(want) + len(data.ASSISTANT_END)
+            assert "<" not in "".join(reply.pieces)  # the end tag is never streamed, even in part
+            assert len(reply.pieces) == len(want) + 1  # one piece per character, then the end
     assert expected[:3] == ["hello!", "4", "blue"]
     assert engine.in_flight == 0
 

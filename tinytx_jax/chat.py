@@ -26,10 +26,16 @@ ANSWER = "Assistant> "
 EXIT_WORDS = ("exit", "quit")
 
 
-def sampling_config(config: ml_collections.ConfigDict) -> SamplingConfig:
+TEXT_SAMPLING = SamplingConfig(temperature=0.8, top_k=200)  # nanoGPT's sample.py
+DIALOG_SAMPLING = SamplingConfig()  # greedy: the seed's replies
+
+
+def sampling_config(config: ml_collections.ConfigDict, plain_text: bool = False) -> SamplingConfig:
+    """The config's sampling; fields left unset take the defaults for the model's kind."""
+    defaults = TEXT_SAMPLING if plain_text else DIALOG_SAMPLING
     return SamplingConfig(
-        temperature=config.temperature,
-        top_k=config.top_k,
+        temperature=defaults.temperature if config.temperature is None else config.temperature,
+        top_k=defaults.top_k if config.top_k is None else config.top_k,
         top_p=config.top_p,
         seed=config.sample_seed,
         max_new_tokens=config.max_new_tokens,

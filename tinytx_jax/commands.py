@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import jax
 import ml_collections
+from absl import logging
 
 from tinytx_jax import (
     chat,
@@ -113,7 +114,11 @@ def run(
     listen: Listen = Listen(),
 ) -> None:
     """Run `mode`; `distributed` is (coordinator, processes, this process) for multi-process."""
+    # Library errors (orbax's writer threads, asyncio) would repeat ours as tracebacks: the
+    # project reports every failure itself, in one line.
+    logging.set_verbosity(logging.FATAL)
     checkpoint.quiet_reader_callbacks()
+
     try:
         configuration.check_config(config)
         if config.compile_cache:
@@ -184,6 +189,7 @@ def use_checkpoint(
 
 def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Listen) -> None:
     """Load the workdir's chat model, compile its decoding, and serve it over HTTP."""
+    sock = server.bound_socket(listen.host, listen.port)
     model = trained.load_trained(workdir, config.checkpoint, log=to_stderr)
     if model.meta["data"]["kind"] == corpus.TEXT:
         fail(f"{workdir} holds a model of plain text, not dialogs: serve a dialog model")
@@ -197,18 +203,18 @@ def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Li
         model.params,
         model.vocab,
         slots=config.serve_slots,
-        top_k=config.top_k,
+        top_k=chat.sampling_config(config).top_k,
         warm_up=True,
     )
     defaults = openai_api.Defaults(
         max_tokens=config.max_new_tokens,
         max_tokens_limit=MAX_REPLY_TOKENS,
-        temperature=config.temperature,
+        temperature=chat.sampling_config(config).temperature,
         top_p=config.top_p,
     )
     settings = server.ServeSettings(listen.api_key, defaults, config.system_prompt)
     name = Path(workdir).expanduser().resolve().name
-    server.serve(server.ChatService(model, engine, settings, name), listen.host, listen.port)
+    server.serve(server.ChatService(model, engine, settings, name), sock)
 
 
 def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, prompt: str | None):
@@ -221,7 +227,11 @@ def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, promp
     if not len(tokens):
         fail(NO_USABLE_PROMPT)
     generator = sampling.Generator(
-        model.model, model.params, model.vocab, chat.sampling_config(config), stop_texts=()
+        model.model,
+        model.params,
+        model.vocab,
+        chat.sampling_config(config, model.meta["data"]["kind"] == corpus.TEXT),
+        stop_texts=(),
     )
     continuation, _ = generator.generate_tokens(tokens)
     print(model.vocab.decode(tokens) + model.vocab.decode(continuation))

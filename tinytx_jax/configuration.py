@@ -57,8 +57,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "weight_decay",
         "warmup_steps",
         "min_lr",
-        "temperature",
-        "top_k",
         "profile_steps",
         "exact_match_every",
         "eval_steps",
@@ -66,6 +64,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "block_size",
     ):
         _require(config[name] >= 0, f"config.{name} must be >= 0, got {config[name]}")
+    for name in ("temperature", "top_k"):  # None: the model kind's default
+        value = config[name]
+        _require(value is None or value >= 0, f"config.{name} must be >= 0, got {value}")
     for name in ("seed", "sample_seed"):
         _require(
             0 <= config[name] <= MAX_INT32,

@@ -260,8 +260,9 @@ def create_app(service: ChatService) -> Starlette:
     )
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """Bound here, not by uvicorn, so that a taken port is one clear line."""
+def bound_socket(host: str, port: int) -> socket.socket:
+    """Bound here, before the model loads, not by uvicorn: a taken port is one clear line at
+    once. It listens only when `serve` starts, so no request waits on a loading model."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
@@ -272,14 +273,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
             f"cannot listen on {host}:{port}: {error.strerror or error}; choose another "
             "--port (or --host)"
         ) from None
-    sock.listen(2048)
     return sock
 
 
-def serve(service: ChatService, host: str, port: int) -> None:
-    """Listen, print the address, serve until Ctrl-C / SIGTERM, then finish what is in flight
-    (up to a few seconds) and stop the engine."""
-    sock = listening_socket(host, port)
+def serve(service: ChatService, sock: socket.socket) -> None:
+    """Listen on `sock` (from `bound_socket`), print the address, serve until Ctrl-C /
+    SIGTERM, then finish what is in flight (up to a few seconds) and stop the engine."""
+    sock.listen(2048)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     server = uvicorn.Server(
