@@ -23,7 +23,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from benchmarks.trained_workdir import ensure_checkpoint
-from tinytx_jax import chat, data, sampling, trained
+from tinytx_jax import dialogs
+from tinytx_jax.inference import chat, generation, sampling, trained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with a checkpoint (default: a temp dir).")
 _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed replies per prompt.")
@@ -65,22 +66,22 @@ def seconds_to_prompt(workdir: str) -> float:
 def measure_chat(workdir: str, repeats: int) -> dict:
     """Per-reply ms after compile, a 200-character reply cached and the seed's way, start-up."""
     model = trained.load_trained(workdir, log=lambda _: None)
-    generator = sampling.Generator(
+    generator = generation.Generator(
         model.model, model.params, model.vocab, sampling.SamplingConfig()
     )
-    session = chat.ChatSession(generator, data.SYSTEM_PROMPT)  # the REPL's own path
+    session = chat.ChatSession(generator, dialogs.SYSTEM_PROMPT)  # the REPL's own path
     replies = {}
-    for user, _ in data.BUILTIN_DIALOGS:
+    for user, _ in dialogs.BUILTIN_DIALOGS:
         reply = session.answer(user)
         ms = median_ms(lambda u=user: session.answer(u), repeats)
         replies[user] = {"reply": reply, "ms": ms}
-    free_running = sampling.Generator(
+    free_running = generation.Generator(
         model.model, model.params, model.vocab, sampling.SamplingConfig(), stop_texts=()
     )
-    prompt = data.render_prompt("hi")
+    prompt = dialogs.render_prompt("hi")
     encoded = model.vocab.encode(prompt)
     tokens, _ = free_running.generate_tokens(encoded)
-    sampling.generate_uncached(model.model, model.params, encoded, 200, ())
+    generation.generate_uncached(model.model, model.params, encoded, 200, ())
     starts = [seconds_to_prompt(workdir) for _ in range(3)]
     return {
         "epoch": model.epoch,
@@ -88,7 +89,7 @@ def measure_chat(workdir: str, repeats: int) -> dict:
         "long_reply_tokens": len(tokens),
         "long_reply_ms": median_ms(lambda: free_running.reply(prompt), 20),
         "long_reply_uncached_ms": median_ms(
-            lambda: sampling.generate_uncached(model.model, model.params, encoded, 200, ()), 3
+            lambda: generation.generate_uncached(model.model, model.params, encoded, 200, ()), 3
         ),
         "seconds_to_prompt": float(np.median(starts)),
         "seconds_to_prompt_runs": starts,

@@ -25,7 +25,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from benchmarks.trained_workdir import ensure_checkpoint
-from tinytx_jax import corpus, trained
+from tinytx_jax.data import corpus
+from tinytx_jax.inference import trained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with a checkpoint (default: a temp dir).")
 _REQUESTS = flags.DEFINE_integer("requests", 128, "Requests in the concurrent run.")

@@ -25,7 +25,7 @@ from benchmarks.chat_latency import measure_chat, median_ms
 from benchmarks.machine import cpu_model
 from benchmarks.train_speed import measure_train_speed
 from configs import default, fast
-from tinytx_jax import train
+from tinytx_jax.training import train
 
 _OUT = flags.DEFINE_string(
     "out", None, "JSON output (default: runs/benchmarks/results_<platform>.json)."

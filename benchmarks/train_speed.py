@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from tinytx_jax import configuration
 from tinytx_jax.model import ModelConfig
-from tinytx_jax.task import build_task
+from tinytx_jax.training.task import build_task
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config to time.")
 _EPOCHS = flags.DEFINE_integer("epochs", 8, "Timed epochs after the compile call.")
@@ -38,6 +38,7 @@ def measure_train_speed(config: ml_collections.ConfigDict, epochs: int) -> dict:
     """Compile time, and ms/step over `epochs` timed epoch calls after it."""
     configuration.check_config(config)
     task = build_task(config)
+    config = task.config  # block_size resolved
     state = task.initial_state(config.seed)
     epoch_fn = task.make_train_epoch(config, config.steps_per_epoch)
     start = time.perf_counter()

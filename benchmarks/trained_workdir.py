@@ -5,7 +5,8 @@ from __future__ import annotations
 import tempfile
 
 from configs import fast
-from tinytx_jax import checkpoint, train
+from tinytx_jax import checkpoint
+from tinytx_jax.training import train
 
 
 def ensure_checkpoint(workdir: str | None) -> str:

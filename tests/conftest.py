@@ -19,7 +19,7 @@ import jax
 import pytest
 
 from configs import default, fast
-from tinytx_jax import train
+from tinytx_jax.training import train
 
 REPO = Path(__file__).resolve().parent.parent
 COMPILE_CACHE = str(Path(tempfile.gettempdir()) / "tinytx_test_jax_cache")  # shared by workers
@@ -135,10 +135,11 @@ def server(trained_workdir):
 
 def repl_reply(workdir: Path, user: str, history: tuple = ()) -> str:
     """What the REPL's generator answers `user` after `history` with the workdir's model."""
-    from tinytx_jax import data, sampling, trained
+    from tinytx_jax import dialogs
+    from tinytx_jax.inference import generation, sampling, trained
 
     model = trained.load_trained(workdir, log=lambda _: None)
-    generator = sampling.Generator(
+    generator = generation.Generator(
         model.model, model.params, model.vocab, sampling.SamplingConfig()
     )
-    return generator.reply(data.render_prompt(user, data.SYSTEM_PROMPT, history))[0]
+    return generator.reply(dialogs.render_prompt(user, dialogs.SYSTEM_PROMPT, history))[0]

@@ -5,7 +5,8 @@ import io
 import pytest
 
 from tests.conftest import run_main
-from tinytx_jax import chat, data, sampling, trained
+from tinytx_jax import dialogs
+from tinytx_jax.inference import chat, generation, sampling, trained
 
 
 @pytest.mark.e2e
@@ -59,7 +60,7 @@ def test_chat_without_a_checkpoint_says_what_to_run(tmp_path):
 
 def session_for(trained_workdir, notices):
     model = trained.load_trained(trained_workdir, log=lambda _: None)
-    generator = sampling.Generator(
+    generator = generation.Generator(
         model.model, model.params, model.vocab, sampling.SamplingConfig(max_new_tokens=20)
     )
     return chat.ChatSession(generator, "You are helpful.", notices=notices)
@@ -87,7 +88,7 @@ def test_ctrl_c_ends_the_repl_cleanly(trained_workdir):
 
 def test_chat_history_keeps_earlier_turns_in_the_prompt(trained_workdir):
     model = trained.load_trained(trained_workdir, log=lambda _: None)
-    generator = sampling.Generator(
+    generator = generation.Generator(
         model.model, model.params, model.vocab, sampling.SamplingConfig()
     )
     prompts = []
@@ -99,20 +100,20 @@ def test_chat_history_keeps_earlier_turns_in_the_prompt(trained_workdir):
 
     generator.reply = recording_reply
     session = chat.ChatSession(
-        generator, data.SYSTEM_PROMPT, keep_history=True, notices=io.StringIO()
+        generator, dialogs.SYSTEM_PROMPT, keep_history=True, notices=io.StringIO()
     )
     assert session.answer("hi") == "hello!"
     session.answer("what is 2+2?")
-    assert prompts[1] == data.render_prompt("what is 2+2?", history=(("hi", "hello!"),))
-    fresh = chat.ChatSession(generator, data.SYSTEM_PROMPT, notices=io.StringIO())
+    assert prompts[1] == dialogs.render_prompt("what is 2+2?", history=(("hi", "hello!"),))
+    fresh = chat.ChatSession(generator, dialogs.SYSTEM_PROMPT, notices=io.StringIO())
     fresh.answer("what is 2+2?")
-    assert prompts[2] == data.render_prompt("what is 2+2?")
+    assert prompts[2] == dialogs.render_prompt("what is 2+2?")
 
 
 def test_no_truncation_notice_when_the_reply_ends_early(trained_workdir):
     """A large max_new_tokens alone cuts nothing: the notice is for real cuts only."""
     model = trained.load_trained(trained_workdir, log=lambda _: None)
-    generator = sampling.Generator(
+    generator = generation.Generator(
         model.model, model.params, model.vocab, sampling.SamplingConfig(max_new_tokens=600)
     )
     notices = io.StringIO()

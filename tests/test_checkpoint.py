@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, main_env, run_main
-from tinytx_jax import checkpoint, train, trained
-from tinytx_jax.steps import make_train_epoch
-from tinytx_jax.task import build_task
+from tinytx_jax import checkpoint
+from tinytx_jax.inference import trained
+from tinytx_jax.training import train
+from tinytx_jax.training.steps import make_train_epoch
+from tinytx_jax.training.task import build_task
 
 FAST = ["--mode=train", "--config=configs/fast.py"]
 
@@ -95,7 +97,7 @@ def test_best_is_the_most_exact_when_exact_match_is_measured(tmp_path):
 
 def test_loader_picks_best_or_latest_and_rebuilds_the_model(ckpt_config, tmp_path):
     ckpt_config.keep_checkpoints = 1
-    _, history = train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
+    state, history = train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
     best_epoch = min(history, key=lambda m: m.val_loss).epoch
     best = trained.load_trained(tmp_path, "best", log=quiet)
     latest = trained.load_trained(tmp_path, "latest", log=quiet)
@@ -104,6 +106,9 @@ def test_loader_picks_best_or_latest_and_rebuilds_the_model(ckpt_config, tmp_pat
     assert best.model.config.d_model == ckpt_config.d_model
     assert best.meta["versions"]["jax"] == jax.__version__
     assert best.meta["data"]["fingerprint"].startswith("sha256:")
+    # Parameters only, read back bit for bit: the latest are the final state's.
+    same = jax.tree.map(lambda a, b: bool((a == b).all()), latest.params, state.params)
+    assert jax.tree.all(same)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(

@@ -7,7 +7,8 @@ import pytest
 
 from configs import char_lm, default
 from tests.conftest import REPO, run_main
-from tinytx_jax import chat, cli
+from tinytx_jax import cli
+from tinytx_jax.inference import chat
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,11 @@ import pytest
 
 from configs import default
 from tests.conftest import run_main
-from tinytx_jax import chat, configuration, corpus, data, sampling, train, trained
-from tinytx_jax.task import build_task
+from tinytx_jax import configuration, dialogs
+from tinytx_jax.data import corpus, windows
+from tinytx_jax.inference import chat, generation, sampling, trained
+from tinytx_jax.training import train
+from tinytx_jax.training.task import build_task
 
 MULTI_TURN = {
     "system": "Be brief.",
@@ -34,13 +37,13 @@ def test_multi_turn_and_shorthand_render_exactly(tmp_path):
     replies = "".join(c for c, m in zip(loaded.text, loaded.reply_mask, strict=True) if m)
     assert replies == "b</assistant>d</assistant>yo</assistant>" * 2
     builtin = corpus.load_corpus("", 300)
-    assert builtin.text == data.builtin_corpus(300)
+    assert builtin.text == dialogs.builtin_corpus(300)
 
 
 def test_prompt_with_history_matches_the_training_rendering():
-    prompt = data.render_prompt("c", "Be brief.", (("a", "b"),))
-    rendered, _ = data.render_conversations(
-        (data.Conversation((("a", "b"), ("c", "d")), "Be brief."),)
+    prompt = dialogs.render_prompt("c", "Be brief.", (("a", "b"),))
+    rendered, _ = dialogs.render_conversations(
+        (dialogs.Conversation((("a", "b"), ("c", "d")), "Be brief."),)
     )
     assert rendered.startswith(prompt)
 
@@ -61,7 +64,7 @@ def test_jsonl_trains_with_either_loss_and_schedule(tmp_path, tiny_config):
     tiny_config.lr_schedule = "cosine"
     tiny_config.warmup_steps = 2
     task = build_task(tiny_config)
-    val_split = data.split_tokens(task.corpus.reply_mask, tiny_config.validation_fraction)[1]
+    val_split = windows.split_tokens(task.corpus.reply_mask, tiny_config.validation_fraction)[1]
     assert task.val_targets == int(val_split[1:].sum()) < len(val_split) - 1
     _, history = train.train_and_evaluate(tiny_config, str(tmp_path / "run"), log=lambda _: None)
     assert len(history) == 2 and all(np.isfinite(m.train_loss) for m in history)
@@ -111,10 +114,10 @@ def test_non_ascii_dialogs_train_and_chat(tmp_path, tiny_config):
     assert history[-1].val_acc > 0.9
     model = trained.load_trained(tmp_path / "run", log=lambda _: None)
     assert "你" in model.vocab.chars and "é" in model.vocab.chars
-    generator = sampling.Generator(
+    generator = generation.Generator(
         model.model, model.params, model.vocab, sampling.SamplingConfig()
     )
-    session = chat.ChatSession(generator, data.SYSTEM_PROMPT)
+    session = chat.ChatSession(generator, dialogs.SYSTEM_PROMPT)
     assert session.answer("你好") == "こんにちは"
     assert session.answer("café?") == "très bien"
 

@@ -8,10 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from tinytx_jax import data, trained
-from tinytx_jax.decode_slots import DecodeSlots, Request, held_back, stop_prefixes
+from tinytx_jax import dialogs, vocabulary
+from tinytx_jax.inference import trained
+from tinytx_jax.inference.decode_slots import DecodeSlots, Request, held_back, stop_prefixes
+from tinytx_jax.inference.generation import Generator
+from tinytx_jax.inference.sampling import SamplingConfig
 from tinytx_jax.model import ModelConfig, TinyTransformer
-from tinytx_jax.sampling import Generator, SamplingConfig
 
 QUESTIONS = ("hi", "what is 2+2?", "what color is the sky?", "hello", "hi there")
 
@@ -56,14 +58,14 @@ def engine(model):
 
 def test_replies_decoded_together_equal_the_repl_replies(model, engine):
     generator = Generator(model.model, model.params, model.vocab, SamplingConfig())
-    prompts = [data.render_prompt(q) for q in QUESTIONS * 4]  # 20 requests, 8 slots
+    prompts = [dialogs.render_prompt(q) for q in QUESTIONS * 4]  # 20 requests, 8 slots
     expected = [generator.reply(p)[0] for p in prompts]
     submitted = [submit(engine, model.vocab.encode(p)) for p in prompts]
     for (request, reply), want in zip(submitted, expected, strict=True):
         assert reply.done.wait(60)
         assert (reply.text, reply.finish) == (want, "stop")
         if "<" not in want:  # (an untrained question may get a garbled tag, held back a while)
-            assert request.completion_tokens == len(want) + len(data.ASSISTANT_END)
+            assert request.completion_tokens == len(want) + len(dialogs.ASSISTANT_END)
             assert "<" not in "".join(reply.pieces)  # the end tag is never streamed, even in part
             assert len(reply.pieces) == len(want) + 1  # one piece per character, then the end
     assert expected[:3] == ["hello!", "4", "blue"]
@@ -71,7 +73,7 @@ def test_replies_decoded_together_equal_the_repl_replies(model, engine):
 
 
 def test_a_seeded_reply_does_not_depend_on_other_requests(model, engine):
-    prompt = model.vocab.encode(data.render_prompt("hi"))
+    prompt = model.vocab.encode(dialogs.render_prompt("hi"))
     sampling = {"temperature": 1.5, "top_p": 0.95, "seed": 1234}
     _, alone = submit(engine, prompt, 40, **sampling)
     assert alone.done.wait(60)
@@ -83,7 +85,7 @@ def test_a_seeded_reply_does_not_depend_on_other_requests(model, engine):
 
 
 def test_a_cancelled_request_frees_its_slot(model, engine):
-    prompt = model.vocab.encode(data.render_prompt("hi"))
+    prompt = model.vocab.encode(dialogs.render_prompt("hi"))
     request, reply = submit(engine, prompt, 4000, temperature=2.0, seed=3)
     request.cancelled = True
     _, other = submit(engine, prompt)
@@ -92,11 +94,38 @@ def test_a_cancelled_request_frees_its_slot(model, engine):
     assert engine.in_flight == 0
 
 
+def test_any_prompt_length_and_setting_gives_the_repls_reply():
+    """A property over random prompt lengths (within and beyond max_len), temperatures,
+    top-p and seeds: the engine's reply is the REPL generator's, token for token."""
+    config = ModelConfig(vocab_size=11, d_model=16, max_len=32)
+    model = TinyTransformer(config)
+    params = model.init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
+    vocab = vocabulary.Vocabulary("abcdefghijk")
+    engine = DecodeSlots(model, params, vocab, slots=4, stop_texts=())
+    rng = np.random.default_rng(0)
+    try:
+        cases = []
+        for _ in range(12):
+            prompt = rng.integers(0, 11, rng.integers(1, 80))
+            temperature = float(rng.choice([0.0, 0.7, 1.3]))
+            top_p, seed = float(rng.choice([0.0, 0.5, 1.0])), int(rng.integers(0, 1000))
+            cfg = SamplingConfig(temperature, 0, top_p, seed, max_new_tokens=40)
+            want, _ = Generator(model, params, vocab, cfg, stop_texts=()).generate_tokens(prompt)
+            sampling = {"temperature": temperature, "top_p": top_p, "seed": seed}
+            cases.append((submit(engine, prompt, 40, **sampling)[1], vocab.decode(want)))
+        for reply, want in cases:
+            assert reply.done.wait(60) and reply.text == want
+    finally:
+        engine.close()
+
+
 def test_contexts_longer_than_max_len_go_on_after_a_shift():
     config = ModelConfig(vocab_size=11, d_model=16, max_len=32)
     model = TinyTransformer(config)
     params = model.init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
-    engine = DecodeSlots(model, params, data.Vocabulary("abcdefghijk"), slots=2, stop_texts=())
+    engine = DecodeSlots(
+        model, params, vocabulary.Vocabulary("abcdefghijk"), slots=2, stop_texts=()
+    )
     try:
         long_prompt, short_prompt = np.arange(50) % 11, np.arange(5)
         long_request, long_reply = submit(engine, long_prompt, 10, temperature=1.0)
@@ -114,10 +143,10 @@ def test_contexts_longer_than_max_len_go_on_after_a_shift():
     [("hello!", 0), ("hello!<", 1), ("hello!</assis", 7), ("a<b", 0), ("x<eo", 3), ("<", 1)],
 )
 def test_only_what_could_become_a_tag_is_held_back(text, held):
-    assert held_back(text, stop_prefixes(data.TAGS)) == held
+    assert held_back(text, stop_prefixes(dialogs.TAGS)) == held
 
 
 def test_a_request_that_does_not_stream_gets_its_reply_in_one_piece(model, engine):
-    _, reply = submit(engine, model.vocab.encode(data.render_prompt("hi")), stream=False)
+    _, reply = submit(engine, model.vocab.encode(dialogs.render_prompt("hi")), stream=False)
     assert reply.done.wait(60)
     assert reply.pieces == ["hello!"] and reply.finish == "stop"

@@ -7,12 +7,16 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default, dialogs
-from tinytx_jax import chat, corpus, data, evaluation, exact_match, metrics, sampling, split, train
-from tinytx_jax import trained as trained_model
+from configs import default
+from configs import dialogs as dialogs_config
+from tinytx_jax import dialogs, vocabulary
 from tinytx_jax.configuration import ConfigError
-from tinytx_jax.steps import draw_window_starts
-from tinytx_jax.task import build_task
+from tinytx_jax.data import corpus, split, windows
+from tinytx_jax.inference import chat, evaluation, generation, sampling
+from tinytx_jax.inference import trained as trained_model
+from tinytx_jax.training import exact_match, metrics, train
+from tinytx_jax.training.steps import draw_window_starts
+from tinytx_jax.training.task import build_task
 
 EXAMPLES = "examples/dialogs.jsonl"
 
@@ -23,17 +27,17 @@ def quiet(_):
 
 def test_conversation_offsets_point_at_each_conversation():
     conversations = corpus.load_corpus(EXAMPLES, 1).conversations
-    text, _ = data.render_conversations(conversations, 3)
-    offsets = data.conversation_offsets(conversations, 3)
+    text, _ = dialogs.render_conversations(conversations, 3)
+    offsets = dialogs.conversation_offsets(conversations, 3)
     assert len(offsets) == 3 * len(conversations)
     assert all(text.startswith("<system>", int(o)) for o in offsets)
     assert text.count("<system>") == len(offsets)
 
 
 def test_reply_is_cut_at_the_first_tag():
-    assert data.cut_at_tag("hello!</assistant>\n<eot>") == "hello!"
-    assert data.cut_at_tag("hi<eot>\n<system>x</system>") == "hi"
-    assert data.cut_at_tag("a < b and c>d") == "a < b and c>d"
+    assert dialogs.cut_at_tag("hello!</assistant>\n<eot>") == "hello!"
+    assert dialogs.cut_at_tag("hi<eot>\n<system>x</system>") == "hi"
+    assert dialogs.cut_at_tag("a < b and c>d") == "a < b and c>d"
 
 
 def test_window_starts_come_from_the_given_starts():
@@ -61,19 +65,19 @@ def test_conversation_windows_train_on_conversation_starts_only(small_config):
 
 def test_heldout_conversations_are_whole_fixed_and_never_trained(small_config):
     loaded = corpus.load_corpus(EXAMPLES, 5)
-    vocab = data.Vocabulary.from_text(loaded.text)
+    vocab = vocabulary.Vocabulary.from_text(loaded.text)
     parts = split.split_corpus(loaded, vocab, "conversations", 0.25, 5)
     again = split.split_corpus(loaded, vocab, "conversations", 0.25, 5)
     assert parts.heldout_conversations == again.heldout_conversations
     assert len(parts.heldout_conversations) == 2  # round(8 * 0.25)
     assert set(parts.heldout_conversations).isdisjoint(parts.train_conversations)
     assert len(parts.heldout_conversations) + len(parts.train_conversations) == 8
-    held_text, _ = data.render_conversations(parts.heldout_conversations)
+    held_text, _ = dialogs.render_conversations(parts.heldout_conversations)
     assert vocab.decode(parts.val_tokens) == held_text  # once, not repeated
-    train_text, _ = data.render_conversations(parts.train_conversations, 5)
+    train_text, _ = dialogs.render_conversations(parts.train_conversations, 5)
     assert vocab.decode(parts.train_tokens) == train_text
     for conversation in parts.heldout_conversations:
-        assert data.render_conversations((conversation,))[0] not in train_text
+        assert dialogs.render_conversations((conversation,))[0] not in train_text
 
 
 @pytest.mark.parametrize(
@@ -105,10 +109,12 @@ def test_generation_stops_at_any_stop_text():
     model, params = random_model()
     prompt = np.arange(10, dtype=np.int32)
     cfg = sampling.SamplingConfig(max_new_tokens=30)
-    free, _ = sampling.Generator(model, params, vocab(), cfg, stop_texts=()).generate_tokens(prompt)
+    free, _ = generation.Generator(model, params, vocab(), cfg, stop_texts=()).generate_tokens(
+        prompt
+    )
     stop = vocab().decode(free[6:8])
     never = "zzzzz"  # a text that does not occur stops nothing
-    generator = sampling.Generator(model, params, vocab(), cfg, stop_texts=(never, stop))
+    generator = generation.Generator(model, params, vocab(), cfg, stop_texts=(never, stop))
     stopped, _ = generator.generate_tokens(prompt)
     first = vocab().decode(free).find(stop)
     np.testing.assert_array_equal(stopped, free[: first + 2])
@@ -119,7 +125,7 @@ def test_generation_stops_at_any_stop_text():
 def dialogs_run(tmp_path_factory):
     """configs/dialogs.py on the example dialogs, every epoch checkpointed."""
     workdir = tmp_path_factory.mktemp("dialogs")
-    config = dialogs.get_config()
+    config = dialogs_config.get_config()
     config.data_path = EXAMPLES
     config.steps_per_epoch = 4  # short epochs: the turns come right one by one
     config.epochs = 40
@@ -155,8 +161,8 @@ def test_on_device_exact_match_equals_greedy_chat_replies(dialogs_run):
             conversations, model.vocab, model.model.config.max_len, config.max_new_tokens
         )
         check = exact_match.make_turn_check(model.model, batch.num_turns)
-        verdicts = np.asarray(check(store_params, *data.grouped_rows(batch.arrays)))
-        generator = sampling.Generator(
+        verdicts = np.asarray(check(store_params, *windows.grouped_rows(batch.arrays)))
+        generator = generation.Generator(
             model.model, store_params, model.vocab, chat.sampling_config(config)
         )
         session = chat.ChatSession(generator, config.system_prompt, notices=io.StringIO())
@@ -176,14 +182,13 @@ def _params_at(workdir, epoch, model):
 
     store = checkpoint.CheckpointStore(workdir, read_only=True)
     try:
-        abstract = trained_model._abstract_state(store.read_meta(epoch))
-        return store.restore(epoch, checkpoint.abstract_like(abstract)).params
+        return store.restore_params(epoch, trained_model.abstract_params(store.read_meta(epoch)))
     finally:
         store.close()
 
 
 def test_eval_reports_training_and_heldout_exact_match_apart(tmp_path):
-    config = dialogs.get_config()
+    config = dialogs_config.get_config()
     config.data_path = EXAMPLES
     config.validation_split = "conversations"
     config.validation_fraction = 0.25
@@ -195,7 +200,7 @@ def test_eval_reports_training_and_heldout_exact_match_apart(tmp_path):
     assert all(m.val_exact_match is not None for m in history)
     assert "val_exact_match=" in next(ln for ln in lines if ln.startswith("Epoch 6,"))
     model = trained_model.load_trained(tmp_path, "latest", log=quiet)
-    generator = sampling.Generator(
+    generator = generation.Generator(
         model.model, model.params, model.vocab, chat.sampling_config(config)
     )
     session = chat.ChatSession(generator, config.system_prompt)
@@ -229,9 +234,15 @@ def test_chat_with_history_answers_every_turn_as_eval_asks_it(dialogs_run):
     model = trained_model.load_trained(workdir, "best", log=quiet)
     config = model.config
     for conversation in corpus.load_corpus(EXAMPLES, 1).conversations:
-        generator = sampling.Generator(
+        generator = generation.Generator(
             model.model, model.params, model.vocab, chat.sampling_config(config)
         )
         session = chat.ChatSession(generator, conversation.system, keep_history=True)
         replies = [session.answer(user) for user, _ in conversation.turns]
         assert replies == [expected for _, expected in conversation.turns]
+
+
+def test_the_fitted_block_size_leaves_the_given_config_alone(small_config):
+    small_config.update(data_path=EXAMPLES, window_start="conversation", block_size=0)
+    task = build_task(small_config)
+    assert small_config.block_size == 0 and task.config.block_size > 0

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from configs import fast
-from tinytx_jax import feeding, parallel, train
+from tinytx_jax import parallel
+from tinytx_jax.data import feeding
+from tinytx_jax.training import train
 
 
 class FakeDevice:

@@ -7,7 +7,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from tests.conftest import run_main
-from tinytx_jax import metrics, train
+from tinytx_jax.training import metrics, train
 
 
 def read_events(directory):

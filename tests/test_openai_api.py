@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tinytx_jax import openai_api
-from tinytx_jax.openai_api import ApiError
+from tinytx_jax.serving import openai_api
+from tinytx_jax.serving.openai_api import ApiError
 
 DEFAULTS = openai_api.Defaults(max_tokens=200, max_tokens_limit=4096, temperature=0.0, top_p=1.0)
 

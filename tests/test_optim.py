@@ -7,10 +7,10 @@ import optax
 import pytest
 
 from configs import default
-from tinytx_jax import optim, train
-from tinytx_jax.metrics import EpochMetrics
-from tinytx_jax.steps import make_end_epoch
-from tinytx_jax.task import build_task
+from tinytx_jax.training import optim, train
+from tinytx_jax.training.metrics import EpochMetrics
+from tinytx_jax.training.steps import make_end_epoch
+from tinytx_jax.training.task import build_task
 
 
 @pytest.mark.parametrize(

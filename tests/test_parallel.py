@@ -3,7 +3,7 @@
 import numpy as np
 
 from tests.conftest import run_main
-from tinytx_jax import metrics
+from tinytx_jax.training import metrics
 
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 SHORT_FAST = [

@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinytx_jax import optim
 from tinytx_jax.model import ModelConfig, TinyTransformer
-from tinytx_jax.state import init_train_state
-from tinytx_jax.steps import cross_entropy, train_step
+from tinytx_jax.scoring import cross_entropy
+from tinytx_jax.training import optim
+from tinytx_jax.training.state import init_train_state
+from tinytx_jax.training.steps import train_step
 
 VOCAB = 11
 

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from tinytx_jax import corpus, data, token_cache
+from tinytx_jax import dialogs, vocabulary
+from tinytx_jax.data import corpus, token_cache
 
 
 @pytest.fixture
@@ -29,16 +30,16 @@ def test_a_rerun_reads_the_tokens_back_and_a_changed_file_is_encoded_again(tmp_p
     first = corpus.load_corpus(str(path), 1)
     again = corpus.load_corpus(str(path), 1)
     assert (first.from_cache, again.from_cache) == (False, True)
-    vocab = data.Vocabulary.from_text(text)
+    vocab = vocabulary.Vocabulary.from_text(text)
     assert again.encoded.chars == vocab.chars
     assert np.array_equal(again.encoded.tokens, vocab.encode(text))
     assert again.encoded.tokens.dtype == np.uint16 and again.length == len(text)
-    assert again.fingerprint == first.fingerprint == data.corpus_fingerprint(text)
+    assert again.fingerprint == first.fingerprint == dialogs.corpus_fingerprint(text)
     path.write_text(text + "more", encoding="utf-8")
     os.utime(path, ns=(1, 1))  # even with a clock that did not move, the size differs
     changed = corpus.load_corpus(str(path), 1)
     assert not changed.from_cache and changed.length == len(text) + 4
-    assert changed.fingerprint == data.corpus_fingerprint(text + "more")
+    assert changed.fingerprint == dialogs.corpus_fingerprint(text + "more")
 
 
 def test_an_unusable_cache_only_costs_time(tmp_path, cache_dir, monkeypatch):

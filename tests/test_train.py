@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from configs import default
-from tinytx_jax import configuration, train
-from tinytx_jax import task as task_module
-from tinytx_jax.metrics import EpochMetrics, format_epoch_line
-from tinytx_jax.steps import make_evaluate, make_train_epoch
-from tinytx_jax.task import build_task
+from tinytx_jax import configuration
+from tinytx_jax.scoring import make_evaluate
+from tinytx_jax.training import task as task_module
+from tinytx_jax.training import train
+from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
+from tinytx_jax.training.steps import make_train_epoch
+from tinytx_jax.training.task import build_task
 
 LINE = re.compile(
     r"^Epoch (\d+), train_loss=\d+\.\d{4} val_loss=\d+\.\d{4} "

@@ -178,24 +178,42 @@ class CheckpointStore:
         )
         return restored["state"]
 
+    def restore_params(self, epoch: int, abstract_params: Any) -> Any:
+        """Only the parameters of the saved train state (a partial restore: the optimiser
+        moments are never read), for chat, eval and serving."""
+        checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+        target = {"params": abstract_params}
+        restored = checkpointer.restore(
+            self.directory / str(epoch) / "state",
+            args=ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,
+            ),
+        )
+        return restored["params"]
+
     def restore_first_readable(
         self,
         order: list[int],
         target_for_meta: Callable[[dict], Any],
         log: Callable[[str], None],
+        params_only: bool = False,
     ) -> tuple[int, Any, dict]:
         """Restore the first checkpoint in `order` that reads back whole.
 
-        `target_for_meta` checks a checkpoint's meta and returns the abstract state to
-        restore into. An unreadable checkpoint (truncated, deleted files) is reported and
-        skipped; an unknown schema, or a meta that `target_for_meta` rejects with a
-        CheckpointError, stops with that reason.
+        `target_for_meta` checks a checkpoint's meta and returns the abstract state (or,
+        with `params_only`, the abstract parameters) to restore into. An unreadable
+        checkpoint (truncated, deleted files) is reported and skipped; an unknown schema,
+        or a meta that `target_for_meta` rejects with a CheckpointError, stops with that
+        reason.
         """
+        restore = self.restore_params if params_only else self.restore
         problems = []
         for epoch in order:
             try:
                 meta = self.read_meta(epoch)
-                state = self.restore(epoch, target_for_meta(meta))
+                state = restore(epoch, target_for_meta(meta))
             except CheckpointError:
                 raise
             except Exception as error:  # any failure to read back means unreadable

@@ -16,23 +16,11 @@ import jax
 import ml_collections
 from absl import logging
 
-from tinytx_jax import (
-    chat,
-    checkpoint,
-    configuration,
-    corpus,
-    decode_slots,
-    evaluation,
-    metrics,
-    openai_api,
-    parallel,
-    sampling,
-    server,
-    token_cache,
-    train,
-    trained,
-    workdir_lock,
-)
+from tinytx_jax import checkpoint, configuration, parallel
+from tinytx_jax.data import corpus, token_cache
+from tinytx_jax.inference import chat, decode_slots, evaluation, generation, trained
+from tinytx_jax.serving import openai_api, server, service
+from tinytx_jax.training import metrics, train, workdir_lock
 
 MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot", "serve")
 EXPECTED_ERRORS = (
@@ -172,7 +160,7 @@ def use_checkpoint(
         return
     if plain_text and mode == "chat":
         fail(f"{workdir} holds a model of plain text, not dialogs: use --mode=sample")
-    generator = sampling.Generator(
+    generator = generation.Generator(
         model.model, model.params, model.vocab, chat.sampling_config(config)
     )
     session = chat.ChatSession(generator, config.system_prompt, config.chat_history)
@@ -212,9 +200,9 @@ def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Li
         temperature=chat.sampling_config(config).temperature,
         top_p=config.top_p,
     )
-    settings = server.ServeSettings(listen.api_key, defaults, config.system_prompt)
+    settings = service.ServeSettings(listen.api_key, defaults, config.system_prompt)
     name = Path(workdir).expanduser().resolve().name
-    server.serve(server.ChatService(model, engine, settings, name), sock)
+    server.serve(service.ChatService(model, engine, settings, name), sock)
 
 
 def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, prompt: str | None):
@@ -226,7 +214,7 @@ def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, promp
     tokens = model.vocab.encode(prompt)
     if not len(tokens):
         fail(NO_USABLE_PROMPT)
-    generator = sampling.Generator(
+    generator = generation.Generator(
         model.model,
         model.params,
         model.vocab,

@@ -120,7 +120,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     )
     for name in ("adam_b1", "adam_b2"):
         _require(0.0 <= config[name] < 1.0, f"config.{name} must be in [0, 1), got {config[name]}")
-    _require(0.0 < config.top_p <= 1.0, f"config.top_p must be in (0, 1], got {config.top_p}")
+    _require(0.0 <= config.top_p <= 1.0, f"config.top_p must be in [0, 1], got {config.top_p}")
     _require(
         config.checkpoint in CHECKPOINT_CHOICES,
         f"config.checkpoint must be one of {CHECKPOINT_CHOICES}, got {config.checkpoint!r}",

@@ -1,4 +1,9 @@
-"""Loads a trained model for chat and eval from its checkpoint alone, not from flags."""
+"""Loads a trained model for chat, eval and serving: its parameters and meta, nothing else.
+
+The checkpoint's meta says how to rebuild the model and its vocabulary; only the
+parameters are read from the saved train state (no optimiser is built or restored), so
+using a model needs neither the training code nor its config.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
-from tinytx_jax import checkpoint, data
+from tinytx_jax import checkpoint
 from tinytx_jax.model import ModelConfig, TinyTransformer
-from tinytx_jax.state import TrainState, abstract_train_state
+from tinytx_jax.vocabulary import Vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +27,7 @@ class TrainedModel:
 
     model: TinyTransformer
     params: Any
-    vocab: data.Vocabulary
+    vocab: Vocabulary
     meta: dict
     epoch: int
 
@@ -46,14 +53,19 @@ def load_trained(
             )
         preferred = store.best_step() if which == "best" else steps[-1]
         order = [preferred, *(step for step in reversed(steps) if step != preferred)]
-        epoch, state, meta = store.restore_first_readable(order, _abstract_state, log)
+        epoch, params, meta = store.restore_first_readable(
+            order, abstract_params, log, params_only=True
+        )
     finally:
         store.close()
     model = TinyTransformer(ModelConfig(**meta["model"]))
-    return TrainedModel(model, state.params, data.Vocabulary(meta["vocab"]), meta, epoch)
+    return TrainedModel(model, params, Vocabulary(meta["vocab"]), meta, epoch)
 
 
-def _abstract_state(meta: dict) -> TrainState:
-    return abstract_train_state(
-        ml_collections.ConfigDict(meta["config"]), ModelConfig(**meta["model"])
-    )
+def abstract_params(meta: dict) -> Any:
+    """The parameters' shapes and dtypes for the model a checkpoint's meta describes."""
+    model = TinyTransformer(ModelConfig(**meta["model"]))
+    dummy_1xL = jnp.zeros((1, model.config.max_len), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_1xL)["params"])
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)

@@ -17,23 +17,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tinytx_jax import (
-    checkpoint,
-    configuration,
-    corpus,
-    exact_match,
-    interrupt,
-    metrics,
-    optim,
-    parallel,
-    progress,
-    workdir_lock,
-)
-from tinytx_jax import resume as resuming
-from tinytx_jax.metrics import EpochMetrics, format_epoch_line
-from tinytx_jax.state import TrainState, count_params
-from tinytx_jax.steps import make_end_epoch, make_evaluate
-from tinytx_jax.task import Task, build_task, long_conversations, rows_on_devices
+from tinytx_jax import checkpoint, configuration, interrupt, parallel
+from tinytx_jax.data import corpus
+from tinytx_jax.scoring import make_evaluate
+from tinytx_jax.training import exact_match, metrics, optim, profiling, progress, workdir_lock
+from tinytx_jax.training import resume as resuming
+from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
+from tinytx_jax.training.state import TrainState, count_params
+from tinytx_jax.training.steps import make_end_epoch
+from tinytx_jax.training.task import Task, build_task, long_conversations, rows_on_devices
 
 
 class TrainingError(RuntimeError):
@@ -155,6 +147,7 @@ def _train_in(
     config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None]
 ) -> tuple[TrainState, list[EpochMetrics]]:
     task = build_task(config)
+    config = task.config
     if not config.resume:
         moved = parallel.primary_then_all("set_aside", lambda: checkpoint.set_aside(workdir))
         if moved:
@@ -184,7 +177,8 @@ def _run_epochs(
     start = time.perf_counter()
     steps = compile_steps(task, config, state)
     if config.profile_steps:
-        log(f"Wrote a profile of {config.profile_steps} steps to {profile(task, config, workdir)}")
+        traced = profiling.profile(task, config, workdir)
+        log(f"Wrote a profile of {config.profile_steps} steps to {traced}")
     log(
         f"Training with JAX on {jax.devices()[0].platform}"
         f"{f' x {jax.device_count()}' if jax.device_count() > 1 else ''} "
@@ -296,15 +290,3 @@ def _run_epochs(
     if primary:
         log(f"Curves: {metrics.plot_curves(workdir)}")
     return state, history
-
-
-def profile(task: Task, config: ml_collections.ConfigDict, workdir: str) -> str:
-    """A `jax.profiler` trace of `profile_steps` compiled steps, on a throwaway state."""
-    steps = task.make_train_epoch(config, config.profile_steps)
-    state, loss = steps(task.initial_state(config.seed), *task.train_data(0))
-    loss.block_until_ready()  # compiled outside the trace
-    directory = str(checkpoint.checkpoint_dir(workdir).parent / "profile")
-    with jax.profiler.trace(directory):
-        _, loss = steps(state, *task.train_data(0))
-        loss.block_until_ready()
-    return directory

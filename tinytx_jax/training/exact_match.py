@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinytx_jax import data
+from tinytx_jax import dialogs, vocabulary
 from tinytx_jax.model import TinyTransformer
 
 
@@ -38,13 +38,13 @@ class TurnBatch:
     @property
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The rows `make_turn_check`'s function takes after the parameters, once grouped
-        (`data.grouped_rows`: its zero padding is "no reply" here too)."""
+        (`windows.grouped_rows`: its zero padding is "no reply" here too)."""
         return self.inputs_CxL, self.targets_CxL, self.turn_ids_CxL
 
 
 def turn_batch(
-    conversations: tuple[data.Conversation, ...],
-    vocab: data.Vocabulary,
+    conversations: tuple[dialogs.Conversation, ...],
+    vocab: vocabulary.Vocabulary,
     max_len: int,
     max_new_tokens: int,
 ) -> TurnBatch:
@@ -52,14 +52,14 @@ def turn_batch(
     rows, row_turns, possible = [], [], []
     for conversation in conversations:
         tokens, turns = [], []
-        for piece, is_reply in data.conversation_segments(conversation):
+        for piece, is_reply in dialogs.conversation_segments(conversation):
             encoded = vocab.encode(piece)
             tokens.extend(encoded.tolist())
             turns.extend([len(possible) + 1 if is_reply else 0] * len(encoded))
             if is_reply:
-                reply = piece[: -len(data.ASSISTANT_END)]
+                reply = piece[: -len(dialogs.ASSISTANT_END)]
                 possible.append(
-                    data.cut_at_tag(reply) == reply
+                    dialogs.cut_at_tag(reply) == reply
                     and len(encoded) <= max_new_tokens
                     and len(tokens) - 1 <= max_len  # the end tag's position is still predicted
                 )

@@ -13,9 +13,10 @@ import dataclasses
 
 import numpy as np
 
-from tinytx_jax import data
+from tinytx_jax import dialogs, vocabulary
 from tinytx_jax.configuration import ConfigError
-from tinytx_jax.corpus import DIALOGS, Corpus
+from tinytx_jax.data import windows
+from tinytx_jax.data.corpus import DIALOGS, Corpus
 
 HELDOUT_PERMUTATION_SEED = 0
 
@@ -30,8 +31,8 @@ class Split:
     val_tokens: np.ndarray  # [M] int32
     val_mask: np.ndarray  # [M] uint8
     val_starts: np.ndarray  # where whole conversations start in val_tokens (dialogs only)
-    train_conversations: tuple[data.Conversation, ...]  # distinct, before repetition
-    heldout_conversations: tuple[data.Conversation, ...]  # empty for the tail split
+    train_conversations: tuple[dialogs.Conversation, ...]  # distinct, before repetition
+    heldout_conversations: tuple[dialogs.Conversation, ...]  # empty for the tail split
 
     def validation_chunks(
         self, block_size: int, replies_only: bool, aligned: bool
@@ -44,8 +45,8 @@ class Split:
         """
         mask = self.val_mask if replies_only else None
         if aligned:
-            return data.conversation_chunks(self.val_tokens, self.val_starts, block_size, mask)
-        return data.validation_chunks(self.val_tokens, block_size, mask)
+            return windows.conversation_chunks(self.val_tokens, self.val_starts, block_size, mask)
+        return windows.validation_chunks(self.val_tokens, block_size, mask)
 
 
 def heldout_indices(count: int, validation_fraction: float) -> np.ndarray:
@@ -57,7 +58,7 @@ def heldout_indices(count: int, validation_fraction: float) -> np.ndarray:
 
 def split_corpus(
     corpus: Corpus,
-    vocab: data.Vocabulary,
+    vocab: vocabulary.Vocabulary,
     validation_split: str,
     validation_fraction: float,
     repeat: int,
@@ -65,9 +66,9 @@ def split_corpus(
     """Split `corpus` (already rendered with `repeat`) as `validation_split` says."""
     if validation_split == "tail":
         tokens = corpus.encoded.tokens if corpus.encoded else vocab.encode(corpus.text)
-        train_tokens, val_tokens = data.split_tokens(tokens, validation_fraction)
-        train_mask, val_mask = data.split_tokens(corpus.reply_mask, validation_fraction)
-        starts = data.conversation_offsets(corpus.conversations, repeat)
+        train_tokens, val_tokens = windows.split_tokens(tokens, validation_fraction)
+        train_mask, val_mask = windows.split_tokens(corpus.reply_mask, validation_fraction)
+        starts = dialogs.conversation_offsets(corpus.conversations, repeat)
         cutoff = len(train_tokens)
         return Split(
             train_tokens,
@@ -93,15 +94,15 @@ def split_corpus(
     held = set(heldout_indices(count, validation_fraction).tolist())
     train = tuple(c for i, c in enumerate(corpus.conversations) if i not in held)
     heldout = tuple(c for i, c in enumerate(corpus.conversations) if i in held)
-    train_text, train_mask = data.render_conversations(train, repeat)
-    val_text, val_mask = data.render_conversations(heldout)
+    train_text, train_mask = dialogs.render_conversations(train, repeat)
+    val_text, val_mask = dialogs.render_conversations(heldout)
     return Split(
         vocab.encode(train_text),
         train_mask,
-        data.conversation_offsets(train, repeat),
+        dialogs.conversation_offsets(train, repeat),
         vocab.encode(val_text),
         val_mask,
-        data.conversation_offsets(heldout),
+        dialogs.conversation_offsets(heldout),
         train,
         heldout,
     )

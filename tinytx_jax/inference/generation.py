@@ -13,7 +13,6 @@ recent `max_len` tokens by a full forward pass, exactly as the uncached seed did
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -22,45 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinytx_jax.data import TAGS, Vocabulary, cut_at_tag
+from tinytx_jax.dialogs import TAGS, cut_at_tag
+from tinytx_jax.inference.sampling import SamplingConfig, pick, usable_stop_texts
 from tinytx_jax.model import TinyTransformer
+from tinytx_jax.vocabulary import Vocabulary
 
 MIN_BUCKET = 32
 BUCKET_STEP = 32
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    """How tokens are picked; temperature 0 means greedy (the seed's decoding)."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    max_new_tokens: int = 200
-
-
-def sample_logits(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
-    """One token id from `[vocab]` logits: greedy, or tempered with top-k / top-p."""
-    if cfg.temperature == 0.0 or cfg.top_k == 1:
-        return jnp.argmax(logits).astype(jnp.int32)
-    logits = logits.astype(jnp.float32) / cfg.temperature
-    if 0 < cfg.top_k < logits.shape[-1]:
-        kth_largest = jax.lax.top_k(logits, cfg.top_k)[0][-1]
-        logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
-    if cfg.top_p < 1.0:
-        order = jnp.argsort(-logits)
-        probs = jax.nn.softmax(logits[order])
-        mass_before = jnp.cumsum(probs) - probs
-        keep_sorted = mass_before < cfg.top_p  # always keeps the most likely token
-        keep = jnp.zeros_like(keep_sorted).at[order].set(keep_sorted)
-        logits = jnp.where(keep, logits, -jnp.inf)
-    return jax.random.categorical(key, logits).astype(jnp.int32)
-
-
-def usable_stop_texts(stop_texts: tuple[str, ...], vocab: Vocabulary) -> tuple[str, ...]:
-    """The stop texts a model of `vocab` can produce at all."""
-    return tuple(t for t in stop_texts if t and not vocab.unknown_chars(t))
 
 
 def bucket_length(length: int, max_len: int) -> int:
@@ -95,12 +62,13 @@ def make_generate(
     bucket: int,
     stop_tokens: tuple[tuple[int, ...], ...],
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """A jitted `(params, cache, prompt, start, prompt_len, key, call) -> (buffer, end)`.
+    """A jitted `(params, cache, prompt, start, prompt_len, seed) -> (buffer, end)`.
 
     `prompt` holds the whole prompt, right-padded to `max_len + max_new_tokens`; the KV
     `cache` already holds positions `[0, start)` (a cached prefix, or nothing when
     `start` is 0), and `prompt[start : start + bucket]` is prefilled on top of it.
-    `call` numbers the calls: each draws its samples from `fold_in(key, call)`.
+    The n-th new token is drawn with `fold_in(key(seed), n)`, as the serving engine draws
+    a request's n-th token, so a seed gives the same reply in the REPL and over HTTP.
     """
     max_len = model.config.max_len
     stops = tuple(jnp.asarray(tokens, jnp.int32) for tokens in stop_tokens)
@@ -119,8 +87,8 @@ def make_generate(
         window = jax.lax.dynamic_slice_in_dim(buffer, end - max_len, max_len)
         return model.apply({"params": params}, window[None])[0, -1], cache
 
-    def generate(params, cache, buffer, start, prompt_len, key, call):
-        key = jax.random.fold_in(key, call)
+    def generate(params, cache, buffer, start, prompt_len, seed):
+        key = jax.random.key(seed)
         # The buffer holds max_len + max_new_tokens, so the bucket never needs clamping.
         chunk = jax.lax.dynamic_slice_in_dim(buffer, start, bucket)
         logits, variables = model.apply(
@@ -129,8 +97,7 @@ def make_generate(
 
         def step(carry, next_logits):
             end, logits, cache, buffer, key, _ = carry
-            key, sample_key = jax.random.split(key)
-            token = sample_logits(logits, sample_key, cfg)
+            token = pick(logits, jax.random.fold_in(key, end - prompt_len), cfg)
             buffer = buffer.at[end].set(token)
             end = end + 1
             done = _generated_a_stop(buffer, end, prompt_len, stops)
@@ -181,8 +148,7 @@ class Generator:
         self.stop_tokens = tuple(
             tuple(int(t) for t in vocab.encode(text)) for text in self.stop_texts
         )
-        self.key = jax.random.key(cfg.seed)
-        self.calls = 0
+        self.calls = 0  # the c-th reply (from 0) samples with seed cfg.seed + c
         self._lock = threading.Lock()
         self._compiled: dict[int, Callable[..., tuple[jax.Array, jax.Array]]] = {}
         self._empty_cache: Any = None
@@ -229,7 +195,7 @@ class Generator:
             self._prefix_cache = variables["cache"]
         return len(prefix), self._prefix_cache
 
-    def _run(self, prompt: np.ndarray, call: int) -> tuple[np.ndarray, bool]:
+    def _run(self, prompt: np.ndarray, seed: int) -> tuple[np.ndarray, bool]:
         max_len = self.model.config.max_len
         cut_prompt = len(prompt) > max_len
         prompt = prompt[-max_len:]
@@ -239,7 +205,9 @@ class Generator:
             start, cache = self._start_and_cache(prompt)
             bucket = bucket_length(len(prompt) - start, max_len - start)
             generate = self.compiled(bucket)
-            out, end = generate(self.params, cache, buffer, start, len(prompt), self.key, call)
+            out, end = generate(
+                self.params, cache, buffer, start, len(prompt), np.uint32(seed % 2**32)
+            )
         # Host sync: the reply's tokens come back once, after the whole decode loop.
         end = int(end)
         # Cut: the prompt did not fit, or the reply went on past max_len (the last
@@ -249,7 +217,7 @@ class Generator:
     def generate_tokens(self, prompt: np.ndarray) -> tuple[np.ndarray, bool]:
         """New token ids after `prompt`, and whether the context had to be cut to fit."""
         self.calls += 1
-        return self._run(prompt, self.calls)
+        return self._run(prompt, self.cfg.seed + self.calls - 1)
 
     def warm_up(self, prompt_text: str) -> None:
         """Compile for prompts like `prompt_text` without drawing from the sample stream."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from tinytx_jax import corpus, data, split
-from tinytx_jax.chat import ChatSession
-from tinytx_jax.steps import make_evaluate
-from tinytx_jax.trained import TrainedModel
+from tinytx_jax import dialogs
+from tinytx_jax.data import corpus, split, windows
+from tinytx_jax.inference.chat import ChatSession
+from tinytx_jax.inference.trained import TrainedModel
+from tinytx_jax.scoring import make_evaluate
 
 Miss = tuple[str, str, str]  # (user, got, expected)
 
@@ -39,7 +40,7 @@ class EvalReport:
     heldout: TurnScore | None  # None unless whole conversations were held out
 
 
-def score_turns(session: ChatSession, conversations: tuple[data.Conversation, ...]) -> TurnScore:
+def score_turns(session: ChatSession, conversations: tuple[dialogs.Conversation, ...]) -> TurnScore:
     """Ask every assistant turn after the turns before it, as chat with history would."""
     matches, misses = 0, []
     for conversation in conversations:
@@ -69,7 +70,7 @@ def evaluate_checkpoint(
         config.loss_on == "assistant",
         aligned=config.get("window_start", "any") == "conversation",
     )
-    grouped = data.grouped_rows((inputs, targets, mask))
+    grouped = windows.grouped_rows((inputs, targets, mask))
     loss, acc = make_evaluate(trained.model)(trained.params, *grouped)
     report = EvalReport(
         float(loss),

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytx_jax import data, token_cache
+from tinytx_jax import dialogs, vocabulary
+from tinytx_jax.data import token_cache
 
 DIALOGS, TEXT = "dialogs", "text"
 DIALOG_SUFFIXES = (".jsonl", ".json")
@@ -40,7 +41,7 @@ class Corpus:
     reply_mask: np.ndarray  # uint8 per character: 1 for assistant replies and their end tag
     kind: str  # DIALOGS or TEXT
     source: str
-    conversations: tuple[data.Conversation, ...]  # empty for plain text
+    conversations: tuple[dialogs.Conversation, ...]  # empty for plain text
     encoded: token_cache.EncodedText | None = None  # plain text: tokens, vocabulary, hash
     from_cache: bool = False
 
@@ -52,7 +53,7 @@ class Corpus:
     @functools.cached_property
     def fingerprint(self) -> str:
         """The text's hash, computed once per run (checkpoints and resume compare it)."""
-        return self.encoded.fingerprint if self.encoded else data.corpus_fingerprint(self.text)
+        return self.encoded.fingerprint if self.encoded else dialogs.corpus_fingerprint(self.text)
 
 
 # Peak host memory per corpus character while a run is built: the text, its UTF-32 copy
@@ -88,10 +89,10 @@ def check_fits_in_memory(characters: int, repeat: int, source: str) -> None:
     )
 
 
-def _render(conversations: tuple[data.Conversation, ...], repeat: int, source: str):
-    once = sum(data.conversation_length(c) for c in conversations)
+def _render(conversations: tuple[dialogs.Conversation, ...], repeat: int, source: str):
+    once = sum(dialogs.conversation_length(c) for c in conversations)
     check_fits_in_memory(once, repeat, source)
-    return data.render_conversations(conversations, repeat)
+    return dialogs.render_conversations(conversations, repeat)
 
 
 def data_kind(data_path: str) -> str:
@@ -102,7 +103,7 @@ def data_kind(data_path: str) -> str:
 def load_corpus(data_path: str, repeat: int) -> Corpus:
     """The built-in dialogs (empty path) or a file's; dialogs are repeated `repeat` times."""
     if not data_path:
-        conversations = data.BUILTIN_CONVERSATIONS
+        conversations = dialogs.BUILTIN_CONVERSATIONS
         text, mask = _render(conversations, repeat, "the built-in dialogs")
         return Corpus(text, mask, DIALOGS, f"builtin dialogs x {repeat}", conversations)
     path = Path(data_path)
@@ -139,10 +140,10 @@ def load_text(path: Path) -> Corpus:
 
 def check_vocabulary_size(size: int, source: str) -> None:
     """Stop on more distinct characters than uint16 tokens can name."""
-    if size > data.MAX_VOCABULARY:
+    if size > vocabulary.MAX_VOCABULARY:
         raise DataError(
             f"{source}: {size:,} distinct characters, more than the "
-            f"{data.MAX_VOCABULARY:,} a character model here takes: is it really text?"
+            f"{vocabulary.MAX_VOCABULARY:,} a character model here takes: is it really text?"
         )
 
 
@@ -169,13 +170,13 @@ def _string(record: dict, key: str, where: str) -> str:
     return value
 
 
-def _turn(record: object, where: str) -> data.Turn:
+def _turn(record: object, where: str) -> dialogs.Turn:
     if not isinstance(record, dict):
         raise DataError(f"{where}: a turn must be an object with 'user' and 'assistant'")
     return _string(record, "user", where), _string(record, "assistant", where)
 
 
-def parse_dialogs(content: str, path: Path) -> tuple[data.Conversation, ...]:
+def parse_dialogs(content: str, path: Path) -> tuple[dialogs.Conversation, ...]:
     """One conversation per non-blank line."""
     conversations = []
     for number, line in enumerate(content.splitlines(), start=1):
@@ -188,7 +189,7 @@ def parse_dialogs(content: str, path: Path) -> tuple[data.Conversation, ...]:
             raise DataError(f"{where}: not JSON ({error.msg} at column {error.colno})") from None
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        system = _string(record, "system", where) if "system" in record else data.SYSTEM_PROMPT
+        system = _string(record, "system", where) if "system" in record else dialogs.SYSTEM_PROMPT
         if "turns" in record:
             turns = record["turns"]
             if not isinstance(turns, list) or not turns:
@@ -198,5 +199,5 @@ def parse_dialogs(content: str, path: Path) -> tuple[data.Conversation, ...]:
             parsed = (_turn(record, where),)
         else:
             raise DataError(f"{where}: missing field 'turns' (or 'user' and 'assistant')")
-        conversations.append(data.Conversation(parsed, system))
+        conversations.append(dialogs.Conversation(parsed, system))
     return tuple(conversations)

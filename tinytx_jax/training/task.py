@@ -10,10 +10,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from tinytx_jax import configuration, corpus, data, exact_match, feeding, optim, parallel, split
+from tinytx_jax import configuration, dialogs, parallel, vocabulary
+from tinytx_jax.data import corpus, feeding, split, windows
 from tinytx_jax.model import TinyTransformer
-from tinytx_jax.state import TrainState, init_train_state
-from tinytx_jax.steps import StateUpdate, make_train_epoch
+from tinytx_jax.training import exact_match, optim
+from tinytx_jax.training.state import TrainState, init_train_state
+from tinytx_jax.training.steps import StateUpdate, make_train_epoch
 
 # With eval_steps, the last scheduled epoch scores the whole split up to this many targets
 # (tiny shakespeare's 111K take a second or two; 20M would take minutes).
@@ -29,7 +31,7 @@ class Task:
     plateau: optax.GradientTransformationExtraArgs
     plateau_enabled: bool
     schedule: optax.Schedule
-    vocab: data.Vocabulary
+    vocab: vocabulary.Vocabulary
     # On the devices, replicated; in host memory (numpy) when fed from the host.
     train_tokens: jax.Array | np.ndarray  # [N] uint16
     train_weights: jax.Array | np.ndarray | None  # [N] loss weights; None: every token counts
@@ -46,6 +48,7 @@ class Task:
     heldout_turns: exact_match.TurnBatch | None  # held-out turns (conversations split)
     corpus: corpus.Corpus
     mesh: jax.sharding.Mesh
+    config: ml_collections.ConfigDict  # the run's config, block_size resolved
 
     @functools.cached_property
     def _init(self):
@@ -90,11 +93,13 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
             "leave it at its default"
         )
     if not config.block_size:  # resolved here, so checkpoints and eval record the real size
-        config.block_size = fitted_block_size(text.conversations, config.max_len)
+        config = config.copy_and_resolve_references()  # the caller's config stays as given
+        with config.unlocked():
+            config.block_size = fitted_block_size(text.conversations, config.max_len)
     vocab = (
-        data.Vocabulary(text.encoded.chars)
+        vocabulary.Vocabulary(text.encoded.chars)
         if text.encoded
-        else data.Vocabulary.from_text(text.text)
+        else vocabulary.Vocabulary.from_text(text.text)
     )
     corpus.check_vocabulary_size(vocab.size, text.source)
     parts = split.split_corpus(
@@ -117,7 +122,7 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
     )
     capped = None
     if config.eval_steps and not aligned:
-        capped = data.sampled_windows(
+        capped = windows.sampled_windows(
             parts.val_tokens,
             config.eval_steps * config.batch_size,
             config.block_size,
@@ -142,9 +147,15 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
     nbytes = train_tokens.nbytes + (0 if train_weights is None else train_weights.nbytes)
     host_feed = None
     if feeding.from_host(config.get("feed", "auto"), nbytes, list(mesh.devices.flat)):
-        windows = config.steps_per_epoch * config.batch_size
+        windows_per_epoch = config.steps_per_epoch * config.batch_size
         host_feed = feeding.HostFeed(
-            train_tokens, train_weights, train_starts, windows, config.block_size, config.seed, mesh
+            train_tokens,
+            train_weights,
+            train_starts,
+            windows_per_epoch,
+            config.block_size,
+            config.seed,
+            mesh,
         )
     else:
         train_tokens, train_weights, train_starts = (
@@ -172,6 +183,7 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         heldout_turns=_turns(parts.heldout_conversations, vocab, config, model),
         corpus=text,
         mesh=mesh,
+        config=config,
     )
 
 
@@ -181,19 +193,19 @@ def rows_on_devices(
     """Evaluation rows (validation, exact match) in groups, split over the devices: each
     scores its share."""
     sharding = parallel.rows_sharded(mesh, axis=1)
-    return tuple(parallel.to_global(a, sharding) for a in data.grouped_rows(chunks, mesh.size))
+    return tuple(parallel.to_global(a, sharding) for a in windows.grouped_rows(chunks, mesh.size))
 
 
-def fitted_block_size(conversations: tuple[data.Conversation, ...], max_len: int) -> int:
+def fitted_block_size(conversations: tuple[dialogs.Conversation, ...], max_len: int) -> int:
     """A window that holds the longest conversation whole (rounded up to 16, at most
     max_len): with conversation-aligned windows, longer ones are wasted compute."""
-    longest = max(data.conversation_length(c) for c in conversations)
+    longest = max(dialogs.conversation_length(c) for c in conversations)
     return min(max_len, -(-(longest - 1) // 16) * 16)
 
 
-def long_conversations(conversations: tuple[data.Conversation, ...], block_size: int) -> int:
+def long_conversations(conversations: tuple[dialogs.Conversation, ...], block_size: int) -> int:
     """How many conversations run past a conversation-aligned window (their ends never train)."""
-    return sum(data.conversation_length(c) - 1 > block_size for c in conversations)
+    return sum(dialogs.conversation_length(c) - 1 > block_size for c in conversations)
 
 
 def window_starts(parts: split.Split, block_size: int, source: str) -> np.ndarray:
@@ -208,8 +220,8 @@ def window_starts(parts: split.Split, block_size: int, source: str) -> np.ndarra
 
 
 def _turns(
-    conversations: tuple[data.Conversation, ...],
-    vocab: data.Vocabulary,
+    conversations: tuple[dialogs.Conversation, ...],
+    vocab: vocabulary.Vocabulary,
     config: ml_collections.ConfigDict,
     model: TinyTransformer,
 ) -> exact_match.TurnBatch | None:

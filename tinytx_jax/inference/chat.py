@@ -14,8 +14,9 @@ from typing import TextIO
 
 import ml_collections
 
-from tinytx_jax import data
-from tinytx_jax.sampling import Generator, SamplingConfig
+from tinytx_jax import dialogs
+from tinytx_jax.inference.generation import Generator
+from tinytx_jax.inference.sampling import SamplingConfig
 
 with contextlib.suppress(ImportError):  # not on every platform; input() works without it
     import readline  # noqa: F401 - line editing for input(), which then prompts on stdout
@@ -64,7 +65,7 @@ class ChatSession:
         self.generator = generator
         self.notices = notices
         self.keep_history = keep_history
-        self.history: list[data.Turn] = []
+        self.history: list[dialogs.Turn] = []
         self.told_about_truncation = False
         unknown = generator.vocab.unknown_chars(system_prompt)
         if unknown:
@@ -72,7 +73,7 @@ class ChatSession:
                 f"dropped from the system prompt (not in the vocabulary): {quoted(unknown)}"
             )
         self.system_prompt = system_prompt
-        generator.cache_prefix(data.system_prefix(system_prompt))  # shared by every prompt
+        generator.cache_prefix(dialogs.system_prefix(system_prompt))  # shared by every prompt
 
     def notice(self, text: str) -> None:
         print(f"({text})", file=self.notices, flush=True)
@@ -82,15 +83,15 @@ class ChatSession:
 
         def compile_common_buckets() -> None:
             for line in ("hi", "a question of some thirty chars"):
-                self.generator.warm_up(data.render_prompt(line, self.system_prompt))
+                self.generator.warm_up(dialogs.render_prompt(line, self.system_prompt))
 
         thread = threading.Thread(target=compile_common_buckets, daemon=True)
         thread.start()
         return thread
 
-    def reply_in_context(self, user: str, system: str, history: tuple[data.Turn, ...]) -> str:
+    def reply_in_context(self, user: str, system: str, history: tuple[dialogs.Turn, ...]) -> str:
         """The reply to `user` after `history`, noticing (once) if the context was cut."""
-        reply, truncated = self.generator.reply(data.render_prompt(user, system, history))
+        reply, truncated = self.generator.reply(dialogs.render_prompt(user, system, history))
         if truncated and not self.told_about_truncation:
             max_len = self.generator.model.config.max_len
             self.notice(

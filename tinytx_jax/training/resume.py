@@ -8,10 +8,10 @@ from collections.abc import Callable
 import ml_collections
 
 from tinytx_jax import checkpoint, parallel
-from tinytx_jax.metrics import EpochMetrics
 from tinytx_jax.model import ModelConfig
-from tinytx_jax.state import TrainState
-from tinytx_jax.task import Task
+from tinytx_jax.training.metrics import EpochMetrics
+from tinytx_jax.training.state import TrainState
+from tinytx_jax.training.task import Task
 
 
 def run_meta(config: ml_collections.ConfigDict, task: Task, metrics: EpochMetrics) -> dict:

@@ -1,4 +1,4 @@
-"""The pure jitted functions of training: train step, epoch scan, evaluation, end of epoch.
+"""The pure jitted functions of training: train step, epoch scan, end of epoch.
 
 Shapes: B batch, T block (window) length, N tokens in the training split, C validation
 chunks, V vocabulary. Nothing here touches files, flags or the host loop.
@@ -14,15 +14,10 @@ import optax
 
 from tinytx_jax import parallel
 from tinytx_jax.model import TinyTransformer
-from tinytx_jax.state import TrainState
+from tinytx_jax.scoring import cross_entropy
+from tinytx_jax.training.state import TrainState
 
 StateUpdate = Callable[..., tuple[TrainState, jax.Array]]
-
-
-def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
-    """Per-position cross-entropy `[B, T]`, computed in float32."""
-    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
 
 
 def train_step(
@@ -115,31 +110,6 @@ def make_train_epoch(
 
     # The old state's buffers are donated: an epoch updates the state in place.
     return jax.jit(train_epoch, donate_argnums=0)
-
-
-def make_evaluate(model: TinyTransformer) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """A jitted `(params, inputs_GxRxT, targets_GxRxT, mask_GxRxT) -> (loss, accuracy)`.
-
-    Groups of R rows are scored one after another (bounded memory, see
-    `data.grouped_rows`); both figures average over the targets the mask weights.
-    """
-
-    def evaluate(params, inputs_GxRxT, targets_GxRxT, mask_GxRxT):
-        def add_group(sums, group):
-            inputs_RxT, targets_RxT, mask_RxT = group
-            logits_RxTxV = model.apply({"params": params}, inputs_RxT)
-            loss_sum = (cross_entropy(logits_RxTxV, targets_RxT) * mask_RxT).sum()
-            correct = ((jnp.argmax(logits_RxTxV, axis=-1) == targets_RxT) * mask_RxT).sum()
-            return (sums[0] + loss_sum, sums[1] + correct), None
-
-        zero = jnp.zeros((), jnp.float32)
-        (loss_sum, correct), _ = jax.lax.scan(
-            add_group, (zero, zero), (inputs_GxRxT, targets_GxRxT, mask_GxRxT)
-        )
-        total = mask_GxRxT.sum()
-        return loss_sum / total, correct / total
-
-    return jax.jit(evaluate)
 
 
 def make_end_epoch(

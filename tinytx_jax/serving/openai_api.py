@@ -13,7 +13,7 @@ import secrets
 import time
 from typing import Any
 
-from tinytx_jax import data
+from tinytx_jax import dialogs
 
 ROLES = ("system", "user", "assistant")
 
@@ -53,7 +53,7 @@ class ChatRequest:
     """What a chat-completions request asks for, checked."""
 
     user: str
-    history: tuple[data.Turn, ...]
+    history: tuple[dialogs.Turn, ...]
     system: str | None  # None: the server's system prompt
     max_tokens: int
     temperature: float
@@ -126,7 +126,7 @@ def message_text(message: Any, where: str) -> tuple[str, str]:
     return role, content
 
 
-def conversation(messages: Any) -> tuple[str | None, tuple[data.Turn, ...], str]:
+def conversation(messages: Any) -> tuple[str | None, tuple[dialogs.Turn, ...], str]:
     """The system prompt (if given), the earlier turns, and the last user message.
 
     The REPL's shape: an optional system message first, then user and assistant in

@@ -10,8 +10,8 @@ import ml_collections
 import optax
 from flax import struct
 
-from tinytx_jax import optim
 from tinytx_jax.model import ModelConfig, TinyTransformer
+from tinytx_jax.training import optim
 
 
 class TrainState(struct.PyTreeNode):

@@ -1,14 +1,14 @@
-"""Concurrent replies decoded together: requests share one batched decode step.
+"""The serving engine's host side: requests scheduled into slots, replies streamed back.
 
-A fixed number of slots each hold one request's KV cache. Between two decode steps,
-finished requests leave and waiting ones join (their prompt is prefilled into a free
-slot), so a reply never waits for another one to end. All device work runs in one
-engine thread; a request hands back its reply piece by piece through its `emit`.
+A fixed number of slots each hold one request. Between two decode steps, finished or
+cancelled requests leave and waiting ones join (their prompts prefilled together), so a
+reply never waits for another one to end. All device work (decode_programs.py) runs in
+one engine thread; a request hands back its reply piece by piece through its `emit`.
 
-Each slot samples with its own temperature, top-p and seed; its n-th token is drawn from
-`fold_in(key(seed), n)`, so a seeded reply does not depend on what else is in flight.
-A context that fills the cache (`max_len` tokens) is refilled with its most recent half
-and decoding goes on: a context shift, where the REPL slides a window token by token.
+Long contexts go exactly as in the REPL (generation.py): a prompt keeps its most recent
+`max_len` tokens, and once a context holds `max_len` tokens each further token is
+predicted from the most recent `max_len` by refilling the slot with them (a window slid
+by one token), so a reply is the REPL's reply at any prompt length.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from tinytx_jax.data import TAGS, Vocabulary, cut_at_tag
+from tinytx_jax.dialogs import TAGS, cut_at_tag
+from tinytx_jax.inference.decode_programs import DecodePrograms, prefill_length, prefill_rows
+from tinytx_jax.inference.sampling import usable_stop_texts
 from tinytx_jax.model import TinyTransformer
-from tinytx_jax.sampling import usable_stop_texts
+from tinytx_jax.vocabulary import Vocabulary
 
 
 @dataclasses.dataclass
@@ -54,45 +54,6 @@ class _Slot:
     emitted: int = 0
 
 
-def sample_row(
-    logits_V: jax.Array,
-    seed: jax.Array,
-    draw: jax.Array,
-    temperature: jax.Array,
-    top_p: jax.Array,
-    top_k: int,
-) -> jax.Array:
-    """One token: greedy where temperature is 0, else tempered with top-k and top-p."""
-    key = jax.random.fold_in(jax.random.key(seed), draw)
-    scaled_V = logits_V.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
-    if 0 < top_k < scaled_V.shape[0]:
-        kth_largest = jax.lax.top_k(scaled_V, top_k)[0][-1]
-        scaled_V = jnp.where(scaled_V < kth_largest, -jnp.inf, scaled_V)
-    descending_V = jnp.sort(scaled_V)[::-1]
-    probs_V = jax.nn.softmax(descending_V)
-    kept = jnp.sum(jnp.cumsum(probs_V) - probs_V < top_p)  # at least the most likely
-    scaled_V = jnp.where(scaled_V < descending_V[kept - 1], -jnp.inf, scaled_V)
-    sampled = jax.random.categorical(key, scaled_V)
-    return jnp.where(temperature > 0, sampled, jnp.argmax(logits_V)).astype(jnp.int32)
-
-
-# One token per row, each row with its own seed, draw, temperature and top-p.
-sample_rows = jax.vmap(sample_row, in_axes=(0, 0, 0, 0, 0, None))
-
-
-def prefill_length(length: int, max_len: int) -> int:
-    """The padded length of a prefill: the next power of two from 32, at most max_len."""
-    return min(max(32, 1 << (length - 1).bit_length()), max_len)
-
-
-def _ignore(text: str, finish: str | None) -> None:
-    del text, finish
-
-
-def _abstract(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-
-
 def stop_prefixes(stop_texts: tuple[str, ...]) -> frozenset[str]:
     """Every proper beginning of a stop text: what a reply may not show yet."""
     return frozenset(stop[:n] for stop in stop_texts for n in range(1, len(stop)))
@@ -105,9 +66,9 @@ def held_back(text: str, prefixes: frozenset[str]) -> int:
 
 
 class DecodeSlots:
-    """The engine: `submit` a Request from any thread; `close` stops it.
+    """The scheduler: `submit` a Request from any thread; `close` stops it.
 
-    With `warm_up`, the decode step and the prefill of a short prompt compile before the
+    With `warm_up`, the decode step and the prefill of a lone prompt compile before the
     engine starts, and every other prefill shape in a background thread meanwhile."""
 
     def __init__(
@@ -120,20 +81,16 @@ class DecodeSlots:
         stop_texts: tuple[str, ...] = TAGS,
         warm_up: bool = False,
     ):
-        self.model, self.params, self.vocab, self.slots = model, params, vocab, slots
+        self.vocab, self.slots = vocab, slots
+        self.programs = DecodePrograms(model, params, slots, top_k)
         self.max_len = model.config.max_len
         self.stop_texts = usable_stop_texts(stop_texts, vocab)
         self._stop_prefixes = stop_prefixes(self.stop_texts)
-        self.top_k = top_k
         self._waiting: queue.Queue[Request | None] = queue.Queue()
         self._active: dict[int, _Slot] = {}
         self._closed = False
         self.replies = 0  # requests answered to the end
         self.cancelled = 0  # requests whose client left before the end
-        self._prefill_jit = jax.jit(self._prefill_fn, donate_argnums=1)
-        self._prefills: dict[tuple[int, int], Callable[..., tuple[jax.Array, Any]]] = {}
-        self._step = jax.jit(self._step_fn, donate_argnums=1)
-        self._cache = self._empty_cache()
         self.compiling = 0  # prefill shapes the background warm-up has still to compile
         self._warm_thread: threading.Thread | None = None
         if warm_up:
@@ -156,90 +113,35 @@ class DecodeSlots:
             self._warm_thread.join()
 
     def _warm_up(self) -> None:
-        shapes = [
-            (prefill_length(1 << i, self.max_len), min(1 << j, self.slots))
-            for i in range(self.max_len.bit_length())
-            for j in range(self.slots.bit_length() + 1)
-        ]
-        shapes = sorted(set(shapes), key=lambda shape: (shape[1], shape[0]))
+        shapes = self.programs.shapes()
         alone = [shape for shape in shapes if shape[1] == 1]  # a request on its own
         for shape in alone:
-            self._prefill_program(*shape)
-        self._decode_step()
+            self.programs.prefill_program(*shape)
+        self.programs.compile_step()
         self.compiling = len(shapes) - len(alone)
 
         def compile_the_rest() -> None:
             for shape in shapes[len(alone) :]:
                 if self._closed:  # an exit must not meet a compilation in flight
                     return
-                self._prefill_program(*shape)
+                self.programs.prefill_program(*shape)
                 self.compiling -= 1
 
         self._warm_thread = threading.Thread(target=compile_the_rest, name="warm-up", daemon=True)
         self._warm_thread.start()
 
-    def _prefill_program(self, bucket: int, rows: int) -> Callable[..., tuple[jax.Array, Any]]:
-        """The compiled prefill of `rows` prompts padded to `bucket` tokens."""
-        if (bucket, rows) not in self._prefills:
-            ints, rows_of = np.int32, lambda dtype: jax.ShapeDtypeStruct((rows,), dtype)
-            self._prefills[bucket, rows] = self._prefill_jit.lower(
-                *_abstract((self.params, self._cache)),
-                rows_of(ints),
-                jax.ShapeDtypeStruct((rows, bucket), ints),
-                rows_of(ints),
-                rows_of(np.uint32),
-                rows_of(ints),
-                rows_of(np.float32),
-                rows_of(np.float32),
-            ).compile()
-        return self._prefills[bucket, rows]
-
-    def _empty_cache(self) -> Any:
-        _, variables = self.model.apply(
-            {"params": self.params}, jnp.zeros((1, 1), jnp.int32), decode_start=0, mutable=["cache"]
-        )
-        return jax.tree.map(
-            lambda c: jnp.zeros((self.slots, *c.shape), c.dtype), variables["cache"]
-        )
-
-    def _forward(self, params, cache_1, tokens_T, start):
-        logits, variables = self.model.apply(
-            {"params": params, "cache": cache_1},
-            tokens_T[None],
-            decode_start=start,
-            mutable=["cache"],
-        )
-        return logits[0], variables["cache"]
-
-    def _step_fn(self, params, cache, tokens_N, positions_N, seeds_N, draws_N, temps_N, top_p_N):
-        logits_NxV, cache = jax.vmap(
-            lambda cache_1, token, position: self._forward(params, cache_1, token[None], position)
-        )(cache, tokens_N, positions_N)
-        return sample_rows(logits_NxV[:, -1], seeds_N, draws_N, temps_N, top_p_N, self.top_k), cache
-
-    def _prefill_fn(self, params, cache, slots_K, chunks_KxT, lengths_K, *sampling_K):
-        slot_caches = jax.tree.map(lambda c: c[slots_K], cache)
-        logits_KxTxV, slot_caches = jax.vmap(
-            lambda cache_1, chunk_T: self._forward(params, cache_1, chunk_T, 0)
-        )(slot_caches, chunks_KxT)
-        last_KxV = jnp.take_along_axis(logits_KxTxV, (lengths_K - 1)[:, None, None], axis=1)[:, 0]
-        cache = jax.tree.map(lambda c, new: c.at[slots_K].set(new), cache, slot_caches)
-        return sample_rows(last_KxV, *sampling_K, self.top_k), cache
-
     def _prefill(self, fills: list[tuple[int, list[int]]]) -> None:
         """Refill the caches of slots from position 0, all in one batch, and advance each
         by its next token. `fills` holds (slot index, context tokens to keep)."""
         # Powers of two, for lengths and rows alike: few compilations, all made at start-up.
-        bucket = prefill_length(max(len(tokens) for _, tokens in fills), self.max_len)
-        rows = 1 << (len(fills) - 1).bit_length()
+        length = prefill_length(max(len(tokens) for _, tokens in fills), self.max_len)
+        rows = prefill_rows(len(fills))
         padded = fills + [fills[0]] * (rows - len(fills))  # twins write the same values
-        chunks = np.zeros((rows, bucket), np.int32)
+        chunks = np.zeros((rows, length), np.int32)
         for row, (_, tokens) in enumerate(padded):
             chunks[row, : len(tokens)] = tokens
         requests = [self._active[index].request for index, _ in padded]
-        tokens, self._cache = self._prefill_program(bucket, rows)(
-            self.params,
-            self._cache,
+        tokens = self.programs.prefill(
             np.array([index for index, _ in padded], np.int32),
             chunks,
             np.array([len(tokens) for _, tokens in padded], np.int32),
@@ -248,7 +150,6 @@ class DecodeSlots:
             np.array([r.temperature for r in requests], np.float32),
             np.array([r.top_p for r in requests], np.float32),
         )
-        tokens = np.asarray(tokens)
         for row, (index, kept) in enumerate(fills):
             slot = self._active[index]
             slot.context, slot.cached = list(kept), len(kept)
@@ -264,12 +165,12 @@ class DecodeSlots:
                 if slot.request.cancelled:
                     del self._active[index]
                     self.cancelled += 1
-                elif slot.cached >= self.max_len:  # the cache is full: keep the recent half
+                elif slot.cached >= self.max_len:  # full: the window slides by one token
                     slot.request.context_shifted = True
-                    fills.append((index, slot.context[-(self.max_len // 2) :]))
+                    fills.append((index, slot.context[-self.max_len :]))
             if fills:
                 self._prefill(fills)
-            if self._active:
+            if any(slot.cached < self.max_len for slot in self._active.values()):
                 self._decode_step()
 
     def _join(self, request: Request | None) -> tuple[int, list[int]] | None:
@@ -286,20 +187,16 @@ class DecodeSlots:
         return index, prompt
 
     def _decode_step(self) -> None:
-        n = self.slots
-        tokens, positions = np.zeros(n, np.int32), np.zeros(n, np.int32)
-        seeds, draws = np.zeros(n, np.uint32), np.zeros(n, np.int32)
-        temps, top_p = np.zeros(n, np.float32), np.ones(n, np.float32)
-        for index, slot in self._active.items():
+        """Advance every slot whose cache has room by one token (full ones slide first)."""
+        tokens, positions, seeds, draws, temps, top_p = self.programs.idle_inputs()
+        stepping = {i: s for i, s in self._active.items() if s.cached < self.max_len}
+        for index, slot in stepping.items():
             request = slot.request
             tokens[index], positions[index] = slot.context[-1], slot.cached
             seeds[index], draws[index] = request.seed, request.completion_tokens
             temps[index], top_p[index] = request.temperature, request.top_p
-        next_tokens, self._cache = self._step(
-            self.params, self._cache, tokens, positions, seeds, draws, temps, top_p
-        )
-        next_tokens = np.asarray(next_tokens)  # the one host sync per step
-        for index, slot in list(self._active.items()):
+        next_tokens = self.programs.step(tokens, positions, seeds, draws, temps, top_p)
+        for index, slot in stepping.items():
             slot.cached += 1
             self._advance(index, int(next_tokens[index]))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytx_jax import data
+from tinytx_jax import dialogs, vocabulary
 
 FORMAT = 1
 ENVIRONMENT_VARIABLE = "TINYTX_CACHE_DIR"
@@ -28,22 +28,22 @@ class EncodedText:
 
     tokens: np.ndarray  # [N] uint16
     chars: str  # the vocabulary, sorted
-    fingerprint: str  # of the text, as data.corpus_fingerprint computes it
+    fingerprint: str  # of the text, as dialogs.corpus_fingerprint computes it
 
 
 def encode_text(text: str, chars: str) -> EncodedText:
     """Tokens and fingerprint of `text` over its vocabulary `chars` (at most 65,535)."""
-    vocab = data.Vocabulary(chars)
+    vocab = vocabulary.Vocabulary(chars)
     return EncodedText(
-        vocab.encode(text).astype(np.uint16), vocab.chars, data.corpus_fingerprint(text)
+        vocab.encode(text).astype(np.uint16), vocab.chars, dialogs.corpus_fingerprint(text)
     )
 
 
 def distinct_chars(text: str) -> str:
     """`"".join(sorted(set(text)))`, by numpy over the code points, piece by piece."""
     codes: set[int] = set()
-    for i in range(0, len(text), data.ENCODE_PIECE):
-        piece = text[i : i + data.ENCODE_PIECE].encode("utf-32-le", "surrogatepass")
+    for i in range(0, len(text), vocabulary.ENCODE_PIECE):
+        piece = text[i : i + vocabulary.ENCODE_PIECE].encode("utf-32-le", "surrogatepass")
         codes.update(np.unique(np.frombuffer(piece, np.uint32)).tolist())
     return "".join(map(chr, sorted(codes)))
 

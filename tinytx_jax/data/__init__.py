@@ -1,0 +1,1 @@
+"""Data: corpora from files, their token cache, the train/validation split, window feeding."""
