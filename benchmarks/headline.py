@@ -59,7 +59,7 @@ def show(name: str, runs: list[dict[str, float]]) -> None:
     parts = []
     for key in runs[0]:
         low, high = min(r[key] for r in runs), max(r[key] for r in runs)
-        fmt = "{:.0f}" if key in ("epoch", "exact") else "{:.1f}" if "s" in key else "{:.4f}"
+        fmt = {"epoch": "{:.0f}", "exact": "{:.0f}", "wall s": "{:.1f}"}.get(key, "{:.4f}")
         shown = fmt.format(low) if low == high else f"{fmt.format(low)}-{fmt.format(high)}"
         parts.append(f"{key} {shown}")
     print(f"{name:<28} {', '.join(parts)}", flush=True)
