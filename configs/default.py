@@ -72,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.sample_seed = 0  # the random draws of sampling
     config.chat_history = False  # True: the REPL keeps the conversation as context
     config.serve_slots = 32  # --mode=serve: requests decoded together, one KV cache each
+    config.serve_queue = 256  # --mode=serve: requests that may wait for a slot (beyond: 429)
+    config.serve_timeout_s = 300.0  # --mode=serve: a request unanswered by then gets a 504
 
     # Logging, tools and randomness.
     config.print_every = 1  # epochs between log lines

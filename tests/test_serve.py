@@ -201,3 +201,40 @@ def test_a_taken_port_is_one_line(server, trained_workdir):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot listen on")
     assert "Traceback" not in result.stderr
+
+
+def test_top_p_at_zero_is_greedy_whatever_the_temperature(server):
+    for seed in range(5):
+        body = {"messages": HI, "temperature": 1.0, "top_p": 0.0, "seed": seed}
+        status, answer = post(server.url, body)
+        assert status == 200 and answer["choices"][0]["message"]["content"] == "hello!"
+
+
+def test_a_prompt_longer_than_max_len_gets_the_repls_reply(server, trained_workdir):
+    user = ("what is 2+2? " * 60)[:700]  # 700 characters: the prompt is over max_len (512)
+    status, answer = post(server.url, {"messages": [{"role": "user", "content": user}]})
+    assert status == 200 and "kept the most recent 512" in answer["notices"][0]
+    assert answer["choices"][0]["message"]["content"] == repl_reply(trained_workdir, user)
+
+
+def test_a_cold_start_is_ready_when_it_says_so(trained_workdir, tmp_path):
+    """With an empty compilation cache, the first requests after `Serving` meet nothing
+    left to compile: every program was compiled before the server listened."""
+    cold = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "empty_cache")}
+    running = Server(trained_workdir, "--config.serve_slots=4", env=cold)
+    try:
+        questions = [
+            ("hi", "what is 2+2?", "color of sky?")[i % 3] + " " * (i % 9) for i in range(32)
+        ]
+        with ThreadPoolExecutor(32) as pool:
+            replies = list(
+                pool.map(
+                    lambda q: post(running.url, {"messages": [{"role": "user", "content": q}]}),
+                    questions,
+                )
+            )
+        assert [status for status, _ in replies] == [200] * 32
+        health = get(running.url + "/health")
+        assert health["compiled_after_ready"] == 0 and health["programs_compiled"] > 10
+    finally:
+        running.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -186,6 +187,7 @@ def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Li
         f"val_loss {model.meta['metrics']['val_loss']:.4f}; compiling {config.serve_slots} "
         "decode slots)"
     )
+    start = time.perf_counter()
     engine = decode_slots.DecodeSlots(
         model.model,
         model.params,
@@ -193,6 +195,11 @@ def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Li
         slots=config.serve_slots,
         top_k=chat.sampling_config(config).top_k,
         warm_up=True,
+        max_waiting=config.serve_queue,
+    )
+    to_stderr(
+        f"(compiled {engine.programs_compiled} programs in {time.perf_counter() - start:.1f} s: "
+        "ready)"
     )
     defaults = openai_api.Defaults(
         max_tokens=config.max_new_tokens,
@@ -200,9 +207,14 @@ def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Li
         temperature=chat.sampling_config(config).temperature,
         top_p=config.top_p,
     )
-    settings = service.ServeSettings(listen.api_key, defaults, config.system_prompt)
+    settings = service.ServeSettings(
+        listen.api_key, defaults, config.system_prompt, timeout_s=config.serve_timeout_s
+    )
     name = Path(workdir).expanduser().resolve().name
-    server.serve(service.ChatService(model, engine, settings, name), sock)
+    status = server.serve(service.ChatService(model, engine, settings, name), sock)
+    if status:
+        sys.stdout.flush()
+        os._exit(status)  # the engine failed: a supervisor restarts the server
 
 
 def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, prompt: str | None):

@@ -49,6 +49,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "keep_checkpoints",
         "max_new_tokens",
         "serve_slots",
+        "serve_queue",
+        "serve_timeout_s",
     )
     for name in positive:
         value = config[name]

@@ -1,8 +1,12 @@
 """The serving engine's device side: the KV caches of every slot, prefill and decode step.
 
 `DecodePrograms` owns the slots' caches and two kinds of compiled programs: a prefill of K
-prompts (padded to a power-of-two length, K a power of two) into K chosen slots, and one
-decode step that advances every slot by a token. Each samples with `sampling.sample_rows`,
+prompts (padded to a power-of-two length, K a power of two) into K chosen slots, and a
+decode step that advances the first B slots by a token (B a power of two covering the
+busy slots: a lone request does not pay for 32). XLA:CPU's code for some B is slower than
+for a larger one (measured on an Intel Xeon: B=1 1.1 ms, B=2 0.31 ms, B=16 1.4 ms, B=32
+0.85 ms per step), so `compile_all` times each step and a step takes the fastest B that
+covers the busy slots. Each samples with `sampling.sample_rows`,
 so every slot has its own temperature, top-p, seed and draw number. Nothing here knows of
 requests, queues or text: the scheduler (decode_slots.py) decides what runs.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,10 +50,13 @@ class DecodePrograms:
         self.model, self.params, self.slots, self.top_k = model, params, slots, top_k
         self.max_len = model.config.max_len
         self._prefill_jit = jax.jit(self._prefill_fn, donate_argnums=1)
+        self._step_jit = jax.jit(self._step_fn, donate_argnums=1)
         self._prefills: dict[tuple[int, int], Callable[..., tuple[jax.Array, Any]]] = {}
-        self._lock = threading.Lock()  # the warm-up and the engine thread compile alike
-        self._step = jax.jit(self._step_fn, donate_argnums=1)
+        self._steps: dict[int, Callable[..., tuple[jax.Array, Any]]] = {}
+        self._lock = threading.Lock()  # one compilation at a time, whichever thread asks
         self.cache = self._empty_cache()
+        self.compiled_late = 0  # programs compiled after `compile_all`: stalls for requests
+        self._fastest: dict[int, int] = {}  # busy slots -> the fastest step covering them
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every (length, rows) a prefill can take, lone prompts first."""
@@ -58,30 +66,78 @@ class DecodePrograms:
         rows = {prefill_rows(n) for n in range(1, self.slots + 1)}
         return sorted(itertools.product(lengths, rows), key=lambda shape: (shape[1], shape[0]))
 
+    def step_buckets(self) -> list[int]:
+        """The slot counts a decode step is compiled for: powers of two, and all slots."""
+        return sorted({min(prefill_rows(n), self.slots) for n in range(1, self.slots + 1)})
+
+    def step_bucket(self, busy_up_to: int) -> int:
+        """The step for slots [0, busy_up_to): the fastest measured one that covers them
+        (before `compile_all` has timed them, the smallest)."""
+        if busy_up_to in self._fastest:
+            return self._fastest[busy_up_to]
+        return next(b for b in self.step_buckets() if b >= busy_up_to)
+
+    def compile_all(self, timing_runs: int = 20) -> int:
+        """Compile every program serving can run, before it serves, and time each decode
+        step on idle slots; how many programs there are."""
+        for shape in self.shapes():
+            self.prefill_program(*shape)
+        seconds = {}
+        for bucket in self.step_buckets():
+            self.step_program(bucket)
+            inputs = self.idle_inputs(bucket)  # idle slots: overwritten by any prefill
+            self.step(*inputs)
+            runs = []
+            for _ in range(timing_runs):
+                start = time.perf_counter()
+                self.step(*inputs)
+                runs.append(time.perf_counter() - start)
+            seconds[bucket] = float(np.median(runs))
+        for busy in range(1, self.slots + 1):
+            covering = [b for b in self.step_buckets() if b >= busy]
+            self._fastest[busy] = min(covering, key=lambda b: (seconds[b], b))
+        self.compiled_late = 0
+        return len(self._prefills) + len(self._steps)
+
     def prefill_program(self, length: int, rows: int) -> Callable[..., tuple[jax.Array, Any]]:
         """The compiled prefill of `rows` prompts padded to `length` tokens."""
         with self._lock:
             if (length, rows) not in self._prefills:
-                ints, rows_of = np.int32, lambda dtype: jax.ShapeDtypeStruct((rows,), dtype)
+                self.compiled_late += 1
+                rows_of = lambda dtype: jax.ShapeDtypeStruct((rows,), dtype)  # noqa: E731
                 self._prefills[length, rows] = self._prefill_jit.lower(
                     *_abstract((self.params, self.cache)),
-                    rows_of(ints),
-                    jax.ShapeDtypeStruct((rows, length), ints),
-                    rows_of(ints),
-                    rows_of(np.uint32),
-                    rows_of(ints),
-                    rows_of(np.float32),
-                    rows_of(np.float32),
+                    rows_of(np.int32),
+                    jax.ShapeDtypeStruct((rows, length), np.int32),
+                    rows_of(np.int32),
+                    *self._sampling_shapes(rows),
                 ).compile()
             return self._prefills[length, rows]
 
-    def compile_step(self) -> None:
-        """Compile the decode step (it runs the first time, on empty slots)."""
-        self.step(*self.idle_inputs())
+    def step_program(self, bucket: int) -> Callable[..., tuple[jax.Array, Any]]:
+        """The compiled decode step of the first `bucket` slots."""
+        with self._lock:
+            if bucket not in self._steps:
+                self.compiled_late += 1
+                rows_of = lambda dtype: jax.ShapeDtypeStruct((bucket,), dtype)  # noqa: E731
+                self._steps[bucket] = self._step_jit.lower(
+                    *_abstract((self.params, self.cache)),
+                    rows_of(np.int32),
+                    rows_of(np.int32),
+                    *self._sampling_shapes(bucket),
+                ).compile()
+            return self._steps[bucket]
 
-    def idle_inputs(self) -> tuple[np.ndarray, ...]:
-        """Inputs of a decode step in which no slot is busy (tokens, positions, sampling)."""
-        n = self.slots
+    @staticmethod
+    def _sampling_shapes(rows: int) -> tuple[jax.ShapeDtypeStruct, ...]:
+        """Seeds, draw numbers, temperatures, top-p: one per row."""
+        return tuple(
+            jax.ShapeDtypeStruct((rows,), dtype)
+            for dtype in (np.uint32, np.int32, np.float32, np.float32)
+        )
+
+    def idle_inputs(self, n: int) -> tuple[np.ndarray, ...]:
+        """Inputs of a decode step of `n` idle slots (tokens, positions, sampling)."""
         return (np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.uint32),
                 np.zeros(n, np.int32), np.zeros(n, np.float32), np.ones(n, np.float32))  # fmt: skip
 
@@ -96,10 +152,12 @@ class DecodePrograms:
         )
         return np.asarray(tokens)
 
-    def step(self, tokens_N, positions_N, seeds_N, draws_N, temps_N, top_p_N) -> np.ndarray:
-        """Feed each slot its last token at its position; sample every slot's next token."""
-        tokens, self.cache = self._step(
-            self.params, self.cache, tokens_N, positions_N, seeds_N, draws_N, temps_N, top_p_N
+    def step(self, tokens_B, positions_B, seeds_B, draws_B, temps_B, top_p_B) -> np.ndarray:
+        """Feed each of the first B slots its last token at its position and sample each
+        one's next token (B: a step bucket)."""
+        program = self.step_program(len(tokens_B))
+        tokens, self.cache = program(
+            self.params, self.cache, tokens_B, positions_B, seeds_B, draws_B, temps_B, top_p_B
         )
         return np.asarray(tokens)  # the one host sync per step
 
@@ -120,11 +178,16 @@ class DecodePrograms:
         )
         return logits[0], variables["cache"]
 
-    def _step_fn(self, params, cache, tokens_N, positions_N, seeds_N, draws_N, temps_N, top_p_N):
-        logits_NxV, cache = jax.vmap(
+    def _step_fn(self, params, cache, tokens_B, positions_B, seeds_B, draws_B, temps_B, top_p_B):
+        B = tokens_B.shape[0]
+        busy = jax.tree.map(lambda c: c[:B], cache)
+        logits_BxV, busy = jax.vmap(
             lambda cache_1, token, position: self._forward(params, cache_1, token[None], position)
-        )(cache, tokens_N, positions_N)
-        return sample_rows(logits_NxV[:, -1], seeds_N, draws_N, temps_N, top_p_N, self.top_k), cache
+        )(busy, tokens_B, positions_B)
+        cache = jax.tree.map(
+            lambda c, b: jax.lax.dynamic_update_slice_in_dim(c, b, 0, axis=0), cache, busy
+        )
+        return sample_rows(logits_BxV[:, -1], seeds_B, draws_B, temps_B, top_p_B, self.top_k), cache
 
     def _prefill_fn(self, params, cache, slots_K, chunks_KxT, lengths_K, *sampling_K):
         slot_caches = jax.tree.map(lambda c: c[slots_K], cache)

@@ -4,6 +4,9 @@ A fixed number of slots each hold one request. Between two decode steps, finishe
 cancelled requests leave and waiting ones join (their prompts prefilled together), so a
 reply never waits for another one to end. All device work (decode_programs.py) runs in
 one engine thread; a request hands back its reply piece by piece through its `emit`.
+At most `max_waiting` requests wait for a slot (beyond it `submit` raises EngineBusy),
+and an exception in the engine thread ends every request with "error" and the engine:
+`failure` says why, and `on_failure` hears it once.
 
 Long contexts go exactly as in the REPL (generation.py): a prompt keeps its most recent
 `max_len` tokens, and once a context holds `max_len` tokens each further token is
@@ -45,6 +48,14 @@ class Request:
     context_shifted: bool = False
 
 
+class EngineBusy(RuntimeError):
+    """Every slot is busy and `max_waiting` requests already wait: try again later."""
+
+
+class EngineFailed(RuntimeError):
+    """The engine thread stopped on an exception; the message says which."""
+
+
 @dataclasses.dataclass
 class _Slot:
     request: Request
@@ -68,8 +79,8 @@ def held_back(text: str, prefixes: frozenset[str]) -> int:
 class DecodeSlots:
     """The scheduler: `submit` a Request from any thread; `close` stops it.
 
-    With `warm_up`, the decode step and the prefill of a lone prompt compile before the
-    engine starts, and every other prefill shape in a background thread meanwhile."""
+    With `warm_up`, every program it can run compiles before the engine starts, so that
+    no request ever waits on a compilation."""
 
     def __init__(
         self,
@@ -80,6 +91,8 @@ class DecodeSlots:
         top_k: int = 0,
         stop_texts: tuple[str, ...] = TAGS,
         warm_up: bool = False,
+        max_waiting: int = 1024,
+        on_failure: Callable[[str], None] | None = None,
     ):
         self.vocab, self.slots = vocab, slots
         self.programs = DecodePrograms(model, params, slots, top_k)
@@ -89,12 +102,12 @@ class DecodeSlots:
         self._waiting: queue.Queue[Request | None] = queue.Queue()
         self._active: dict[int, _Slot] = {}
         self._closed = False
+        self.max_waiting = max_waiting
+        self.on_failure = on_failure
+        self.failure: str | None = None
         self.replies = 0  # requests answered to the end
         self.cancelled = 0  # requests whose client left before the end
-        self.compiling = 0  # prefill shapes the background warm-up has still to compile
-        self._warm_thread: threading.Thread | None = None
-        if warm_up:
-            self._warm_up()
+        self.programs_compiled = self.programs.compile_all() if warm_up else 0
         self._thread = threading.Thread(target=self._loop, name="decode-slots", daemon=True)
         self._thread.start()
 
@@ -102,33 +115,26 @@ class DecodeSlots:
     def in_flight(self) -> int:
         return len(self._active) + self._waiting.qsize()
 
+    @property
+    def busy_slots(self) -> int:
+        return len(self._active)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting.qsize()
+
     def submit(self, request: Request) -> None:
+        """Queue `request`; EngineBusy if too many wait, EngineFailed if the engine stopped."""
+        if self.failure:
+            raise EngineFailed(self.failure)
+        if self._waiting.qsize() + len(self._active) >= self.slots + self.max_waiting:
+            raise EngineBusy(f"{self.slots} slots busy and {self.max_waiting} requests waiting")
         self._waiting.put(request)
 
     def close(self) -> None:
         self._closed = True
         self._waiting.put(None)
         self._thread.join(timeout=10)
-        if self._warm_thread:
-            self._warm_thread.join()
-
-    def _warm_up(self) -> None:
-        shapes = self.programs.shapes()
-        alone = [shape for shape in shapes if shape[1] == 1]  # a request on its own
-        for shape in alone:
-            self.programs.prefill_program(*shape)
-        self.programs.compile_step()
-        self.compiling = len(shapes) - len(alone)
-
-        def compile_the_rest() -> None:
-            for shape in shapes[len(alone) :]:
-                if self._closed:  # an exit must not meet a compilation in flight
-                    return
-                self.programs.prefill_program(*shape)
-                self.compiling -= 1
-
-        self._warm_thread = threading.Thread(target=compile_the_rest, name="warm-up", daemon=True)
-        self._warm_thread.start()
 
     def _prefill(self, fills: list[tuple[int, list[int]]]) -> None:
         """Refill the caches of slots from position 0, all in one batch, and advance each
@@ -156,6 +162,21 @@ class DecodeSlots:
             self._advance(index, int(tokens[row]))
 
     def _loop(self) -> None:
+        try:
+            self._schedule()
+        except Exception as error:  # the engine is gone: say so to everyone waiting on it
+            self.failure = f"the decode engine failed: {type(error).__name__}: {error}"
+            ended = [slot.request for slot in self._active.values()]
+            self._active.clear()
+            while not self._waiting.empty():
+                ended.append(self._waiting.get_nowait())
+            for request in ended:
+                if request is not None:
+                    request.emit("", "error")
+            if self.on_failure:
+                self.on_failure(self.failure)
+
+    def _schedule(self) -> None:
         while not self._closed:
             joining = [self._waiting.get()] if not self._active else []
             while len(self._active) + len(joining) < self.slots and not self._waiting.empty():
@@ -187,9 +208,11 @@ class DecodeSlots:
         return index, prompt
 
     def _decode_step(self) -> None:
-        """Advance every slot whose cache has room by one token (full ones slide first)."""
-        tokens, positions, seeds, draws, temps, top_p = self.programs.idle_inputs()
+        """Advance every slot whose cache has room by one token (full ones slide first), in
+        the smallest step that covers the busy slots."""
         stepping = {i: s for i, s in self._active.items() if s.cached < self.max_len}
+        bucket = self.programs.step_bucket(max(stepping) + 1)
+        tokens, positions, seeds, draws, temps, top_p = self.programs.idle_inputs(bucket)
         for index, slot in stepping.items():
             request = slot.request
             tokens[index], positions[index] = slot.context[-1], slot.cached

@@ -28,6 +28,7 @@ class ApiError(Exception):
         status: int = 400,
         kind: str = "invalid_request_error",
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.message, self.param, self.status, self.kind, self.code = (
@@ -37,6 +38,7 @@ class ApiError(Exception):
             kind,
             code,
         )
+        self.headers = headers or {}
 
     def body(self) -> dict:
         return error_body(self.message, self.kind, self.param, self.code)

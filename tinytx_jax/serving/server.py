@@ -1,9 +1,11 @@
 """`--mode=serve`: the trained chat model over HTTP, as OpenAI's chat-completions API.
 
 Routes: `POST /v1/chat/completions` (whole or streamed as server-sent events),
-`GET /v1/models`, `GET /health`, and the web chat page at `/`. Requests are decoded
-together by `decode_slots.DecodeSlots` in its own thread; the event loop only parses,
-waits and writes. Every refusal is a 4xx with an OpenAI-shaped `error` body.
+`GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus), and the web chat page at
+`/`. Requests are decoded together by `decode_slots.DecodeSlots` in its own thread; the
+event loop only parses, waits and writes. Every refusal has an OpenAI-shaped `error` body:
+4xx for the request's faults, 429 at capacity, 504 past the deadline, 500 if the engine
+failed (the server then stops with exit status 1, for a supervisor to restart it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import secrets
 import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,22 +29,28 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from tinytx_jax import interrupt
+from tinytx_jax.inference.decode_slots import Request as DecodeRequest
 from tinytx_jax.serving import openai_api
+from tinytx_jax.serving.observability import AccessLog, ServerMetrics
 from tinytx_jax.serving.openai_api import ApiError
-from tinytx_jax.serving.service import ChatService
+from tinytx_jax.serving.service import ChatService, ClientGone
 
 CHAT_PAGE = Path(__file__).resolve().parent / "web" / "chat.html"
 DRAIN_FACTOR = 16  # bodies up to this many times the limit are read before the 413
 GRACEFUL_SHUTDOWN_S = 5
+KEEP_ALIVE_S = 75  # idle keep-alive connections stay open this long (uvicorn's default: 5)
 
 
 class ServeError(Exception):
     """The server cannot start (an address in use, a host that does not resolve)."""
 
 
-def create_app(service: ChatService) -> Starlette:
-    """The ASGI app: routes, the API-key check and OpenAI-shaped errors."""
+def create_app(service: ChatService, metrics: ServerMetrics | None = None) -> AccessLog:
+    """The ASGI app: routes, the API-key check, OpenAI-shaped errors, metrics, access log."""
     settings = service.settings
+    metrics = metrics or ServerMetrics(
+        lambda: service.engine.queue_depth, lambda: service.engine.busy_slots
+    )
 
     def check_key(request: Request) -> None:
         if not settings.api_key:
@@ -84,21 +93,46 @@ def create_app(service: ChatService) -> Starlette:
         chat_request = openai_api.parse_chat_request(await read_json(request), settings.defaults)
         prompt, notices = service.prompt(chat_request)
         ident = openai_api.completion_id()
+        decode, queue = service.submit(chat_request, prompt)  # a 429 here, before any reply
+        metrics.prompt_tokens.inc(len(prompt))
+        timed = timed_pieces(service.reply(decode, queue, request.is_disconnected), decode)
         if chat_request.stream:
             return StreamingResponse(
-                events(chat_request, prompt, notices, ident), media_type="text/event-stream"
+                events(chat_request, prompt, notices, ident, decode, timed),
+                media_type="text/event-stream",
             )
-        pieces = [piece async for piece in service.reply(chat_request, prompt)]
-        _, finish, decode = pieces[-1]
-        text = "".join(piece for piece, _, _ in pieces)
+        try:
+            pieces = [piece async for piece in timed]
+        except ClientGone:
+            return Response(status_code=499)  # nginx's "client closed request", for the log
+        text, finish = "".join(piece for piece, _ in pieces), pieces[-1][1]
         usage = openai_api.usage_body(len(prompt), decode.completion_tokens)
         notices += service.shift_notice(decode)
         return JSONResponse(
             openai_api.completion_body(ident, service.name, text, finish, usage, notices)
         )
 
+    async def timed_pieces(
+        pieces: AsyncIterator[tuple[str, str]], decode: DecodeRequest
+    ) -> AsyncIterator[tuple[str, str]]:
+        """The pieces, with time to first token and tokens out counted."""
+        start, first = time.perf_counter(), True
+        try:
+            async for piece, finish in pieces:
+                if first:
+                    metrics.time_to_first_token.observe(time.perf_counter() - start)
+                    first = False
+                yield piece, finish
+        finally:
+            metrics.completion_tokens.inc(decode.completion_tokens)
+
     async def events(
-        chat_request: openai_api.ChatRequest, prompt: np.ndarray, notices: list[str], ident: str
+        chat_request: openai_api.ChatRequest,
+        prompt: np.ndarray,
+        notices: list[str],
+        ident: str,
+        decode: DecodeRequest,
+        pieces: AsyncIterator[tuple[str, str]],
     ) -> AsyncIterator[str]:
         def event(body: dict | str) -> str:
             return f"data: {body if isinstance(body, str) else json.dumps(body)}\n\n"
@@ -106,15 +140,20 @@ def create_app(service: ChatService) -> Starlette:
         yield event(
             openai_api.chunk_body(ident, service.name, {"role": "assistant", "content": ""})
         )
-        async for piece, finish, decode in service.reply(chat_request, prompt):
-            if piece:
-                yield event(openai_api.chunk_body(ident, service.name, {"content": piece}))
-            if finish:
-                notices += service.shift_notice(decode)
-                yield event(openai_api.chunk_body(ident, service.name, {}, finish, None, notices))
-                if chat_request.include_usage:
-                    usage = openai_api.usage_body(len(prompt), decode.completion_tokens)
-                    yield event(openai_api.chunk_body(ident, service.name, {}, usage=usage))
+        try:
+            async for piece, finish in pieces:
+                if piece:
+                    yield event(openai_api.chunk_body(ident, service.name, {"content": piece}))
+                if finish:
+                    notices += service.shift_notice(decode)
+                    yield event(
+                        openai_api.chunk_body(ident, service.name, {}, finish, None, notices)
+                    )
+                    if chat_request.include_usage:
+                        usage = openai_api.usage_body(len(prompt), decode.completion_tokens)
+                        yield event(openai_api.chunk_body(ident, service.name, {}, usage=usage))
+        except ApiError as error:  # past the deadline, or the engine failed: said in-band
+            yield event(error.body())
         yield event("[DONE]")
 
     async def models(request: Request) -> Response:
@@ -136,30 +175,37 @@ def create_app(service: ChatService) -> Starlette:
         return {"id": service.name, "object": "model", "created": created, "owned_by": "tinytx-jax"}
 
     async def health(request: Request) -> Response:
-        return JSONResponse(service.facts())
+        facts = service.facts()
+        return JSONResponse(facts, status_code=503 if service.engine.failure else 200)
+
+    async def metrics_page(request: Request) -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     async def page(request: Request) -> Response:
         return HTMLResponse(CHAT_PAGE.read_text(encoding="utf-8"))
 
     async def refused(request: Request, error: Exception) -> Response:
         assert isinstance(error, ApiError)
-        return JSONResponse(error.body(), status_code=error.status)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
         body = openai_api.error_body(f"{request.method} {request.url.path}: {error.detail}")
         return JSONResponse(body, status_code=error.status_code, headers=error.headers)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", page, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics_page, methods=["GET"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/models/{name:path}", model, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         ],
         exception_handlers={ApiError: refused, HTTPException: http_error},
     )
+    return AccessLog(app, metrics)
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
@@ -178,24 +224,55 @@ def bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(service: ChatService, sock: socket.socket) -> None:
-    """Listen on `sock` (from `bound_socket`), print the address, serve until Ctrl-C /
-    SIGTERM, then finish what is in flight (up to a few seconds) and stop the engine."""
+def serve(service: ChatService, sock: socket.socket) -> int:
+    """Listen on `sock` (from `bound_socket`) once everything is compiled, print the address,
+    serve until Ctrl-C / SIGTERM or an engine failure, let what is in flight finish (up to
+    a few seconds), stop the engine. Returns the exit status: 0, or 1 after a failure."""
     sock.listen(2048)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(service),
-            log_level="warning",
+            log_level="critical",  # its errors are the client's: the access log says them
             lifespan="off",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            timeout_keep_alive=KEEP_ALIVE_S,
+            backlog=2048,
         )
     )
-    print(f"Serving {service.name} on http://{shown}:{bound_port} (Ctrl-C to stop)", flush=True)
+
+    def stop_on_failure(message: str) -> None:
+        print(f"error: {message}; the server stops", file=sys.stderr, flush=True)
+        server.should_exit = True
+
+    service.engine.on_failure = stop_on_failure
+
+    async def run(caught: interrupt.SignalCatcher) -> None:
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.005)
+        if caught.received:  # a signal came before uvicorn took over the handlers
+            server.should_exit = True
+        elif server.started:
+            print(
+                f"Serving {service.name} on http://{shown}:{bound_port} (Ctrl-C to stop)",
+                flush=True,
+            )
+        await serving
+
     # uvicorn catches the signal while it serves and raises it again once it has stopped.
     with interrupt.SignalCatcher() as caught:
-        asyncio.run(server.serve(sockets=[sock]))
+        asyncio.run(run(caught))
+    left = service.engine.in_flight
     service.engine.close()
+    if service.engine.failure:
+        return 1
     how = f" ({signal.Signals(caught.received).name})" if caught.received else ""
-    print(f"Server stopped{how}: requests in flight were finished.", flush=True)
+    ended = (
+        "requests in flight were finished"
+        if not left
+        else f"{left} requests still in flight after {GRACEFUL_SHUTDOWN_S} s were dropped"
+    )
+    print(f"Server stopped{how}: {ended}.", flush=True)
+    return 0

@@ -8,19 +8,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
 from tinytx_jax import dialogs
 from tinytx_jax.inference import chat
-from tinytx_jax.inference.decode_slots import DecodeSlots
+from tinytx_jax.inference.decode_slots import DecodeSlots, EngineBusy, EngineFailed
 from tinytx_jax.inference.decode_slots import Request as DecodeRequest
 from tinytx_jax.inference.trained import TrainedModel
 from tinytx_jax.serving import openai_api
 from tinytx_jax.serving.openai_api import ApiError
 
 MAX_BODY_BYTES = 1 << 20
+RETRY_AFTER_S = 1  # what a 429 tells the client to wait
+DISCONNECT_POLL_S = 0.25  # how often a reply that does not stream checks its client
+
+
+class ClientGone(Exception):
+    """The client of a reply that does not stream disconnected: its slot was freed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +35,7 @@ class ServeSettings:
     defaults: openai_api.Defaults
     system_prompt: str
     max_body_bytes: int = MAX_BODY_BYTES
+    timeout_s: float = 300.0  # a request not answered by then is ended with a 504
 
 
 class ChatService:
@@ -44,18 +51,22 @@ class ChatService:
         """What the web page shows about the model, and what /health reports."""
         meta = self.trained.meta
         return {
-            "status": "ok",
+            "status": "failed" if self.engine.failure else "ok",
             "model": self.name,
             "data": meta["config"].get("data_path") or "built-in dialogs",
             "epoch": self.trained.epoch,
             "val_loss": round(float(meta["metrics"]["val_loss"]), 4),
             "max_len": self.max_len,
             "slots": self.engine.slots,
+            "busy_slots": self.engine.busy_slots,
+            "queue_depth": self.engine.queue_depth,
             "in_flight": self.engine.in_flight,
             "replies": self.engine.replies,
             "cancelled": self.engine.cancelled,
-            "compiling": self.engine.compiling,
+            "programs_compiled": self.engine.programs_compiled,
+            "compiled_after_ready": self.engine.programs.compiled_late,
             "api_key_required": bool(self.settings.api_key),
+            **({"error": self.engine.failure} if self.engine.failure else {}),
         }
 
     def prompt(self, request: openai_api.ChatRequest) -> tuple[np.ndarray, list[str]]:
@@ -83,11 +94,11 @@ class ChatService:
             )
         return tokens, notices
 
-    async def reply(
+    def submit(
         self, request: openai_api.ChatRequest, prompt: np.ndarray
-    ) -> AsyncIterator[tuple[str, str | None, DecodeRequest]]:
-        """The reply's pieces as the engine sends them; the last one has a finish reason.
-        Leaving early (a client gone) frees the request's slot."""
+    ) -> tuple[DecodeRequest, asyncio.Queue]:
+        """Queue the request on the engine, before any reply is sent: a full queue is a 429,
+        a failed engine a 500. Returns the engine's request and the queue of its pieces."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
         seed = secrets.randbits(32) if request.seed is None else request.seed % (1 << 32)
@@ -100,14 +111,63 @@ class ChatService:
             seed=seed,
             stream=request.stream,
         )
-        self.engine.submit(decode)
+        try:
+            self.engine.submit(decode)
+        except EngineBusy as busy:
+            raise ApiError(
+                f"the server is at capacity ({busy}): retry shortly",
+                status=429,
+                kind="rate_limit_exceeded",
+                code="server_busy",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+        except EngineFailed as failed:
+            raise ApiError(str(failed), status=500, kind="server_error") from None
+        return decode, pieces
+
+    async def reply(
+        self,
+        decode: DecodeRequest,
+        pieces: asyncio.Queue,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> AsyncIterator[tuple[str, str]]:
+        """The submitted request's pieces as the engine sends them; the last one has a
+        finish reason. Past the deadline an ApiError 504, on an engine failure a 500.
+        Leaving early (a client gone, which `disconnected` reports for replies that do not
+        stream) frees the request's slot."""
+        deadline = asyncio.get_running_loop().time() + self.settings.timeout_s
         finish = None
         try:
             while finish is None:
-                piece, finish = await pieces.get()
-                yield piece, finish, decode
+                piece, finish = await self._next_piece(pieces, deadline, disconnected)
+                if finish == "error":
+                    raise ApiError(str(self.engine.failure), status=500, kind="server_error")
+                yield piece, finish
         finally:
             decode.cancelled = finish is None
+
+    async def _next_piece(
+        self,
+        pieces: asyncio.Queue,
+        deadline: float,
+        disconnected: Callable[[], Awaitable[bool]] | None,
+    ) -> tuple[str, str | None]:
+        loop = asyncio.get_running_loop()
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise ApiError(
+                    f"no reply within the server's deadline of {self.settings.timeout_s:g} s: "
+                    "ask for fewer max_tokens or retry later",
+                    status=504,
+                    kind="timeout",
+                    code="deadline_exceeded",
+                )
+            try:
+                return await asyncio.wait_for(pieces.get(), min(left, DISCONNECT_POLL_S))
+            except TimeoutError:
+                if disconnected is not None and await disconnected():
+                    raise ClientGone from None
 
     def shift_notice(self, decode: DecodeRequest) -> list[str]:
         if not decode.context_shifted:

@@ -1,0 +1,147 @@
+"""The server under load: time to ready, throughput and latency by concurrency, errors by
+kind, and memory over many requests.
+
+    python -m benchmarks.serve_load [--workdir=DIR] [--requests=1000] [--levels=1,8,32,128,256]
+
+Starts `main.py --mode=serve` on the checkpoint in --workdir (training `configs/fast.py`
+there first if it has none), twice: with an empty compilation cache (cold) and with the
+cache the first start filled (warm), timing each from the start of the process to
+`Serving`, and firing 64 requests at the cold one as soon as it is ready, then the same
+64 again. On the warm server it posts the checkpoint's own training questions at each
+level of concurrency (each client thread on its own keep-alive connection), then
+--memory_requests more at 32 in flight, reading the server's RSS before and after.
+Client and server share the machine.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags, logging
+
+from benchmarks.machine import cpu_model
+from benchmarks.trained_workdir import ensure_checkpoint
+from tinytx_jax.data import corpus
+from tinytx_jax.inference import trained
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with a checkpoint (default: a temp dir).")
+_REQUESTS = flags.DEFINE_integer("requests", 1000, "Requests at each level of concurrency.")
+_LEVELS = flags.DEFINE_list("levels", ["1", "8", "32", "128", "256"], "Requests in flight.")
+_MEMORY_REQUESTS = flags.DEFINE_integer("memory_requests", 10_000, "Requests for the RSS check.")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def start_server(workdir: str, env: dict) -> tuple[subprocess.Popen, str, float]:
+    """A server process, its address, and seconds from its start to `Serving`."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "--mode=serve", f"--workdir={workdir}", "--port=0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, **env},
+    )  # fmt: skip
+    line = process.stdout.readline()
+    return process, line.split("http://")[1].split()[0], time.perf_counter() - start
+
+
+def rss_mb(process: subprocess.Popen) -> float:
+    for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load(address: str, questions: list[str], in_flight: int) -> dict:
+    """Post every question, `in_flight` at a time; latencies and outcomes."""
+    outcomes: collections.Counter[str] = collections.Counter()
+    latencies: list[float] = []
+    shares = [questions[i::in_flight] for i in range(in_flight)]
+
+    def client(share: list[str]) -> None:
+        connection = http.client.HTTPConnection(address, timeout=300)
+        for question in share:
+            body = json.dumps({"messages": [{"role": "user", "content": question}]})
+            start = time.perf_counter()
+            try:
+                connection.request("POST", "/v1/chat/completions", body)
+                response = connection.getresponse()
+                response.read()
+                outcomes[str(response.status)] += 1
+                latencies.append(time.perf_counter() - start)
+            except (OSError, http.client.HTTPException) as error:
+                outcomes[type(error).__name__] += 1
+                connection.close()
+                connection = http.client.HTTPConnection(address, timeout=300)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(in_flight) as pool:
+        list(pool.map(client, shares))
+    wall = time.perf_counter() - start
+    return {
+        "in_flight": in_flight, "requests": len(questions), "per_s": len(questions) / wall,
+        "p50_ms": 1e3 * float(np.percentile(latencies, 50)),
+        "p99_ms": 1e3 * float(np.percentile(latencies, 99)), "outcomes": dict(outcomes),
+    }  # fmt: skip
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.ERROR)
+    workdir = ensure_checkpoint(_WORKDIR.value)
+    data_path = trained.load_trained(workdir, log=lambda _: None).config.data_path
+    questions = [c.turns[0][0] for c in corpus.load_corpus(data_path, 1).conversations]
+    print(f"CPU: {cpu_model()}; checkpoint {workdir}; {len(questions)} distinct questions")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {"JAX_COMPILATION_CACHE_DIR": cache}
+        cold, cold_address, cold_s = start_server(workdir, env)
+        burst = [questions[i % len(questions)] for i in range(64)]
+        first, later = load(cold_address, burst, 64), load(cold_address, burst, 64)
+        cold.terminate()
+        cold.wait(timeout=60)
+        server, address, warm_s = start_server(workdir, env)
+    print(f"time to ready: cold {cold_s:.1f} s, warm {warm_s:.1f} s")
+    print(
+        f"64 requests in flight as soon as a cold server is ready: p99 {first['p99_ms']:.0f} ms; "
+        f"the same 64 again: p99 {later['p99_ms']:.0f} ms "
+        f"({first['p99_ms'] / later['p99_ms']:.1f}x)"
+    )
+    try:
+        header = f"{'in flight':>9} {'requests':>9} {'replies/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+        print(header + "  outcomes")
+        results = []
+        for level in map(int, _LEVELS.value):
+            asked = [questions[i % len(questions)] for i in range(_REQUESTS.value)]
+            row = load(address, asked, level)
+            results.append(row)
+            print(
+                f"{level:>9} {row['requests']:>9} {row['per_s']:>10.1f} {row['p50_ms']:>8.1f} "
+                f"{row['p99_ms']:>8.1f}  {row['outcomes']}",
+                flush=True,
+            )
+        by_level = {row["in_flight"]: row["per_s"] for row in results}
+        if 1 in by_level and 32 in by_level:
+            print(f"throughput at 32 in flight / one at a time: {by_level[32] / by_level[1]:.1f}x")
+        before = rss_mb(server)
+        asked = [questions[i % len(questions)] for i in range(_MEMORY_REQUESTS.value)]
+        row = load(address, asked, 32)
+        print(
+            f"server RSS: {before:.0f} MB before, {rss_mb(server):.0f} MB after "
+            f"{row['requests']:,} more requests ({row['outcomes']})"
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    app.run(main)
