@@ -150,3 +150,29 @@ def test_a_request_that_does_not_stream_gets_its_reply_in_one_piece(model, engin
     _, reply = submit(engine, model.vocab.encode(dialogs.render_prompt("hi")), stream=False)
     assert reply.done.wait(60)
     assert reply.pieces == ["hello!"] and reply.finish == "stop"
+
+
+def test_a_requests_own_stop_texts_end_its_reply_before_them(model, engine):
+    prompt = model.vocab.encode(dialogs.render_prompt("hi"))
+    _, reply = submit(engine, prompt, stop=("lo",))
+    assert reply.done.wait(60) and (reply.text, reply.finish) == ("hel", "stop")
+
+
+def test_a_lone_request_steps_in_its_bucket_and_every_bucket_covers_its_slots():
+    config = ModelConfig(vocab_size=11, d_model=16, max_len=32)
+    model = TinyTransformer(config)
+    params = model.init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
+    engine = DecodeSlots(model, params, vocabulary.Vocabulary("abcdefghijk"), slots=32,
+                         stop_texts=(), warm_up=True)  # fmt: skip
+    programs = engine.programs
+    assert programs.step_buckets() == [1, 2, 4, 8, 16, 32]
+    assert all(programs.step_bucket(n) >= n for n in range(1, 33))
+    sizes, step = [], programs.step
+    programs.step = lambda *inputs: sizes.append(len(inputs[0])) or step(*inputs)
+    try:
+        _, reply = submit(engine, np.arange(5), 10)
+        assert reply.done.wait(60) and len(reply.text) == 10
+        # The step for one busy slot: the fastest measured bucket that covers it.
+        assert set(sizes) == {programs.step_bucket(1)} and programs.compiled_late == 0
+    finally:
+        engine.close()

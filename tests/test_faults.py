@@ -1,6 +1,7 @@
 """The fault matrix, end to end: each bad input or fault gives its exit status and one line,
 never a traceback, and what was saved still loads afterwards."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -66,7 +67,8 @@ def test_resume_on_other_data_needs_an_explicit_choice(trained_workdir, tmp_path
 def start_training(workdir, *extra):
     return subprocess.Popen(
         [sys.executable, str(REPO / "main.py"), "--mode=train", FAST, f"--workdir={workdir}",
-         "--config.target_val_acc=0", "--config.epochs=1000", *extra],
+         "--config.target_val_acc=0", "--config.target_exact_match=0", "--config.epochs=1000",
+         *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=main_env(),
     )  # fmt: skip
 
@@ -164,3 +166,71 @@ def test_full_disk_and_read_only_workdir_in_one_line(small_filesystem):
     assert "WARNING" not in chat.stderr  # no compilation-cache warnings
     again = run_main("--mode=train", FAST, f"--workdir={workdir}")
     one_line(again, 2, "Read-only file system")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config.d_model=1048576"], "GB to train"),
+        (["--config.d_model=65536"], "GB to train"),
+        (["--config.max_len=1000000000"], "GB to train"),
+        (["--config.max_new_tokens=100000000"], "config.max_new_tokens must be at most 100,000"),
+        (["--num_processes=2", "--coordinator_address=nohost-noport"], "is not HOST:PORT"),
+    ],
+)
+def test_what_cannot_fit_or_connect_is_refused_at_once(args, expected, tmp_path):
+    start = time.monotonic()
+    one_line(run_main("--mode=train", *args, f"--workdir={tmp_path}", timeout=60), 2, expected)
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("mode", ["chat", "sample"])
+def test_a_huge_reply_length_is_refused_before_loading(mode, trained_workdir):
+    result = run_main(f"--mode={mode}", f"--workdir={trained_workdir}", "--prompt=hi",
+                      "--config.max_new_tokens=500000000", timeout=60)  # fmt: skip
+    one_line(result, 2, "config.max_new_tokens must be at most")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_a_fifo_or_a_directory_as_data_is_refused_without_opening_it(suffix, tmp_path):
+    fifo = tmp_path / f"d{suffix}"
+    os.mkfifo(fifo)  # no writer: opening it would block forever
+    result = run_main("--mode=train", f"--config.data_path={fifo}", f"--workdir={tmp_path / 'w'}",
+                      timeout=60)  # fmt: skip
+    one_line(result, 2, "is not a regular file")
+    (tmp_path / f"dir{suffix}").mkdir()
+    result = run_main("--mode=train", f"--config.data_path={tmp_path / f'dir{suffix}'}",
+                      f"--workdir={tmp_path / 'w2'}", timeout=60)  # fmt: skip
+    one_line(result, 2, "is not a regular file")
+
+
+def test_the_dialogs_recipe_works_on_two_conversations(tmp_path):
+    data = tmp_path / "two.jsonl"
+    data.write_text('{"user": "hi", "assistant": "hello!"}\n{"user": "bye", "assistant": "ciao"}\n')
+    args = ["--config=configs/dialogs.py", f"--config.data_path={data}", "--config.epochs=1",
+            "--config.steps_per_epoch=5", f"--workdir={tmp_path / 'w'}"]  # fmt: skip
+    result = run_main("--mode=train", *args)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_text_without_new_lines_samples_after_training(tmp_path):
+    data = tmp_path / "one_line.txt"
+    data.write_text("abcd efgh " * 400)
+    args = [f"--config.data_path={data}", "--config.block_size=16", "--config.epochs=1",
+            "--config.steps_per_epoch=5", "--config.max_new_tokens=20",
+            f"--workdir={tmp_path / 'w'}"]  # fmt: skip
+    result = run_main("--mode=train_and_chat", *args)
+    assert result.returncode == 0, result.stderr
+    # The sample after training starts from the text's first character (" "), not "\n".
+    assert result.stdout.splitlines()[-1].startswith(" ")
+
+
+def test_a_closed_stdout_is_named_as_such(tmp_path):
+    command = (f"{sys.executable} {REPO / 'main.py'} --mode=train {FAST} "
+               f"--workdir={tmp_path / 'w'} | head -3")  # fmt: skip
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=240,
+                            env=main_env(), cwd=REPO)  # fmt: skip
+    assert len(result.stdout.splitlines()) == 3
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines and "standard output was closed" in lines[-1] and "Traceback" not in result.stderr

@@ -75,8 +75,23 @@ def test_a_damaged_metrics_line_is_skipped_on_resume_and_plot(small_config, tmp_
     path.write_text(path.read_text() + "garbage\n")
     notices = []
     assert [r["epoch"] for r in metrics.read_metrics(path, notices.append)] == [1, 2, 3]
-    assert notices == [f"(skipped line 4 of {path}: not an epoch record)"]
+    assert notices == [f"(skipped 1 lines of {path} that are not epoch records: 4)"]
     assert metrics.plot_curves(tmp_path).exists()
+
+
+def test_records_without_losses_and_much_garbage_are_skipped_in_one_notice(small_config, tmp_path):
+    small_config.update(epochs=2, steps_per_epoch=5, checkpoint_every=1)
+    train.train_and_evaluate(small_config, str(tmp_path), log=lambda _: None)
+    path = tmp_path / metrics.METRICS_FILE
+    junk = '{"epoch": 5}\n{"epoch": 6, "train_loss": "x", "val_loss": 1, "val_acc": 1}\n'
+    path.write_text(path.read_text() + junk + "garbage line\n" * 1000)
+    notices = []
+    assert [r["epoch"] for r in metrics.read_metrics(path, notices.append)] == [1, 2]
+    assert notices == [f"(skipped 1002 lines of {path} that are not epoch records: 3, 4, 5, ...)"]
+    assert metrics.plot_curves(tmp_path).exists()
+    small_config.epochs = 3  # a resume reads the same file
+    _, history = train.train_and_evaluate(small_config, str(tmp_path), log=lambda _: None)
+    assert [m.epoch for m in history] == [3]
 
 
 @pytest.mark.e2e

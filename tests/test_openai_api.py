@@ -100,3 +100,26 @@ def test_a_body_that_is_not_an_object_is_refused():
     for body in ([], "hi", 3, None):
         with pytest.raises(ApiError):
             openai_api.parse_chat_request(body, DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("tools", [{"type": "function"}]), ("response_format", {"type": "json_object"}),
+     ("logprobs", True), ("logit_bias", {"1": 5}), ("frequency_penalty", 0.5)],
+)  # fmt: skip
+def test_what_the_server_cannot_honour_is_refused_naming_the_field(field, value):
+    with pytest.raises(openai_api.ApiError) as refused:
+        parse(**{field: value})
+    assert refused.value.param == field and refused.value.code == "unsupported_parameter"
+
+
+def test_unused_values_of_those_fields_are_accepted():
+    parse(tools=[], response_format={"type": "text"}, logprobs=False, frequency_penalty=0)
+
+
+def test_stop_takes_a_string_or_up_to_four():
+    assert parse(stop="x").stop == ("x",) and parse(stop=["a", "b"]).stop == ("a", "b")
+    for bad in (["a"] * 5, [""], 3, [1]):
+        with pytest.raises(openai_api.ApiError) as refused:
+            parse(stop=bad)
+        assert refused.value.param == "stop"

@@ -11,6 +11,7 @@ SHORT_FAST = [
     "--config=configs/fast.py",
     "--config.epochs=2",
     "--config.target_val_acc=0",
+    "--config.target_exact_match=0",
 ]
 
 

@@ -221,7 +221,7 @@ def test_a_cold_start_is_ready_when_it_says_so(trained_workdir, tmp_path):
     """With an empty compilation cache, the first requests after `Serving` meet nothing
     left to compile: every program was compiled before the server listened."""
     cold = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "empty_cache")}
-    running = Server(trained_workdir, "--config.serve_slots=4", env=cold)
+    running = Server(trained_workdir, "--config.serve_slots=2", env=cold)
     try:
         questions = [
             ("hi", "what is 2+2?", "color of sky?")[i % 3] + " " * (i % 9) for i in range(32)
@@ -235,6 +235,6 @@ def test_a_cold_start_is_ready_when_it_says_so(trained_workdir, tmp_path):
             )
         assert [status for status, _ in replies] == [200] * 32
         health = get(running.url + "/health")
-        assert health["compiled_after_ready"] == 0 and health["programs_compiled"] > 10
+        assert health["compiled_after_ready"] == 0 and health["programs_compiled"] > 8
     finally:
         running.stop()

@@ -24,6 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from tinytx_jax import digests
 from tinytx_jax.model import ModelConfig
 
 SCHEMA_VERSION = 1
@@ -123,6 +124,7 @@ class CheckpointStore:
             enable_background_delete=not read_only,  # pruning old steps never blocks a save
         )
         self._failed = False
+        self._undigested: list[int] = []  # saved, digests not yet written (after commit)
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "meta")
         )
@@ -138,6 +140,7 @@ class CheckpointStore:
         when measured); returns the seconds the caller was blocked."""
         start = time.perf_counter()
         with self._writing(f"the checkpoint of epoch {epoch}"):
+            self._write_digests()  # of the previous save: committed by now, as a rule
             self.manager.save(
                 epoch,
                 args=ocp.args.Composite(
@@ -146,7 +149,17 @@ class CheckpointStore:
                 metrics=metrics,
                 force=True,
             )
+        if jax.process_index() == 0:
+            self._undigested.append(epoch)
         return time.perf_counter() - start
+
+    def _write_digests(self) -> None:
+        """Digests of every save since the last call, once it has committed."""
+        if self._undigested:
+            self.manager.wait_until_finished()
+            for epoch in self._undigested:
+                digests.write(self.directory / str(epoch))
+            self._undigested.clear()
 
     @contextlib.contextmanager
     def _writing(self, what: str) -> Iterator[None]:
@@ -158,12 +171,16 @@ class CheckpointStore:
             if self._failed:
                 return
             self._failed = True
-            committed = self.steps()
-            kept = f"epoch {committed[-1]}" if committed else "none"
+            committed = [s for s in self.steps() if (self.directory / str(s)).is_dir()]
+            if not committed:  # the directory itself may be gone (deleted during the save)
+                raise CheckpointError(
+                    f"could not write {what} in {self.directory} ({one_line(error)}) and no "
+                    "committed checkpoint is left there: check the workdir, then train anew"
+                ) from None
             raise CheckpointError(
                 f"could not write {what} in {self.directory} ({one_line(error)}); the last "
-                f"committed checkpoint is kept ({kept}): free disk space or check permissions, "
-                "then run the same command to resume"
+                f"committed checkpoint is kept (epoch {committed[-1]}): free disk space or "
+                "check permissions, then run the same command to resume"
             ) from None
 
     def read_meta(self, epoch: int) -> dict:
@@ -173,6 +190,7 @@ class CheckpointStore:
         return meta
 
     def restore(self, epoch: int, abstract_state: Any) -> Any:
+        digests.verify(self.directory / str(epoch))
         restored = self.manager.restore(
             epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )
@@ -181,6 +199,7 @@ class CheckpointStore:
     def restore_params(self, epoch: int, abstract_params: Any) -> Any:
         """Only the parameters of the saved train state (a partial restore: the optimiser
         moments are never read), for chat, eval and serving."""
+        digests.verify(self.directory / str(epoch))
         checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
         target = {"params": abstract_params}
         restored = checkpointer.restore(
@@ -243,10 +262,12 @@ class CheckpointStore:
     def wait(self) -> None:
         with self._writing("a checkpoint"):
             self.manager.wait_until_finished()
+            self._write_digests()
 
     def close(self) -> None:
         with self._writing("a checkpoint"):
             self.manager.wait_until_finished()
+            self._write_digests()
             self.manager.close()
 
 

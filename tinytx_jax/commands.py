@@ -142,6 +142,11 @@ def run(
         sys.exit(128 + interrupted.signum)
     except EXPECTED_ERRORS as error:
         fail(str(error))
+    except BrokenPipeError:
+        fail(
+            "standard output was closed (a pipe that ended early, like `| head`): the run "
+            "stopped; what was saved is kept, and the same command resumes"
+        )
     except OSError as error:
         fail(describe_os_error(error))
 
@@ -219,7 +224,8 @@ def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Li
 
 def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, prompt: str | None):
     """Print `prompt` and its free-running continuation of max_new_tokens characters."""
-    prompt = prompt if prompt is not None else "\n"
+    if prompt is None:  # a new line, where the text has them; else its first character
+        prompt = "\n" if "\n" in model.vocab.chars else model.vocab.chars[0]
     unknown = model.vocab.unknown_chars(prompt)
     if unknown:
         to_stderr(f"(dropped characters not in the vocabulary: {chat.quoted(unknown)})")

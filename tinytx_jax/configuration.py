@@ -18,6 +18,7 @@ WEIGHT_DECAY_ON = ("all", "matrices")
 
 
 MAX_INT32 = 2**31 - 1  # seeds and the step counter are int32 on the device
+MAX_NEW_TOKENS = 100_000  # a reply or sample is decoded in one device call: bounded
 
 
 class ConfigError(ValueError):
@@ -66,6 +67,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "block_size",
     ):
         _require(config[name] >= 0, f"config.{name} must be >= 0, got {config[name]}")
+    _require(
+        config.max_new_tokens <= MAX_NEW_TOKENS,
+        f"config.max_new_tokens must be at most {MAX_NEW_TOKENS:,} (a reply or sample is "
+        f"decoded in one call), got {config.max_new_tokens:,}",
+    )
     for name in ("temperature", "top_k"):  # None: the model kind's default
         value = config[name]
         _require(value is None or value >= 0, f"config.{name} must be >= 0, got {value}")
@@ -157,4 +163,42 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         init=config.init,
         tie_embeddings=config.tie_embeddings,
         bias=config.bias,
+    )
+
+
+def training_bytes(config: ml_collections.ConfigDict, vocab_size: int = 256) -> tuple[int, int]:
+    """A lower bound on the memory training needs, and the parameter count: float32
+    weights, gradients and two Adam moments, plus one step's activations."""
+    d, layers, max_len = config.d_model, config.n_layers, config.max_len
+    per_layer = 4 * d * d + (8 * d * d if config.mlp else 0)
+    params = vocab_size * d * (1 if config.tie_embeddings else 2) + max_len * d
+    params += layers * per_layer
+    block = config.block_size or max_len
+    rows = config.batch_size * block
+    activations = layers * (rows * d * 16 + config.batch_size * config.n_heads * block * block * 2)
+    return 16 * params + 4 * activations, params
+
+
+def available_bytes() -> int | None:
+    """Memory the system can still give (MemAvailable), or None where it cannot say."""
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):  # noqa: SIM115
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_fits_in_memory(config: ml_collections.ConfigDict) -> None:
+    """Refuse up front a model that cannot train in this machine's memory (on a CPU, whose
+    device memory is the host's), rather than hang allocating it."""
+    needed, params = training_bytes(config)
+    available = available_bytes()
+    _require(
+        available is None or needed <= available,
+        f"the model needs at least {needed / 1e9:,.1f} GB to train ({params:,} parameters: "
+        f"float32 weights, gradients and Adam moments, and activations), more than the "
+        f"{(available or 0) / 1e9:,.1f} GB available: lower d_model, n_layers, max_len or "
+        "batch_size",
     )

@@ -8,6 +8,7 @@ dimension without touching the training loop.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -76,10 +77,21 @@ def initialize_distributed(coordinator: str, num_processes: int, process_id: int
     """
     if jax.config.jax_platforms in (None, "", "cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if coordinator:
-        jax.distributed.initialize(coordinator, num_processes, process_id)
-    else:
-        jax.distributed.initialize()
+    if coordinator and not re.fullmatch(r"[^:\s]+:\d{1,5}", coordinator):
+        raise ConfigError(
+            f"--coordinator_address={coordinator!r} is not HOST:PORT (e.g. 10.0.0.1:12345)"
+        )
+    try:
+        if coordinator:
+            jax.distributed.initialize(coordinator, num_processes, process_id)
+        else:
+            jax.distributed.initialize()
+    except (RuntimeError, ValueError) as error:
+        message = " ".join(str(error).split())[:200]
+        raise ConfigError(
+            f"cannot join the multi-process run ({message}): check --coordinator_address, "
+            "--num_processes and --process_id, or use --distributed on a cluster JAX knows"
+        ) from None
 
 
 def is_primary() -> bool:

@@ -107,6 +107,8 @@ def load_corpus(data_path: str, repeat: int) -> Corpus:
         text, mask = _render(conversations, repeat, "the built-in dialogs")
         return Corpus(text, mask, DIALOGS, f"builtin dialogs x {repeat}", conversations)
     path = Path(data_path)
+    if path.exists() and not path.is_file():  # a directory, a FIFO, a device: never opened
+        raise DataError(f"{path} is not a regular file: give the path of a .jsonl or .txt file")
     if path.suffix not in DIALOG_SUFFIXES + TEXT_SUFFIXES:
         raise DataError(
             f"{path}: unknown data format {path.suffix!r}: use .jsonl for dialogs or .txt "

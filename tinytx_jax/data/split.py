@@ -66,16 +66,23 @@ def split_corpus(
     """Split `corpus` (already rendered with `repeat`) as `validation_split` says."""
     if validation_split == "tail":
         tokens = corpus.encoded.tokens if corpus.encoded else vocab.encode(corpus.text)
-        train_tokens, val_tokens = windows.split_tokens(tokens, validation_fraction)
-        train_mask, val_mask = windows.split_tokens(corpus.reply_mask, validation_fraction)
+        cutoff = len(windows.split_tokens(tokens, validation_fraction)[0])
         starts = dialogs.conversation_offsets(corpus.conversations, repeat)
-        cutoff = len(train_tokens)
+        if corpus.kind == DIALOGS and not (starts >= cutoff).any():
+            # A few short dialogs: the tail holds no conversation's start, so validation
+            # starts at the last one (chat and exact match see conversations from there).
+            if len(starts) < 2:
+                raise ConfigError(
+                    f"{corpus.source}: one conversation, not repeated, cannot be split into "
+                    "training and validation: add dialogs or raise config.data_repeat"
+                )
+            cutoff = int(starts[-1])
         return Split(
-            train_tokens,
-            train_mask,
+            tokens[:cutoff],
+            corpus.reply_mask[:cutoff],
             starts[starts < cutoff],
-            val_tokens,
-            val_mask,
+            tokens[cutoff:],
+            corpus.reply_mask[cutoff:],
             starts[starts >= cutoff] - cutoff,
             corpus.conversations,
             (),

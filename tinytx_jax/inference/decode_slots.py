@@ -43,6 +43,7 @@ class Request:
     top_p: float = 1.0
     seed: int = 0
     stream: bool = True  # False: the whole reply in one emit, at the end
+    stop: tuple[str, ...] = ()  # texts of the request's own that end its reply, cut before
     cancelled: bool = False  # set by the caller (a client gone): the slot is freed
     completion_tokens: int = 0
     context_shifted: bool = False
@@ -63,6 +64,8 @@ class _Slot:
     cached: int  # how many of `context` have keys and values in the slot's cache
     text: str = ""
     emitted: int = 0
+    stops: tuple[str, ...] = ()  # the engine's stop texts and the request's own
+    prefixes: frozenset[str] = frozenset()  # what may not be shown yet
 
 
 def stop_prefixes(stop_texts: tuple[str, ...]) -> frozenset[str]:
@@ -204,7 +207,9 @@ class DecodeSlots:
         index = next(i for i in range(self.slots) if i not in self._active)
         prompt = [int(t) for t in request.prompt[-self.max_len :]]
         request.context_shifted = len(request.prompt) > self.max_len
-        self._active[index] = _Slot(request, prompt, cached=0)
+        stops = self.stop_texts + request.stop
+        prefixes = stop_prefixes(stops) if request.stop else self._stop_prefixes
+        self._active[index] = _Slot(request, prompt, cached=0, stops=stops, prefixes=prefixes)
         return index, prompt
 
     def _decode_step(self) -> None:
@@ -231,9 +236,9 @@ class DecodeSlots:
         slot.text += self.vocab.chars[token]
         request.completion_tokens += 1
         finish = None
-        if any(slot.text.endswith(stop) for stop in self.stop_texts):
+        if any(slot.text.endswith(stop) for stop in slot.stops):
             finish = "stop"
-            slot.text = cut_at_tag(slot.text, self.stop_texts)
+            slot.text = cut_at_tag(slot.text, slot.stops)
         elif request.completion_tokens >= request.max_new_tokens:
             finish = "length"
         if finish:
@@ -241,7 +246,7 @@ class DecodeSlots:
             self.replies += 1
             request.emit(slot.text[slot.emitted :], finish)
         elif request.stream:
-            shown = len(slot.text) - held_back(slot.text, self._stop_prefixes)
+            shown = len(slot.text) - held_back(slot.text, slot.prefixes)
             if shown > slot.emitted:
                 request.emit(slot.text[slot.emitted : shown], None)
                 slot.emitted = shown

@@ -63,6 +63,7 @@ class ChatRequest:
     seed: int | None
     stream: bool
     include_usage: bool
+    stop: tuple[str, ...] = ()  # the reply ends before the first of these it produces
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +97,48 @@ def _integer(body: dict, names: tuple[str, ...], default: int, low: int, high: i
     if not low <= value <= high:
         raise ApiError(f"'{name}' must be between {low} and {high}, got {value!r}", name)
     return value
+
+
+MAX_STOP_TEXTS = 4
+# Fields of OpenAI's API this server cannot honour: refused, never silently ignored. Each
+# maps to the values that mean "not used", which are accepted.
+UNSUPPORTED = {
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+    "logit_bias": (None, {}),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+}
+
+
+def _refuse_unsupported(body: dict) -> None:
+    for name, unused in UNSUPPORTED.items():
+        if body.get(name) not in unused:
+            raise ApiError(
+                f"'{name}' is not supported by this server (a character-level chat model)",
+                name,
+                code="unsupported_parameter",
+            )
+
+
+def _stop_texts(body: dict) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not all(isinstance(t, str) and t for t in texts):
+        raise ApiError("'stop' must be a non-empty string or a list of them", "stop")
+    if len(texts) > MAX_STOP_TEXTS:
+        raise ApiError(f"'stop' holds at most {MAX_STOP_TEXTS} strings, got {len(texts)}", "stop")
+    return tuple(texts)
 
 
 def _flag(body: dict, name: str) -> bool:
@@ -156,6 +199,7 @@ def parse_chat_request(body: Any, defaults: Defaults) -> ChatRequest:
     """Check a decoded request body field by field; ApiError names the first bad one."""
     if not isinstance(body, dict):
         raise ApiError("the request body must be a JSON object")
+    _refuse_unsupported(body)
     if _integer(body, ("n",), 1, 1, 1) != 1:
         raise ApiError("only n=1 is supported", "n")
     model = body.get("model")
@@ -184,6 +228,7 @@ def parse_chat_request(body: Any, defaults: Defaults) -> ChatRequest:
         seed=seed,
         stream=_flag(body, "stream"),
         include_usage=_flag(options or {}, "include_usage"),
+        stop=_stop_texts(body),
     )
 
 

@@ -110,6 +110,7 @@ class ChatService:
             top_p=request.top_p,
             seed=seed,
             stream=request.stream,
+            stop=request.stop,
         )
         try:
             self.engine.submit(decode)

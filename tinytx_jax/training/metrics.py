@@ -78,23 +78,37 @@ def epoch_record(
 
 
 def read_metrics(path: Path, log: Callable[[str], None] = print) -> list[dict]:
-    """The epoch records of `path`; a damaged line (what a crash mid-write leaves) is
-    skipped with a notice, never a reason to refuse a resume or a plot."""
+    """The epoch records of `path`; damaged lines (what a crash mid-write leaves, or any
+    line that is not an epoch record with its losses) are skipped with one notice, never a
+    reason to refuse a resume or a plot."""
     if not path.exists():
         return []
-    records = []
+    records, skipped = [], []
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             record = None
-        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+        if is_epoch_record(record):
             records.append(record)
         else:
-            log(f"(skipped line {number} of {path}: not an epoch record)")
+            skipped.append(number)
+    if skipped:
+        shown = ", ".join(map(str, skipped[:3])) + (", ..." if len(skipped) > 3 else "")
+        log(f"(skipped {len(skipped)} lines of {path} that are not epoch records: {shown})")
     return records
+
+
+def is_epoch_record(record: object) -> bool:
+    """An epoch number and the figures a plot and a resume read, all numbers."""
+    if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+        return False
+    return all(
+        isinstance(record.get(name), int | float) and not isinstance(record.get(name), bool)
+        for name in ("train_loss", "val_loss", "val_acc")
+    )
 
 
 class MetricsLog:

@@ -137,6 +137,8 @@ def train_and_evaluate(
     this call ran.
     """
     configuration.check_config(config)
+    if jax.default_backend() == "cpu":
+        configuration.check_fits_in_memory(config)
     # Process 0 holds the workdir for the run (the others share it with process 0).
     lock = workdir_lock.training_lock(workdir) if parallel.is_primary() else nullcontext()
     with lock:
