@@ -177,7 +177,7 @@ def test_the_log_shows_no_traceback_and_sigterm_stops_cleanly(trained_workdir):
     for body, _ in BAD_REQUESTS:
         post(running.url, body)
     status, out, err = running.stop(signal.SIGTERM)
-    assert status == 0 and "Server stopped (SIGTERM)" in out
+    assert status == 0 and "Server stopped (SIGTERM)" in out, out
     assert "Traceback" not in err and "Error" not in err
 
 
@@ -238,3 +238,44 @@ def test_a_cold_start_is_ready_when_it_says_so(trained_workdir, tmp_path):
         assert health["compiled_after_ready"] == 0 and health["programs_compiled"] > 8
     finally:
         running.stop()
+
+
+def stream_bytes(url: str, body: dict) -> bytes:
+    """A streamed reply as it came, read to the end of the connection."""
+    sock = socket.create_connection(url.removeprefix("http://").split(":"), timeout=60)
+    payload = json.dumps({**body, "stream": True}).encode()
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Connection: close\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    return received
+
+
+def test_sigterm_ends_every_stream_whole_and_partial_requests_log_no_traceback(trained_workdir):
+    running = Server(trained_workdir, "--config.serve_slots=4")
+    try:
+        for _ in range(50):  # half a request, then gone
+            sock = socket.create_connection(running.url.removeprefix("http://").split(":"))
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 500\r\n\r\n{")
+            sock.close()
+        body = {"messages": HI, "max_tokens": 4000, "temperature": 2.0, "top_p": 1.0}
+        with ThreadPoolExecutor(8) as pool:
+            streams = [
+                pool.submit(stream_bytes, running.url, {**body, "seed": i}) for i in range(8)
+            ]
+            deadline = time.monotonic() + 30
+            while get(running.url + "/health")["busy_slots"] < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            status, out, err = running.stop(signal.SIGTERM)
+            replies = [future.result(timeout=60) for future in streams]
+    finally:
+        if running.process.poll() is None:
+            running.stop()
+    assert status == 0 and "Server stopped (SIGTERM)" in out, out
+    assert all(reply.count(b"data: [DONE]") == 1 for reply in replies), replies
+    assert "Traceback" not in err and len(err.splitlines()) < 100

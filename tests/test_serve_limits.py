@@ -175,3 +175,28 @@ def test_many_connections_get_answers_and_nothing_compiles_after_ready(running):
         statuses = list(pool.map(one, range(128)))
     assert statuses == [200] * 128
     assert running.engine.programs.compiled_late == 0
+
+
+def test_winding_down_ends_every_stream_whole_and_refuses_new_requests(running):
+    def stream(_):
+        request = urllib.request.Request(
+            running.url + "/v1/chat/completions",
+            json.dumps({**HI, "max_tokens": 4000, "stream": True}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read().decode()
+
+    with ThreadPoolExecutor(3) as pool:  # 2 slots busy, 1 waiting
+        streams = [pool.submit(stream, i) for i in range(3)]
+        deadline = time.monotonic() + 30
+        while running.engine.in_flight < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        running.engine.wind_down()
+        bodies = [future.result(timeout=60) for future in streams]
+    for body in bodies:
+        assert body.endswith("data: [DONE]\n\n") and '"finish_reason": "length"' in body
+    assert running.engine.ended_early == 3
+    status, headers, refused = call(running.url, "/v1/chat/completions", HI)
+    assert status == 503 and refused["error"]["code"] == "server_stopping"
+    assert headers["retry-after"] == "1"

@@ -53,6 +53,10 @@ class EngineBusy(RuntimeError):
     """Every slot is busy and `max_waiting` requests already wait: try again later."""
 
 
+class EngineStopping(RuntimeError):
+    """The engine is winding down (the server is stopping): no new requests."""
+
+
 class EngineFailed(RuntimeError):
     """The engine thread stopped on an exception; the message says which."""
 
@@ -110,6 +114,8 @@ class DecodeSlots:
         self.failure: str | None = None
         self.replies = 0  # requests answered to the end
         self.cancelled = 0  # requests whose client left before the end
+        self.ended_early = 0  # requests ended by `wind_down`, with finish "length"
+        self._winding_down = False
         self.programs_compiled = self.programs.compile_all() if warm_up else 0
         self._thread = threading.Thread(target=self._loop, name="decode-slots", daemon=True)
         self._thread.start()
@@ -130,9 +136,17 @@ class DecodeSlots:
         """Queue `request`; EngineBusy if too many wait, EngineFailed if the engine stopped."""
         if self.failure:
             raise EngineFailed(self.failure)
+        if self._winding_down:
+            raise EngineStopping("the server is stopping")
         if self._waiting.qsize() + len(self._active) >= self.slots + self.max_waiting:
             raise EngineBusy(f"{self.slots} slots busy and {self.max_waiting} requests waiting")
         self._waiting.put(request)
+
+    def wind_down(self) -> None:
+        """End every request in flight now, each with what it has so far and finish
+        "length" (a stream then ends properly), and take no new ones."""
+        self._winding_down = True
+        self._waiting.put(None)  # wakes an idle engine
 
     def close(self) -> None:
         self._closed = True
@@ -181,6 +195,8 @@ class DecodeSlots:
 
     def _schedule(self) -> None:
         while not self._closed:
+            if self._winding_down:
+                self._end_everything()
             joining = [self._waiting.get()] if not self._active else []
             while len(self._active) + len(joining) < self.slots and not self._waiting.empty():
                 joining.append(self._waiting.get_nowait())
@@ -196,6 +212,17 @@ class DecodeSlots:
                 self._prefill(fills)
             if any(slot.cached < self.max_len for slot in self._active.values()):
                 self._decode_step()
+
+    def _end_everything(self) -> None:
+        for slot in self._active.values():
+            slot.request.emit(slot.text[slot.emitted :], "length")
+            self.ended_early += 1
+        self._active.clear()
+        while not self._waiting.empty():
+            request = self._waiting.get_nowait()
+            if request is not None:
+                request.emit("", "length")
+                self.ended_early += 1
 
     def _join(self, request: Request | None) -> tuple[int, list[int]] | None:
         """Give `request` a free slot; its prefill, (slot index, prompt tokens to keep)."""

@@ -259,20 +259,29 @@ def serve(service: ChatService, sock: socket.socket) -> int:
                 f"Serving {service.name} on http://{shown}:{bound_port} (Ctrl-C to stop)",
                 flush=True,
             )
+        while not server.should_exit and not serving.done():
+            await asyncio.sleep(0.05)
+        # Stopping: what is in flight may finish within the grace period; whatever is
+        # left then is ended by the engine (finish "length"), so every stream ends whole.
+        grace_end = asyncio.get_running_loop().time() + GRACEFUL_SHUTDOWN_S - 1
+        while service.engine.in_flight and asyncio.get_running_loop().time() < grace_end:
+            await asyncio.sleep(0.05)
+        service.engine.wind_down()
         await serving
 
     # uvicorn catches the signal while it serves and raises it again once it has stopped.
     with interrupt.SignalCatcher() as caught:
         asyncio.run(run(caught))
-    left = service.engine.in_flight
     service.engine.close()
     if service.engine.failure:
         return 1
     how = f" ({signal.Signals(caught.received).name})" if caught.received else ""
+    early = service.engine.ended_early
     ended = (
-        "requests in flight were finished"
-        if not left
-        else f"{left} requests still in flight after {GRACEFUL_SHUTDOWN_S} s were dropped"
+        f"{early} requests still in flight after {GRACEFUL_SHUTDOWN_S - 1} s were ended early "
+        "(finish_reason 'length')"
+        if early
+        else "requests in flight were finished"
     )
     print(f"Server stopped{how}: {ended}.", flush=True)
     return 0

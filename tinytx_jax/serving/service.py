@@ -14,7 +14,12 @@ import numpy as np
 
 from tinytx_jax import dialogs
 from tinytx_jax.inference import chat
-from tinytx_jax.inference.decode_slots import DecodeSlots, EngineBusy, EngineFailed
+from tinytx_jax.inference.decode_slots import (
+    DecodeSlots,
+    EngineBusy,
+    EngineFailed,
+    EngineStopping,
+)
 from tinytx_jax.inference.decode_slots import Request as DecodeRequest
 from tinytx_jax.inference.trained import TrainedModel
 from tinytx_jax.serving import openai_api
@@ -124,6 +129,14 @@ class ChatService:
             ) from None
         except EngineFailed as failed:
             raise ApiError(str(failed), status=500, kind="server_error") from None
+        except EngineStopping as stopping:
+            raise ApiError(
+                f"{stopping}: retry on another server or later",
+                status=503,
+                kind="server_error",
+                code="server_stopping",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
         return decode, pieces
 
     async def reply(
