@@ -61,21 +61,16 @@ def draw_window_starts(
     return starts_S[jax.random.randint(key, (batch_size,), 0, starts_S.shape[0])]
 
 
-def make_train_epoch(
+def make_step(
     model: TinyTransformer,
     tx: optax.GradientTransformation,
     mesh: jax.sharding.Mesh,
-    steps_per_epoch: int,
     batch_size: int,
     block_size: int,
-) -> StateUpdate:
-    """A jitted `(state, tokens_N, weights_N | None, starts_S | None) -> (state, mean loss)`.
-
-    One call runs a whole epoch as a `lax.scan` of `train_step`, drawing the window starts
-    on the device from the state's key, so the host only hears back at the epoch's end.
-    Windows start anywhere, or, given `starts_S`, at one of those positions (conversation
-    starts).
-    """
+) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """`(state, step_key, tokens_N, weights_N | None, starts_S | None) -> (state, loss)`:
+    one training step on windows drawn from `step_key`, anywhere or, given `starts_S`, at
+    one of those positions (conversation starts)."""
     batch_sharding = parallel.batch_sharded(mesh)
 
     def windows_BxW(array_N: jax.Array, starts_B: jax.Array) -> jax.Array:
@@ -95,18 +90,43 @@ def make_train_epoch(
             state, tokens_BxW[:, :-1], tokens_BxW[:, 1:], weights_BxT, dropout_key, model, tx
         )
 
+    return step
+
+
+def epoch_keys(state: TrainState, steps_per_epoch: int) -> tuple[jax.Array, jax.Array]:
+    """The key data the state carries after this epoch, and one key per step of it."""
+    rng, epoch_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+    return jax.random.key_data(rng), jax.random.split(epoch_key, steps_per_epoch)
+
+
+def make_train_epoch(
+    model: TinyTransformer,
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    steps_per_epoch: int,
+    batch_size: int,
+    block_size: int,
+) -> StateUpdate:
+    """A jitted `(state, tokens_N, weights_N | None, starts_S | None) -> (state, mean loss)`.
+
+    One call runs a whole epoch as a `lax.scan` of `train_step`, drawing the window starts
+    on the device from the state's key, so the host only hears back at the epoch's end.
+    (The training loop runs the same steps in chunks, see chunks.py; this whole-epoch form
+    serves the benchmarks and profiles.)
+    """
+    step = make_step(model, tx, mesh, batch_size, block_size)
+
     def train_epoch(
         state: TrainState,
         tokens_N: jax.Array,
         weights_N: jax.Array | None = None,
         starts_S: jax.Array | None = None,
     ):
-        rng, epoch_key = jax.random.split(jax.random.wrap_key_data(state.rng))
-        step_keys = jax.random.split(epoch_key, steps_per_epoch)
+        rng, step_keys = epoch_keys(state, steps_per_epoch)
         state, losses = jax.lax.scan(
             lambda s, k: step(s, k, tokens_N, weights_N, starts_S), state, step_keys
         )
-        return state.replace(rng=jax.random.key_data(rng), epoch=state.epoch + 1), losses.mean()
+        return state.replace(rng=rng, epoch=state.epoch + 1), losses.mean()
 
     # The old state's buffers are donated: an epoch updates the state in place.
     return jax.jit(train_epoch, donate_argnums=0)

@@ -6,26 +6,24 @@ the plateau and early-stopping state, logs, checkpoints and checks for signals.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from tinytx_jax import checkpoint, configuration, interrupt, parallel
 from tinytx_jax.data import corpus
-from tinytx_jax.scoring import make_evaluate
-from tinytx_jax.training import exact_match, metrics, optim, profiling, progress, workdir_lock
+from tinytx_jax.training import metrics, profiling, progress, workdir_lock
 from tinytx_jax.training import resume as resuming
+from tinytx_jax.training.chunks import ChunkedEpoch
+from tinytx_jax.training.compiled import compile_steps, measure_exact_match
 from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.training.state import TrainState, count_params
-from tinytx_jax.training.steps import make_end_epoch
-from tinytx_jax.training.task import Task, build_task, long_conversations, rows_on_devices
+from tinytx_jax.training.task import Task, build_task, long_conversations
 
 
 class TrainingError(RuntimeError):
@@ -38,66 +36,6 @@ class Interrupted(Exception):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
         self.signum = signum
-
-
-@dataclasses.dataclass(frozen=True)
-class CompiledSteps:
-    """The loop's device functions, compiled before the first epoch."""
-
-    train_epoch: Callable[..., tuple[TrainState, jax.Array]]
-    evaluate: Callable[..., tuple[jax.Array, jax.Array]]
-    evaluate_full: Callable[..., tuple[jax.Array, jax.Array]] | None  # see Task.full_val_chunks
-    end_epoch: Callable[..., tuple[TrainState, jax.Array]]
-    check_turns: dict[str, TurnCheck]
-
-
-@dataclasses.dataclass(frozen=True)
-class TurnCheck:
-    """A compiled exact-match check, the turns it scores, and their rows on the devices."""
-
-    check: Callable[..., jax.Array]
-    batch: exact_match.TurnBatch
-    arrays: tuple[jax.Array, ...]
-
-
-def _compile_turn_check(task: Task, params, batch: exact_match.TurnBatch) -> TurnCheck:
-    arrays = rows_on_devices(batch.arrays, task.mesh)
-    check = exact_match.make_turn_check(task.model, batch.num_turns)
-    return TurnCheck(check.lower(params, *arrays).compile(), batch, arrays)
-
-
-def compile_steps(
-    task: Task, config: ml_collections.ConfigDict, state: TrainState
-) -> CompiledSteps:
-    """Compile ahead of time, so that no epoch's timing includes compilation."""
-    train_epoch = task.make_train_epoch(config, config.steps_per_epoch)
-    end_epoch = make_end_epoch(
-        task.plateau, task.plateau_enabled, task.schedule, optim.PLATEAU_MIN_DELTA
-    )
-    val_loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(task.mesh))
-    batches = {"exact_match": task.turns, "val_exact_match": task.heldout_turns}
-    return CompiledSteps(
-        train_epoch.lower(state, *task.train_data(1)).compile(),
-        make_evaluate(task.model).lower(state.params, *task.val_chunks).compile(),
-        make_evaluate(task.model).lower(state.params, *task.full_val_chunks).compile()
-        if task.full_val_chunks
-        else None,
-        end_epoch.lower(state, val_loss).compile(),
-        {
-            name: _compile_turn_check(task, state.params, batch)
-            for name, batch in batches.items()
-            if batch is not None
-        },
-    )
-
-
-def measure_exact_match(steps: CompiledSteps, params) -> dict[str, float]:
-    """The fraction of turns whose greedy reply comes back exactly, per side of the split."""
-    fractions = {}
-    for name, turns in steps.check_turns.items():
-        correct = turns.check(params, *turns.arrays)
-        fractions[name] = exact_match.count_matches(correct, turns.batch) / turns.batch.num_turns
-    return fractions
 
 
 def stop_reason(
@@ -124,6 +62,33 @@ def stop_reason(
     if reached:
         return f"Target reached at epoch {metrics.epoch}: {', '.join(reached)}"
     return None
+
+
+def _stopped_mid_epoch(
+    epoch: int,
+    before: TrainState,
+    history: list[EpochMetrics],
+    saved_epoch: int,
+    store: checkpoint.CheckpointStore,
+    config: ml_collections.ConfigDict,
+    task: Task,
+    signals: interrupt.SignalCatcher,
+) -> Interrupted:
+    """Save the state from before the interrupted epoch (unless it is saved already);
+    resuming then runs that epoch again from its start, bit for bit."""
+    where = f"the checkpoint of epoch {epoch - 1} in {store.directory / str(epoch - 1)}"
+    if history and saved_epoch < epoch - 1:
+        last = history[-1]
+        store.save(epoch - 1, before, resuming.run_meta(config, task, last), last.ranking())
+        where = f"saved {where}"
+    elif not saved_epoch:
+        where = "no epoch had finished, so nothing was saved"
+    store.wait()
+    return Interrupted(
+        int(signals.received),
+        f"Interrupted during epoch {epoch}: {where}; run the same command to resume "
+        f"(epoch {epoch} runs again from its start)",
+    )
 
 
 def train_and_evaluate(
@@ -210,7 +175,18 @@ def _run_epochs(
         with interrupt.SignalCatcher() as signals:
             for epoch in range(first_epoch, config.epochs + 1):
                 epoch_start = time.perf_counter()
-                state, train_loss = steps.train_epoch(state, *task.train_data(epoch))
+                chunked = len(steps.train_epoch.sizes()) > 1
+                before = ChunkedEpoch.start_copy(state) if chunked else None
+                done = steps.train_epoch.run(
+                    state,
+                    *task.train_data(epoch),
+                    stop=lambda: bool(parallel.agreed_signal(signals.received)),
+                )
+                if done is None:  # a signal mid-epoch: keep the state from before it
+                    raise _stopped_mid_epoch(
+                        epoch, before, history, saved_epoch, store, config, task, signals
+                    )
+                state, train_loss = done
                 train_loss.block_until_ready()  # host sync: times the training alone
                 epoch_train_s = time.perf_counter() - epoch_start
                 train_seconds += epoch_train_s

@@ -1,0 +1,80 @@
+"""The training loop's device programs, compiled before the first epoch: an epoch (in
+chunks), validation, the end-of-epoch update and the exact-match checks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from tinytx_jax import parallel
+from tinytx_jax.scoring import make_evaluate
+from tinytx_jax.training import exact_match, optim
+from tinytx_jax.training.chunks import ChunkedEpoch
+from tinytx_jax.training.state import TrainState
+from tinytx_jax.training.steps import make_end_epoch
+from tinytx_jax.training.task import Task, rows_on_devices
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+    """The loop's device functions, compiled before the first epoch."""
+
+    train_epoch: ChunkedEpoch
+    evaluate: Callable[..., tuple[jax.Array, jax.Array]]
+    evaluate_full: Callable[..., tuple[jax.Array, jax.Array]] | None  # see Task.full_val_chunks
+    end_epoch: Callable[..., tuple[TrainState, jax.Array]]
+    check_turns: dict[str, TurnCheck]
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnCheck:
+    """A compiled exact-match check, the turns it scores, and their rows on the devices."""
+
+    check: Callable[..., jax.Array]
+    batch: exact_match.TurnBatch
+    arrays: tuple[jax.Array, ...]
+
+
+def _compile_turn_check(task: Task, params, batch: exact_match.TurnBatch) -> TurnCheck:
+    arrays = rows_on_devices(batch.arrays, task.mesh)
+    check = exact_match.make_turn_check(task.model, batch.num_turns)
+    return TurnCheck(check.lower(params, *arrays).compile(), batch, arrays)
+
+
+def compile_steps(
+    task: Task, config: ml_collections.ConfigDict, state: TrainState
+) -> CompiledSteps:
+    """Compile ahead of time, so that no epoch's timing includes compilation."""
+    train_epoch = ChunkedEpoch(task, config)
+    train_epoch.compile(state, *task.train_data(1))
+    end_epoch = make_end_epoch(
+        task.plateau, task.plateau_enabled, task.schedule, optim.PLATEAU_MIN_DELTA
+    )
+    val_loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(task.mesh))
+    batches = {"exact_match": task.turns, "val_exact_match": task.heldout_turns}
+    return CompiledSteps(
+        train_epoch,
+        make_evaluate(task.model).lower(state.params, *task.val_chunks).compile(),
+        make_evaluate(task.model).lower(state.params, *task.full_val_chunks).compile()
+        if task.full_val_chunks
+        else None,
+        end_epoch.lower(state, val_loss).compile(),
+        {
+            name: _compile_turn_check(task, state.params, batch)
+            for name, batch in batches.items()
+            if batch is not None
+        },
+    )
+
+
+def measure_exact_match(steps: CompiledSteps, params) -> dict[str, float]:
+    """The fraction of turns whose greedy reply comes back exactly, per side of the split."""
+    fractions = {}
+    for name, turns in steps.check_turns.items():
+        correct = turns.check(params, *turns.arrays)
+        fractions[name] = exact_match.count_matches(correct, turns.batch) / turns.batch.num_turns
+    return fractions
