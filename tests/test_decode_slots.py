@@ -176,3 +176,17 @@ def test_a_lone_request_steps_in_its_bucket_and_every_bucket_covers_its_slots():
         assert set(sizes) == {programs.step_bucket(1)} and programs.compiled_late == 0
     finally:
         engine.close()
+
+
+def test_logprobs_come_with_each_character_of_the_reply(model, engine):
+    prompt = model.vocab.encode(dialogs.render_prompt("hi"))
+    request, reply = submit(engine, prompt, top_logprobs=3)
+    assert reply.done.wait(60) and reply.text == "hello!"
+    entries = request.logprobs[: len(reply.text)]
+    assert "".join(e["token"] for e in entries) == "hello!"
+    for entry in entries:  # greedy: the chosen token is the most likely one
+        assert len(entry["top_logprobs"]) == 3
+        assert entry["top_logprobs"][0]["token"] == entry["token"]
+        assert entry["top_logprobs"][0]["logprob"] == entry["logprob"] <= 0.0
+        assert sum(np.exp(t["logprob"]) for t in entry["top_logprobs"]) <= 1.0 + 1e-5
+        assert entry["bytes"] == list(entry["token"].encode())

@@ -105,7 +105,7 @@ def test_a_body_that_is_not_an_object_is_refused():
 @pytest.mark.parametrize(
     "field, value",
     [("tools", [{"type": "function"}]), ("response_format", {"type": "json_object"}),
-     ("logprobs", True), ("logit_bias", {"1": 5}), ("frequency_penalty", 0.5)],
+     ("logit_bias", {"1": 5}), ("frequency_penalty", 0.5)],
 )  # fmt: skip
 def test_what_the_server_cannot_honour_is_refused_naming_the_field(field, value):
     with pytest.raises(openai_api.ApiError) as refused:
@@ -115,6 +115,17 @@ def test_what_the_server_cannot_honour_is_refused_naming_the_field(field, value)
 
 def test_unused_values_of_those_fields_are_accepted():
     parse(tools=[], response_format={"type": "text"}, logprobs=False, frequency_penalty=0)
+
+
+def test_logprobs_and_how_many_alternatives():
+    assert parse().top_logprobs is None and parse(logprobs=False).top_logprobs is None
+    assert parse(logprobs=True).top_logprobs == 0
+    assert parse(logprobs=True, top_logprobs=20).top_logprobs == 20
+    for fields in ({"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 21},
+                   {"logprobs": "yes"}):  # fmt: skip
+        with pytest.raises(openai_api.ApiError) as refused:
+            parse(**fields)
+        assert refused.value.param in ("top_logprobs", "logprobs")
 
 
 def test_stop_takes_a_string_or_up_to_four():

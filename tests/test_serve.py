@@ -268,9 +268,7 @@ def test_sigterm_ends_every_stream_whole_and_partial_requests_log_no_traceback(t
             streams = [
                 pool.submit(stream_bytes, running.url, {**body, "seed": i}) for i in range(8)
             ]
-            deadline = time.monotonic() + 30
-            while get(running.url + "/health")["busy_slots"] < 4 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            time.sleep(0.5)  # the streams are decoding (4 slots) or waiting for one
             status, out, err = running.stop(signal.SIGTERM)
             replies = [future.result(timeout=60) for future in streams]
     finally:
@@ -278,4 +276,18 @@ def test_sigterm_ends_every_stream_whole_and_partial_requests_log_no_traceback(t
             running.stop()
     assert status == 0 and "Server stopped (SIGTERM)" in out, out
     assert all(reply.count(b"data: [DONE]") == 1 for reply in replies), replies
-    assert "Traceback" not in err and len(err.splitlines()) < 100
+    assert "Traceback" not in err and " 500 " not in err, err  # half requests: 499, quietly
+
+
+def test_logprobs_over_http_whole_and_streamed(server):
+    body = {"messages": HI, "logprobs": True, "top_logprobs": 2}
+    status, answer = post(server.url, body)
+    content = answer["choices"][0]["logprobs"]["content"]
+    assert status == 200 and "".join(e["token"] for e in content) == "hello!"
+    assert all(len(e["top_logprobs"]) == 2 for e in content)
+    stream = client(server).chat.completions.create(
+        model="m", messages=HI, stream=True, logprobs=True, top_logprobs=2
+    )
+    streamed = [e for chunk in stream if chunk.choices and chunk.choices[0].logprobs
+                for e in chunk.choices[0].logprobs.content]  # fmt: skip
+    assert [(e.token, e.logprob) for e in streamed] == [(e["token"], e["logprob"]) for e in content]

@@ -27,6 +27,16 @@ from tinytx_jax.inference.sampling import sample_rows
 from tinytx_jax.model import TinyTransformer
 
 MIN_PREFILL = 32
+TOP_LOGPROBS = 20  # OpenAI's largest top_logprobs: every step reports this many
+
+
+def picked_with_logprobs(logits_RxV: jax.Array, tokens_R: jax.Array, top: int):
+    """The tokens, their log-probabilities under the model, and the `top` most likely
+    tokens with theirs: what a request asking for logprobs is told."""
+    logp_RxV = jax.nn.log_softmax(logits_RxV.astype(jnp.float32), axis=-1)
+    chosen_R = jnp.take_along_axis(logp_RxV, tokens_R[:, None], axis=-1)[:, 0]
+    top_logp_RxK, top_ids_RxK = jax.lax.top_k(logp_RxV, top)
+    return tokens_R, chosen_R, top_ids_RxK, top_logp_RxK
 
 
 def prefill_length(length: int, max_len: int) -> int:
@@ -49,6 +59,7 @@ class DecodePrograms:
     def __init__(self, model: TinyTransformer, params: Any, slots: int, top_k: int = 0):
         self.model, self.params, self.slots, self.top_k = model, params, slots, top_k
         self.max_len = model.config.max_len
+        self.top = min(TOP_LOGPROBS, model.config.vocab_size)
         self._prefill_jit = jax.jit(self._prefill_fn, donate_argnums=1)
         self._step_jit = jax.jit(self._step_fn, donate_argnums=1)
         self._prefills: dict[tuple[int, int], Callable[..., tuple[jax.Array, Any]]] = {}
@@ -143,23 +154,26 @@ class DecodePrograms:
 
     def prefill(
         self, slots_K: np.ndarray, chunks_KxT: np.ndarray, lengths_K: np.ndarray, *sampling_K
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, ...]:
         """Fill the caches of `slots_K` from position 0 with `chunks_KxT` (each real for
-        `lengths_K` tokens) and sample each row's next token."""
+        `lengths_K` tokens) and sample each row's next token: (tokens, their logprobs,
+        top token ids, top logprobs), per row."""
         program = self.prefill_program(chunks_KxT.shape[1], chunks_KxT.shape[0])
-        tokens, self.cache = program(
+        picked, self.cache = program(
             self.params, self.cache, slots_K, chunks_KxT, lengths_K, *sampling_K
         )
-        return np.asarray(tokens)
+        return tuple(np.asarray(a) for a in picked)
 
-    def step(self, tokens_B, positions_B, seeds_B, draws_B, temps_B, top_p_B) -> np.ndarray:
+    def step(
+        self, tokens_B, positions_B, seeds_B, draws_B, temps_B, top_p_B
+    ) -> tuple[np.ndarray, ...]:
         """Feed each of the first B slots its last token at its position and sample each
-        one's next token (B: a step bucket)."""
+        one's next token (B: a step bucket), with logprobs as `prefill` gives them."""
         program = self.step_program(len(tokens_B))
-        tokens, self.cache = program(
+        picked, self.cache = program(
             self.params, self.cache, tokens_B, positions_B, seeds_B, draws_B, temps_B, top_p_B
         )
-        return np.asarray(tokens)  # the one host sync per step
+        return tuple(np.asarray(a) for a in picked)  # the one host sync per step
 
     def _empty_cache(self) -> Any:
         _, variables = self.model.apply(
@@ -187,7 +201,8 @@ class DecodePrograms:
         cache = jax.tree.map(
             lambda c, b: jax.lax.dynamic_update_slice_in_dim(c, b, 0, axis=0), cache, busy
         )
-        return sample_rows(logits_BxV[:, -1], seeds_B, draws_B, temps_B, top_p_B, self.top_k), cache
+        tokens = sample_rows(logits_BxV[:, -1], seeds_B, draws_B, temps_B, top_p_B, self.top_k)
+        return picked_with_logprobs(logits_BxV[:, -1], tokens, self.top), cache
 
     def _prefill_fn(self, params, cache, slots_K, chunks_KxT, lengths_K, *sampling_K):
         slot_caches = jax.tree.map(lambda c: c[slots_K], cache)
@@ -196,4 +211,5 @@ class DecodePrograms:
         )(slot_caches, chunks_KxT)
         last_KxV = jnp.take_along_axis(logits_KxTxV, (lengths_K - 1)[:, None, None], axis=1)[:, 0]
         cache = jax.tree.map(lambda c, new: c.at[slots_K].set(new), cache, slot_caches)
-        return sample_rows(last_KxV, *sampling_K, self.top_k), cache
+        tokens = sample_rows(last_KxV, *sampling_K, self.top_k)
+        return picked_with_logprobs(last_KxV, tokens, self.top), cache

@@ -44,6 +44,8 @@ class Request:
     seed: int = 0
     stream: bool = True  # False: the whole reply in one emit, at the end
     stop: tuple[str, ...] = ()  # texts of the request's own that end its reply, cut before
+    top_logprobs: int | None = None  # set: record each token's logprob and this many others
+    logprobs: list[dict] = dataclasses.field(default_factory=list)  # one per reply character
     cancelled: bool = False  # set by the caller (a client gone): the slot is freed
     completion_tokens: int = 0
     context_shifted: bool = False
@@ -164,7 +166,7 @@ class DecodeSlots:
         for row, (_, tokens) in enumerate(padded):
             chunks[row, : len(tokens)] = tokens
         requests = [self._active[index].request for index, _ in padded]
-        tokens = self.programs.prefill(
+        picked = self.programs.prefill(
             np.array([index for index, _ in padded], np.int32),
             chunks,
             np.array([len(tokens) for _, tokens in padded], np.int32),
@@ -176,7 +178,7 @@ class DecodeSlots:
         for row, (index, kept) in enumerate(fills):
             slot = self._active[index]
             slot.context, slot.cached = list(kept), len(kept)
-            self._advance(index, int(tokens[row]))
+            self._advance(index, *(a[row] for a in picked))
 
     def _loop(self) -> None:
         try:
@@ -212,6 +214,10 @@ class DecodeSlots:
                 self._prefill(fills)
             if any(slot.cached < self.max_len for slot in self._active.values()):
                 self._decode_step()
+
+    def _token_entry(self, token: int, logprob) -> dict:
+        char = self.vocab.chars[token]
+        return {"token": char, "logprob": float(logprob), "bytes": list(char.encode())}
 
     def _end_everything(self) -> None:
         for slot in self._active.values():
@@ -250,15 +256,24 @@ class DecodeSlots:
             tokens[index], positions[index] = slot.context[-1], slot.cached
             seeds[index], draws[index] = request.seed, request.completion_tokens
             temps[index], top_p[index] = request.temperature, request.top_p
-        next_tokens = self.programs.step(tokens, positions, seeds, draws, temps, top_p)
+        picked = self.programs.step(tokens, positions, seeds, draws, temps, top_p)
         for index, slot in stepping.items():
             slot.cached += 1
-            self._advance(index, int(next_tokens[index]))
+            self._advance(index, *(a[index] for a in picked))
 
-    def _advance(self, index: int, token: int) -> None:
+    def _advance(self, index: int, token, logprob=0.0, top_ids=(), top_logprobs=()) -> None:
         """Add a sampled token to slot `index`; send what is safe to show; end if done."""
         slot = self._active[index]
         request = slot.request
+        token = int(token)
+        if request.top_logprobs is not None:  # recorded before the text that emit sends
+            others = zip(top_ids[: request.top_logprobs], top_logprobs, strict=False)
+            request.logprobs.append(
+                {
+                    **self._token_entry(token, logprob),
+                    "top_logprobs": [self._token_entry(int(t), p) for t, p in others],
+                }
+            )
         slot.context.append(token)
         slot.text += self.vocab.chars[token]
         request.completion_tokens += 1

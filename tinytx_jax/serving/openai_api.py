@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import secrets
-import time
 from typing import Any
 
 from tinytx_jax import dialogs
@@ -64,6 +62,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     stop: tuple[str, ...] = ()  # the reply ends before the first of these it produces
+    top_logprobs: int | None = None  # set (logprobs=true): each token's logprob, this many more
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +99,7 @@ def _integer(body: dict, names: tuple[str, ...], default: int, low: int, high: i
 
 
 MAX_STOP_TEXTS = 4
+MAX_TOP_LOGPROBS = 20
 # Fields of OpenAI's API this server cannot honour: refused, never silently ignored. Each
 # maps to the values that mean "not used", which are accepted.
 UNSUPPORTED = {
@@ -109,8 +109,6 @@ UNSUPPORTED = {
     "function_call": (None, "none"),
     "response_format": (None, {"type": "text"}),
     "logit_bias": (None, {}),
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
     "audio": (None,),
@@ -229,64 +227,15 @@ def parse_chat_request(body: Any, defaults: Defaults) -> ChatRequest:
         stream=_flag(body, "stream"),
         include_usage=_flag(options or {}, "include_usage"),
         stop=_stop_texts(body),
+        top_logprobs=_top_logprobs(body),
     )
 
 
-def completion_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
-
-
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def completion_body(
-    ident: str, model: str, text: str, finish_reason: str, usage: dict, notices: list[str]
-) -> dict:
-    """A whole (not streamed) reply; `notices` says what was dropped or cut, if anything."""
-    body = {
-        "id": ident,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": usage,
-    }
-    if notices:
-        body["notices"] = notices
-    return body
-
-
-def chunk_body(
-    ident: str,
-    model: str,
-    delta: dict,
-    finish_reason: str | None = None,
-    usage: dict | None = None,
-    notices: list[str] | None = None,
-) -> dict:
-    """One server-sent event of a streamed reply; the usage chunk has no choices."""
-    choices = [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
-    body = {
-        "id": ident,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-    }
-    if usage:
-        body["usage"] = usage
-    if notices:
-        body["notices"] = notices
-    return body
+def _top_logprobs(body: dict) -> int | None:
+    """None without `logprobs`; else how many alternatives each token reports (0-20)."""
+    top = _integer(body, ("top_logprobs",), 0, 0, MAX_TOP_LOGPROBS)
+    if not _flag(body, "logprobs"):
+        if body.get("top_logprobs") is not None:
+            raise ApiError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        return None
+    return top

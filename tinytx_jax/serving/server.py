@@ -24,13 +24,13 @@ import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tinytx_jax import interrupt
 from tinytx_jax.inference.decode_slots import Request as DecodeRequest
-from tinytx_jax.serving import openai_api
+from tinytx_jax.serving import openai_api, responses
 from tinytx_jax.serving.observability import AccessLog, ServerMetrics
 from tinytx_jax.serving.openai_api import ApiError
 from tinytx_jax.serving.service import ChatService, ClientGone
@@ -92,7 +92,7 @@ def create_app(service: ChatService, metrics: ServerMetrics | None = None) -> Ac
         check_key(request)
         chat_request = openai_api.parse_chat_request(await read_json(request), settings.defaults)
         prompt, notices = service.prompt(chat_request)
-        ident = openai_api.completion_id()
+        ident = responses.completion_id()
         decode, queue = service.submit(chat_request, prompt)  # a 429 here, before any reply
         metrics.prompt_tokens.inc(len(prompt))
         timed = timed_pieces(service.reply(decode, queue, request.is_disconnected), decode)
@@ -101,15 +101,13 @@ def create_app(service: ChatService, metrics: ServerMetrics | None = None) -> Ac
                 events(chat_request, prompt, notices, ident, decode, timed),
                 media_type="text/event-stream",
             )
-        try:
-            pieces = [piece async for piece in timed]
-        except ClientGone:
-            return Response(status_code=499)  # nginx's "client closed request", for the log
+        pieces = [piece async for piece in timed]  # ClientGone: a 499, see client_gone
         text, finish = "".join(piece for piece, _ in pieces), pieces[-1][1]
-        usage = openai_api.usage_body(len(prompt), decode.completion_tokens)
+        usage = responses.usage_body(len(prompt), decode.completion_tokens)
         notices += service.shift_notice(decode)
+        logprobs = None if decode.top_logprobs is None else decode.logprobs[: len(text)]
         return JSONResponse(
-            openai_api.completion_body(ident, service.name, text, finish, usage, notices)
+            responses.completion_body(ident, service.name, text, finish, usage, notices, logprobs)
         )
 
     async def timed_pieces(
@@ -137,21 +135,25 @@ def create_app(service: ChatService, metrics: ServerMetrics | None = None) -> Ac
         def event(body: dict | str) -> str:
             return f"data: {body if isinstance(body, str) else json.dumps(body)}\n\n"
 
-        yield event(
-            openai_api.chunk_body(ident, service.name, {"role": "assistant", "content": ""})
-        )
+        yield event(responses.chunk_body(ident, service.name, {"role": "assistant", "content": ""}))
+        sent = 0  # characters streamed so far: where this piece's logprobs start
         try:
             async for piece, finish in pieces:
                 if piece:
-                    yield event(openai_api.chunk_body(ident, service.name, {"content": piece}))
+                    logprobs = None
+                    if decode.top_logprobs is not None:
+                        logprobs = decode.logprobs[sent : sent + len(piece)]
+                    sent += len(piece)
+                    delta = {"content": piece}
+                    yield event(responses.chunk_body(ident, service.name, delta, logprobs=logprobs))
                 if finish:
                     notices += service.shift_notice(decode)
                     yield event(
-                        openai_api.chunk_body(ident, service.name, {}, finish, None, notices)
+                        responses.chunk_body(ident, service.name, {}, finish, None, notices)
                     )
                     if chat_request.include_usage:
-                        usage = openai_api.usage_body(len(prompt), decode.completion_tokens)
-                        yield event(openai_api.chunk_body(ident, service.name, {}, usage=usage))
+                        usage = responses.usage_body(len(prompt), decode.completion_tokens)
+                        yield event(responses.chunk_body(ident, service.name, {}, usage=usage))
         except ApiError as error:  # past the deadline, or the engine failed: said in-band
             yield event(error.body())
         yield event("[DONE]")
@@ -189,6 +191,9 @@ def create_app(service: ChatService, metrics: ServerMetrics | None = None) -> Ac
         assert isinstance(error, ApiError)
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
+    async def client_gone(request: Request, error: Exception) -> Response:
+        return Response(status_code=499)  # nobody to answer: nginx's "client closed request"
+
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
         body = openai_api.error_body(f"{request.method} {request.url.path}: {error.detail}")
@@ -203,7 +208,12 @@ def create_app(service: ChatService, metrics: ServerMetrics | None = None) -> Ac
             Route("/v1/models/{name:path}", model, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         ],
-        exception_handlers={ApiError: refused, HTTPException: http_error},
+        exception_handlers={
+            ApiError: refused,
+            HTTPException: http_error,
+            ClientDisconnect: client_gone,
+            ClientGone: client_gone,
+        },
     )
     return AccessLog(app, metrics)
 

@@ -116,6 +116,7 @@ class ChatService:
             seed=seed,
             stream=request.stream,
             stop=request.stop,
+            top_logprobs=request.top_logprobs,
         )
         try:
             self.engine.submit(decode)
