@@ -30,6 +30,14 @@ RETRY_AFTER_S = 1  # what a 429 tells the client to wait
 DISCONNECT_POLL_S = 0.25  # how often a reply that does not stream checks its client
 
 
+def retry_later(message: str, status: int, kind: str, code: str) -> ApiError:
+    """A refusal the client may retry: the status, and `Retry-After`."""
+    return ApiError(
+        f"{message}: retry shortly", status=status, kind=kind, code=code,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )  # fmt: skip
+
+
 class ClientGone(Exception):
     """The client of a reply that does not stream disconnected: its slot was freed."""
 
@@ -121,23 +129,13 @@ class ChatService:
         try:
             self.engine.submit(decode)
         except EngineBusy as busy:
-            raise ApiError(
-                f"the server is at capacity ({busy}): retry shortly",
-                status=429,
-                kind="rate_limit_exceeded",
-                code="server_busy",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from None
+            raise retry_later(f"the server is at capacity ({busy})", 429, "rate_limit_exceeded",
+                              "server_busy") from None  # fmt: skip
         except EngineFailed as failed:
             raise ApiError(str(failed), status=500, kind="server_error") from None
         except EngineStopping as stopping:
-            raise ApiError(
-                f"{stopping}: retry on another server or later",
-                status=503,
-                kind="server_error",
-                code="server_stopping",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from None
+            raise retry_later(f"{stopping}: retry on another server", 503, "server_error",
+                              "server_stopping") from None  # fmt: skip
         return decode, pieces
 
     async def reply(
