@@ -192,13 +192,14 @@ def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Li
         f"val_loss {model.meta['metrics']['val_loss']:.4f}; compiling {config.serve_slots} "
         "decode slots)"
     )
+    sampling = chat.sampling_config(config)
     start = time.perf_counter()
     engine = decode_slots.DecodeSlots(
         model.model,
         model.params,
         model.vocab,
         slots=config.serve_slots,
-        top_k=chat.sampling_config(config).top_k,
+        top_k=sampling.top_k,
         warm_up=True,
         max_waiting=config.serve_queue,
     )
@@ -209,7 +210,7 @@ def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Li
     defaults = openai_api.Defaults(
         max_tokens=config.max_new_tokens,
         max_tokens_limit=MAX_REPLY_TOKENS,
-        temperature=chat.sampling_config(config).temperature,
+        temperature=sampling.temperature,
         top_p=config.top_p,
     )
     settings = service.ServeSettings(

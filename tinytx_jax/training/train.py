@@ -1,7 +1,8 @@
 """The training loop: `train_and_evaluate`, one jitted epoch per iteration.
 
-Each epoch is a single device call (see steps.py); after it the loop validates, updates
-the plateau and early-stopping state, logs, checkpoints and checks for signals.
+An epoch is one device call, or bounded chunks of steps when it is long (chunks.py), so a
+signal is heard within seconds; after it the loop validates, updates the plateau and
+early-stopping state, logs, checkpoints and checks for signals.
 """
 
 from __future__ import annotations
