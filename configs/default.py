@@ -18,6 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.window_start = "any"  # windows start "any"where, or at a "conversation" start
     config.validation_split = "tail"  # "tail" of the repeated text, or whole "conversations"
     config.feed = "auto"  # training windows from the "device"-resident split, or "host" memory
+    config.normalize_user = "unicode,spaces"  # user text: unicode,spaces,case,end_punctuation
+    config.augment_user = 0.0  # share of user turns retyped in each data repetition after the 1st
 
     # Model: the seed's single block, single head, no MLP, post-norm.
     config.d_model = 64  # model width
@@ -31,11 +33,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.init = "seed"  # "seed": uniform +-0.02; "gpt2": normal(0, 0.02), scaled residuals
     config.tie_embeddings = False  # the output layer shares the token embedding (nanoGPT)
     config.bias = True  # biases in the MLP, output layer and LayerNorms
+    # The modern recipe (modded-nanogpt), each off by default:
+    config.position = "learned"  # "learned" position table (the seed), or "rope" (rotary)
+    config.qk_norm = False  # RMS-normalise queries and keys per head before attention
+    config.mlp_activation = "gelu"  # the MLP's nonlinearity: "gelu" or "relu2" (ReLU squared)
+    config.zero_init_outputs = False  # attention/MLP output projections start at zero
+    config.logit_softcap = 0.0  # > 0: logits = cap * tanh(logits / cap)
     config.cpu_devices = 0  # CPU: XLA devices to split the batch over (0: as the cores allow)
 
     # Optimisation: clip -> AdamW with warm-up, then plateau halving (or cosine).
     config.lr = 5e-4  # peak learning rate
-    config.lr_schedule = "constant"  # "constant" (the seed: plateau halving) or "cosine"
+    config.optimizer = "adamw"  # "adamw", or "muon" for hidden matrices (AdamW for the rest)
+    config.lr_schedule = "constant"  # "constant" (the seed: plateau halving), "cosine" or "wsd"
+    config.decay_fraction = 0.3  # "wsd": the last fraction of the steps, decayed to min_lr
     config.weight_decay = 0.0  # AdamW's decoupled weight decay
     config.weight_decay_on = "all"  # decay "all" parameters, or "matrices" and embeddings only
     config.adam_b1 = 0.9  # AdamW's beta1
@@ -55,12 +65,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.target_val_acc = 0.0  # > 0: stop once val_acc reaches it (and every other target)
     config.exact_match_every = 0  # every N epochs, score the greedy reply to every turn (0: off)
     config.target_exact_match = 0.0  # > 0: stop once this fraction of replies is exact
+    config.target_typed_match = 0.0  # > 0: ... and this fraction of questions asked as typed
 
     # Checkpoints in WORKDIR/checkpoints.
     config.checkpoint_every = 10  # epochs between checkpoints (one is always saved at the end)
     config.keep_checkpoints = 3  # latest checkpoints kept, besides the best one
     config.resume = True  # resume from the latest checkpoint; False moves old runs aside
     config.resume_on_new_data = False  # True: resume even though the data file changed
+    config.init_from = ""  # a trained run's workdir: start from its config.checkpoint params
 
     # Chat, eval, sampling and serving.
     config.checkpoint = "best"  # which checkpoint chat, eval and serve load: best or latest

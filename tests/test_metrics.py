@@ -42,6 +42,7 @@ def test_metrics_jsonl_tensorboard_and_curves(trained_workdir):
             "tokens_per_s",
             "elapsed_s",
             "exact_match",
+            "typed_match",
         }
     assert records[-1]["val_acc"] >= 0.99 and records[-1]["exact_match"] == 1.0
     assert records[-1]["step"] == 25 * len(records)

@@ -18,7 +18,8 @@ from tinytx_jax.training.task import build_task
 
 LINE = re.compile(
     r"^Epoch (\d+), train_loss=\d+\.\d{4} val_loss=\d+\.\d{4} "
-    r"val_acc=(\d\.\d{3}) \(n=8159\) lr=\d\.\d{2}e[-+]\d{2}( exact_match=\d\.\d{3})?$"
+    r"val_acc=(\d\.\d{3}) \(n=8159\) lr=\d\.\d{2}e[-+]\d{2}"
+    r"( exact_match=\d\.\d{3})?( typed_match=\d\.\d{3})?$"
 )
 
 

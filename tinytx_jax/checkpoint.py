@@ -28,7 +28,8 @@ from tinytx_jax import digests
 from tinytx_jax.model import ModelConfig
 
 SCHEMA_VERSION = 1
-EXACT_MATCH_WEIGHT = 1e6  # any difference in exact match outweighs any in val_loss
+EXACT_MATCH_WEIGHT = 1e9  # any difference in exact match outweighs any in typed match
+TYPED_MATCH_WEIGHT = 1e3  # and one in typed match (a turn in 1,000) most in val_loss
 PACKAGES = ("tinytx-jax", "jax", "flax", "optax", "orbax-checkpoint")
 
 
@@ -96,9 +97,11 @@ def check_schema(meta: dict, where: Path) -> None:
 
 
 def rank(metrics: dict) -> float:
-    """Lower is better: most turns exactly right where that was measured, then lowest
-    validation loss (a dialog model is best when it answers, not when it is surest)."""
-    return -EXACT_MATCH_WEIGHT * metrics.get("exact_match", -1.0) + metrics["val_loss"]
+    """Lower is better: most turns exactly right where that was measured, then most typed
+    questions answered, then lowest validation loss (a dialog model is best when it
+    answers, not when it is surest)."""
+    exact, typed = metrics.get("exact_match", -1.0), metrics.get("typed_match", 0.0)
+    return -EXACT_MATCH_WEIGHT * exact - TYPED_MATCH_WEIGHT * typed + metrics["val_loss"]
 
 
 class CheckpointStore:

@@ -169,7 +169,9 @@ def use_checkpoint(
     generator = generation.Generator(
         model.model, model.params, model.vocab, chat.sampling_config(config)
     )
-    session = chat.ChatSession(generator, config.system_prompt, config.chat_history)
+    session = chat.ChatSession(
+        generator, config.system_prompt, config.chat_history, normalize=model.normalize_user
+    )
     if mode == "eval":
         evaluation.evaluate_checkpoint(model, session)
     elif prompt is not None:

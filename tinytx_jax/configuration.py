@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import ml_collections
 
+from tinytx_jax import user_text
 from tinytx_jax.model import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
 CHECKPOINT_CHOICES = ("best", "latest")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "wsd")
+OPTIMIZERS = ("adamw", "muon")
 LOSS_ON = ("all", "assistant")
 WINDOW_STARTS = ("any", "conversation")
 VALIDATION_SPLITS = ("tail", "conversations")
 FEEDS = ("auto", "device", "host")
 INITS = ("seed", "gpt2")
 WEIGHT_DECAY_ON = ("all", "matrices")
+POSITIONS = ("learned", "rope")
+MLP_ACTIVATIONS = ("gelu", "relu2")
 
 
 MAX_INT32 = 2**31 - 1  # seeds and the step counter are int32 on the device
@@ -65,6 +69,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "eval_steps",
         "cpu_devices",
         "block_size",
+        "logit_softcap",
     ):
         _require(config[name] >= 0, f"config.{name} must be >= 0, got {config[name]}")
     _require(
@@ -105,6 +110,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f"config.plateau_factor must be in (0, 1), got {config.plateau_factor}",
     )
     _require(
+        0.0 < config.decay_fraction <= 1.0,
+        f"config.decay_fraction must be in (0, 1], got {config.decay_fraction}",
+    )
+    _require(
         config.min_lr <= config.lr,
         f"config.min_lr ({config.min_lr}) must not exceed config.lr ({config.lr})",
     )
@@ -121,11 +130,26 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f"config.target_exact_match must be in [0, 1] (0 disables it), got "
         f"{config.target_exact_match}",
     )
+    for name in ("target_exact_match", "target_typed_match"):
+        _require(
+            not config[name] or config.exact_match_every,
+            f"config.{name} needs config.exact_match_every > 0 (how often, in epochs, to "
+            "check the replies)",
+        )
     _require(
-        not config.target_exact_match or config.exact_match_every,
-        "config.target_exact_match needs config.exact_match_every > 0 (how often, in epochs, "
-        "to check the replies)",
+        0.0 <= config.target_typed_match <= 1.0,
+        f"config.target_typed_match must be in [0, 1] (0 disables it), got "
+        f"{config.target_typed_match}",
     )
+    _require(
+        0.0 <= config.augment_user <= 1.0,
+        f"config.augment_user must be in [0, 1] (the fraction of user turns retyped), got "
+        f"{config.augment_user}",
+    )
+    try:
+        user_text.parse_steps(config.normalize_user)
+    except user_text.NormalizationError as error:
+        raise ConfigError(str(error)) from None
     for name in ("adam_b1", "adam_b2"):
         _require(0.0 <= config[name] < 1.0, f"config.{name} must be in [0, 1), got {config[name]}")
     _require(0.0 <= config.top_p <= 1.0, f"config.top_p must be in [0, 1], got {config.top_p}")
@@ -141,6 +165,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         ("feed", FEEDS),
         ("init", INITS),
         ("weight_decay_on", WEIGHT_DECAY_ON),
+        ("position", POSITIONS),
+        ("optimizer", OPTIMIZERS),
+        ("mlp_activation", MLP_ACTIVATIONS),
     ):
         _require(
             config[name] in choices, f"config.{name} must be one of {choices}, got {config[name]!r}"
@@ -163,6 +190,11 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
         init=config.init,
         tie_embeddings=config.tie_embeddings,
         bias=config.bias,
+        position=config.position,
+        qk_norm=config.qk_norm,
+        mlp_activation=config.mlp_activation,
+        zero_init_outputs=config.zero_init_outputs,
+        logit_softcap=config.logit_softcap,
     )
 
 
@@ -171,7 +203,8 @@ def training_bytes(config: ml_collections.ConfigDict, vocab_size: int = 256) -> 
     weights, gradients and two Adam moments, plus one step's activations."""
     d, layers, max_len = config.d_model, config.n_layers, config.max_len
     per_layer = 4 * d * d + (8 * d * d if config.mlp else 0)
-    params = vocab_size * d * (1 if config.tie_embeddings else 2) + max_len * d
+    params = vocab_size * d * (1 if config.tie_embeddings else 2)
+    params += max_len * d if config.position == "learned" else 0
     params += layers * per_layer
     block = config.block_size or max_len
     rows = config.batch_size * block

@@ -3,7 +3,9 @@
 Defaults reproduce the original exactly: one block, one head, no MLP, post-norm
 `LayerNorm(h + attn(h))` with eps 1e-5, learned positions, every weight drawn
 uniform in [-0.02, 0.02], output bias zero. Heads, blocks, an MLP, pre-norm and
-dropout are opt-in extras for experiments.
+dropout are opt-in extras for experiments, and so is the modern recipe of the nanoGPT
+speedrun (modded-nanogpt): rotary positions, QK-norm, ReLU² MLP, zero-initialised
+output projections and logit soft-capping.
 
 Tensor names carry their shapes: B batch, T query positions, S key positions, D model
 width, H heads, Dh head width, V vocabulary.
@@ -18,13 +20,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tinytx_jax.attention import attend, rms_normalize, rotate
+
 INIT_RANGE = 0.02
 LAYER_NORM_EPS = 1e-5  # LibTorch's default; Flax's is 1e-6.
 
 
 def weight_init(cfg: ModelConfig, residual_output: bool = False) -> nn.initializers.Initializer:
     """The seed's uniform [-0.02, 0.02], or GPT-2's normal(0, 0.02) with the layers that
-    write into the residual stream scaled by 1/sqrt(2 * n_layers)."""
+    write into the residual stream scaled by 1/sqrt(2 * n_layers); zeros for those layers
+    with `zero_init_outputs` (each block then starts as the identity)."""
+    if residual_output and cfg.zero_init_outputs:
+        return nn.initializers.zeros
     if cfg.init == "gpt2":
         scale = 1.0 / math.sqrt(2 * cfg.n_layers) if residual_output else 1.0
         return nn.initializers.normal(INIT_RANGE * scale)
@@ -58,45 +65,12 @@ class ModelConfig:
     init: str = "seed"  # "gpt2": normal(0, 0.02), residual outputs / sqrt(2 * n_layers)
     tie_embeddings: bool = False  # the output layer reuses the token embedding
     bias: bool = True  # biases in the MLP, the output layer and the LayerNorms
-
-
-def attend(
-    q_BxTxHxDh: jax.Array,
-    k_BxSxHxDh: jax.Array,
-    v_BxSxHxDh: jax.Array,
-    mask_TxS: jax.Array,
-    dropout: nn.Dropout | None = None,
-) -> jax.Array:
-    """Scaled dot-product attention where `mask_TxS` is True; returns `[B, T, H, Dh]`.
-
-    Without dropout this is `jax.nn.dot_product_attention` (fused kernels where the
-    platform has them). Attention-weight dropout needs the weights, so it is spelled out.
-    """
-    B, _, H, Dh = q_BxTxHxDh.shape
-    if dropout is None and B * H == 1 and jax.default_backend() == "cpu":
-        return _attend_one_sequence(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask_TxS)
-    if dropout is None:
-        return jax.nn.dot_product_attention(
-            q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask=mask_TxS[None, None]
-        )
-    scores_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxDh, k_BxSxHxDh) / jnp.sqrt(Dh)
-    scores_BxHxTxS = jnp.where(mask_TxS[None, None], scores_BxHxTxS.astype(jnp.float32), -1e9)
-    weights_BxHxTxS = dropout(jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxSxHxDh.dtype))
-    return jnp.einsum("bhts,bshd->bthd", weights_BxHxTxS, v_BxSxHxDh)
-
-
-def _attend_one_sequence(
-    q_1xTx1xDh: jax.Array, k_1xSx1xDh: jax.Array, v_1xSx1xDh: jax.Array, mask_TxS: jax.Array
-) -> jax.Array:
-    """The XLA:CPU special case: one sequence and one head (the seed's training step) as
-    plain 2-D matmuls. XLA:CPU runs the 4-D batched form of size one markedly slower:
-    1.48 vs 1.29 ms per seed step on one core, side by side (`benchmarks/train_speed.py`)."""
-    _, T, _, Dh = q_1xTx1xDh.shape
-    q_TxDh, k_SxDh, v_SxDh = (x.reshape(-1, Dh) for x in (q_1xTx1xDh, k_1xSx1xDh, v_1xSx1xDh))
-    scores_TxS = (q_TxDh @ k_SxDh.T) / jnp.sqrt(Dh).astype(q_TxDh.dtype)
-    scores_TxS = jnp.where(mask_TxS, scores_TxS.astype(jnp.float32), -1e9)
-    weights_TxS = jax.nn.softmax(scores_TxS, axis=-1).astype(v_SxDh.dtype)
-    return (weights_TxS @ v_SxDh).reshape(1, T, 1, Dh)
+    # The modern recipe, off by default:
+    position: str = "learned"  # "rope": rotary query/key positions, no position table
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys
+    mlp_activation: str = "gelu"  # "relu2": ReLU(x)^2
+    zero_init_outputs: bool = False  # attention and MLP output projections start at zero
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap)
 
 
 class Dense(nn.Module):
@@ -149,16 +123,23 @@ class CausalSelfAttention(nn.Module):
         q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh = (
             project(name, x_BxTxD).reshape(B, T, H, Dh) for name in ("query", "key", "value")
         )
-        query_pos_T = jnp.arange(T)
+        query_pos_T = jnp.arange(T) if decode_start is None else jnp.arange(T) + decode_start
+        if cfg.qk_norm:
+            q_BxTxHxDh, k_BxSxHxDh = rms_normalize(q_BxTxHxDh), rms_normalize(k_BxSxHxDh)
+        if cfg.position == "rope":  # keys are cached turned: each new one at its position
+            q_BxTxHxDh, k_BxSxHxDh = (
+                rotate(q_BxTxHxDh, query_pos_T),
+                rotate(k_BxSxHxDh, query_pos_T),
+            )
         if decode_start is not None:
             k_BxSxHxDh = self.cached("cached_key", k_BxSxHxDh, decode_start)
             v_BxSxHxDh = self.cached("cached_value", v_BxSxHxDh, decode_start)
-            query_pos_T = query_pos_T + decode_start
         S = k_BxSxHxDh.shape[1]
         mask_TxS = jnp.arange(S)[None, :] <= query_pos_T[:, None]
         use_dropout = cfg.dropout > 0 and not deterministic
         dropout = nn.Dropout(cfg.dropout, deterministic=False) if use_dropout else None
-        out_BxTxHxDh = attend(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask_TxS, dropout)
+        causal = decode_start is None  # the full forward: the mask is the causal square
+        out_BxTxHxDh = attend(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask_TxS, dropout, causal)
         return project("out", out_BxTxHxDh.reshape(B, T, D))
 
     def cached(self, name: str, new_BxTxHxDh: jax.Array, start: jax.Array) -> jax.Array:
@@ -184,7 +165,10 @@ class MLP(nn.Module):
             cfg.mlp_ratio * cfg.d_model, cfg.bias, cfg.dtype, weight_init(cfg), name="fc_in"
         )
         fc_out = Dense(cfg.d_model, cfg.bias, cfg.dtype, weight_init(cfg, True), name="fc_out")
-        out_BxTxD = fc_out(nn.gelu(fc_in(x_BxTxD)))
+        hidden_BxTxF = fc_in(x_BxTxD)
+        relu2 = cfg.mlp_activation == "relu2"
+        hidden_BxTxF = jnp.square(nn.relu(hidden_BxTxF)) if relu2 else nn.gelu(hidden_BxTxF)
+        out_BxTxD = fc_out(hidden_BxTxF)
         return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic)
 
 
@@ -237,13 +221,15 @@ class TinyTransformer(nn.Module):
 
         V, D, L = cfg.vocab_size, cfg.d_model, cfg.max_len
         token_embed_VxD = self.param("token_embed", weight_init(cfg), (V, D))
-        pos_embed_LxD = self.param("pos_embed", weight_init(cfg), (L, D))
-        if decode_start is None:
-            positions_TxD = pos_embed_LxD[:T]
-        else:
-            # Callers keep decode_start + T <= max_len, so this slice is never clamped.
-            positions_TxD = jax.lax.dynamic_slice_in_dim(pos_embed_LxD, decode_start, T)
-        x_BxTxD = jnp.take(token_embed_VxD, tokens_BxT, axis=0) + positions_TxD[None]
+        x_BxTxD = jnp.take(token_embed_VxD, tokens_BxT, axis=0)
+        if cfg.position == "learned":
+            pos_embed_LxD = self.param("pos_embed", weight_init(cfg), (L, D))
+            if decode_start is None:
+                positions_TxD = pos_embed_LxD[:T]
+            else:
+                # Callers keep decode_start + T <= max_len, so this slice is never clamped.
+                positions_TxD = jax.lax.dynamic_slice_in_dim(pos_embed_LxD, decode_start, T)
+            x_BxTxD = x_BxTxD + positions_TxD[None]
         x_BxTxD = x_BxTxD.astype(cfg.dtype)
         x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
         for i in range(cfg.n_layers):
@@ -259,4 +245,6 @@ class TinyTransformer(nn.Module):
         else:
             head = Dense(V, cfg.bias, cfg.dtype, weight_init(cfg), name="head")
             logits_BxTxV = head(x_BxTxD).astype(jnp.float32)
+        if cfg.logit_softcap:
+            logits_BxTxV = cfg.logit_softcap * jnp.tanh(logits_BxTxV / cfg.logit_softcap)
         return logits_BxTxV[0] if unbatched else logits_BxTxV

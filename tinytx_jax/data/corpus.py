@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytx_jax import dialogs, vocabulary
-from tinytx_jax.data import token_cache
+from tinytx_jax import dialogs, user_text, vocabulary
+from tinytx_jax.data import token_cache, typed_variants
 
 DIALOGS, TEXT = "dialogs", "text"
 DIALOG_SUFFIXES = (".jsonl", ".json")
@@ -27,6 +27,46 @@ TEXT_SUFFIXES = (".txt",)
 
 class DataError(ValueError):
     """Unusable training data; the message names the file, line and problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UserTyping:
+    """How user turns reach the model: normalised (`steps`), and in training retyped
+    (`augment_rate` of the user turns of every repetition after the first, drawn from
+    `seed`)."""
+
+    steps: tuple[str, ...] = ()
+    augment_rate: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config) -> UserTyping:
+        """The config's; a checkpoint from before these fields saw its text as it was."""
+        return cls(
+            user_text.parse_steps(config.get("normalize_user", "")),
+            float(config.get("augment_user", 0.0)),
+            int(config.seed),
+        )
+
+    def normalize(self, text: str) -> str:
+        return user_text.normalize(text, self.steps)
+
+    def render(
+        self, conversations: tuple[dialogs.Conversation, ...], repeat: int
+    ) -> tuple[str, np.ndarray, np.ndarray]:
+        """Text, reply mask and conversation starts of `repeat` passes over `conversations`
+        (normalised already): the first pass as written, the others retyped."""
+        if not self.augment_rate:
+            text, mask = dialogs.render_conversations(conversations, repeat)
+            return text, mask, dialogs.conversation_offsets(conversations, repeat)
+        passes = list(conversations)
+        for k in range(1, repeat):
+            for i, conversation in enumerate(conversations):
+                rng = typed_variants.variant_rng(self.seed, k, i)
+                retyped = typed_variants.retyped_conversation(conversation, self.augment_rate, rng)
+                passes.append(dialogs.map_user_turns(retyped, self.normalize))
+        text, mask = dialogs.render_conversations(tuple(passes))
+        return text, mask, dialogs.conversation_offsets(tuple(passes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +81,11 @@ class Corpus:
     reply_mask: np.ndarray  # uint8 per character: 1 for assistant replies and their end tag
     kind: str  # DIALOGS or TEXT
     source: str
-    conversations: tuple[dialogs.Conversation, ...]  # empty for plain text
+    conversations: tuple[dialogs.Conversation, ...]  # normalised; empty for plain text
     encoded: token_cache.EncodedText | None = None  # plain text: tokens, vocabulary, hash
     from_cache: bool = False
+    starts: np.ndarray | None = None  # where each rendered conversation starts (dialogs)
+    typing: UserTyping = UserTyping()
 
     @property
     def length(self) -> int:
@@ -89,10 +131,16 @@ def check_fits_in_memory(characters: int, repeat: int, source: str) -> None:
     )
 
 
-def _render(conversations: tuple[dialogs.Conversation, ...], repeat: int, source: str):
+def _dialog_corpus(
+    conversations: tuple[dialogs.Conversation, ...], repeat: int, source: str, typing: UserTyping
+) -> Corpus:
+    conversations = tuple(dialogs.map_user_turns(c, typing.normalize) for c in conversations)
     once = sum(dialogs.conversation_length(c) for c in conversations)
     check_fits_in_memory(once, repeat, source)
-    return dialogs.render_conversations(conversations, repeat)
+    text, mask, starts = typing.render(conversations, repeat)
+    return Corpus(
+        text, mask, DIALOGS, f"{source} x {repeat}", conversations, starts=starts, typing=typing
+    )
 
 
 def data_kind(data_path: str) -> str:
@@ -100,12 +148,11 @@ def data_kind(data_path: str) -> str:
     return TEXT if data_path and Path(data_path).suffix in TEXT_SUFFIXES else DIALOGS
 
 
-def load_corpus(data_path: str, repeat: int) -> Corpus:
-    """The built-in dialogs (empty path) or a file's; dialogs are repeated `repeat` times."""
+def load_corpus(data_path: str, repeat: int, typing: UserTyping = UserTyping()) -> Corpus:
+    """The built-in dialogs (empty path) or a file's; dialogs are repeated `repeat` times,
+    their user turns as `typing` says."""
     if not data_path:
-        conversations = dialogs.BUILTIN_CONVERSATIONS
-        text, mask = _render(conversations, repeat, "the built-in dialogs")
-        return Corpus(text, mask, DIALOGS, f"builtin dialogs x {repeat}", conversations)
+        return _dialog_corpus(dialogs.BUILTIN_CONVERSATIONS, repeat, "builtin dialogs", typing)
     path = Path(data_path)
     if path.exists() and not path.is_file():  # a directory, a FIFO, a device: never opened
         raise DataError(f"{path} is not a regular file: give the path of a .jsonl or .txt file")
@@ -119,9 +166,7 @@ def load_corpus(data_path: str, repeat: int) -> Corpus:
     content = read_utf8(path)
     if not content.strip():
         raise DataError(f"{path}: the file is empty")
-    conversations = parse_dialogs(content, path)
-    text, mask = _render(conversations, repeat, str(path))
-    return Corpus(text, mask, DIALOGS, f"{path} x {repeat}", conversations)
+    return _dialog_corpus(parse_dialogs(content, path), repeat, str(path), typing)
 
 
 def load_text(path: Path) -> Corpus:

@@ -66,8 +66,10 @@ def split_corpus(
     """Split `corpus` (already rendered with `repeat`) as `validation_split` says."""
     if validation_split == "tail":
         tokens = corpus.encoded.tokens if corpus.encoded else vocab.encode(corpus.text)
+        if corpus.encoded and corpus.encoded.chars != vocab.chars:  # a grown vocabulary
+            tokens = vocab.encode(corpus.encoded.chars)[tokens]
         cutoff = len(windows.split_tokens(tokens, validation_fraction)[0])
-        starts = dialogs.conversation_offsets(corpus.conversations, repeat)
+        starts = corpus.starts if corpus.starts is not None else np.zeros(0, np.int64)
         if corpus.kind == DIALOGS and not (starts >= cutoff).any():
             # A few short dialogs: the tail holds no conversation's start, so validation
             # starts at the last one (chat and exact match see conversations from there).
@@ -101,12 +103,12 @@ def split_corpus(
     held = set(heldout_indices(count, validation_fraction).tolist())
     train = tuple(c for i, c in enumerate(corpus.conversations) if i not in held)
     heldout = tuple(c for i, c in enumerate(corpus.conversations) if i in held)
-    train_text, train_mask = dialogs.render_conversations(train, repeat)
+    train_text, train_mask, train_starts = corpus.typing.render(train, repeat)
     val_text, val_mask = dialogs.render_conversations(heldout)
     return Split(
         vocab.encode(train_text),
         train_mask,
-        dialogs.conversation_offsets(train, repeat),
+        train_starts,
         vocab.encode(val_text),
         val_mask,
         dialogs.conversation_offsets(heldout),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+from collections.abc import Callable
 from typing import TextIO
 
 import ml_collections
@@ -50,9 +51,10 @@ def quoted(chars: str) -> str:
 class ChatSession:
     """Answers user lines one at a time, reporting what it had to drop or cut.
 
-    With `keep_history`, earlier turns stay in the prompt (trimmed to the most recent
-    `max_len` tokens by the generator); otherwise every line starts a fresh dialog, as the
-    seed did.
+    Each line is normalised first (`normalize`: the model's, see user_text.py), as its
+    training data was. With `keep_history`, earlier turns stay in the prompt (trimmed to the
+    most recent `max_len` tokens by the generator); otherwise every line starts a fresh
+    dialog, as the seed did.
     """
 
     def __init__(
@@ -61,8 +63,10 @@ class ChatSession:
         system_prompt: str,
         keep_history: bool = False,
         notices: TextIO = sys.stderr,
+        normalize: Callable[[str], str] = str,
     ):
         self.generator = generator
+        self.normalize = normalize
         self.notices = notices
         self.keep_history = keep_history
         self.history: list[dialogs.Turn] = []
@@ -103,6 +107,7 @@ class ChatSession:
     def answer(self, line: str) -> str | None:
         """The reply to one user line, or None (with a notice) if nothing usable is left."""
         vocab = self.generator.vocab
+        line = self.normalize(line)
         unknown = vocab.unknown_chars(line)
         kept = "".join(c for c in line if c not in unknown)
         if unknown and not kept:

@@ -2,7 +2,9 @@
 
 The split is rebuilt exactly as training built it, so the figures are the ones the run
 logged; exact match is reported for the training conversations and, with
-`validation_split=conversations`, separately for the held-out ones.
+`validation_split=conversations`, separately for the held-out ones. Then every training
+question is asked again as typed in each of `typed_variants.VARIANTS` (normalised as chat
+normalises), scored by the batched greedy check of exact_match.py.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from tinytx_jax import dialogs
-from tinytx_jax.data import corpus, split, windows
+from tinytx_jax import dialogs, exact_match
+from tinytx_jax.data import corpus, split, typed_variants, windows
 from tinytx_jax.inference.chat import ChatSession
 from tinytx_jax.inference.trained import TrainedModel
 from tinytx_jax.scoring import make_evaluate
@@ -38,6 +40,7 @@ class EvalReport:
     val_targets: int
     train: TurnScore
     heldout: TurnScore | None  # None unless whole conversations were held out
+    typed: dict[str, tuple[int, int]]  # variant -> (exact replies, turns)
 
 
 def score_turns(session: ChatSession, conversations: tuple[dialogs.Conversation, ...]) -> TurnScore:
@@ -58,7 +61,9 @@ def evaluate_checkpoint(
 ) -> EvalReport:
     """Validation loss/accuracy exactly as training reports them, then greedy exact match."""
     config = trained.config
-    text = corpus.load_corpus(config.data_path, config.data_repeat)
+    text = corpus.load_corpus(
+        config.data_path, config.data_repeat, corpus.UserTyping.from_config(config)
+    )
     if text.fingerprint != trained.meta["data"]["fingerprint"]:
         log("(the data differs from the checkpoint's training data: figures are not comparable)")
     validation_split = config.get("validation_split", "tail")
@@ -78,6 +83,9 @@ def evaluate_checkpoint(
         int(mask.sum()),
         score_turns(session, parts.train_conversations),
         score_turns(session, parts.heldout_conversations) if validation_split != "tail" else None,
+        score_typed(
+            trained, parts.train_conversations, text.typing.normalize, config.max_new_tokens
+        ),
     )
     log(
         f"Checkpoint epoch {trained.epoch}: val_loss={report.val_loss:.4f} "
@@ -93,4 +101,28 @@ def evaluate_checkpoint(
         )
         for user, got, expected in score.misses:
             log(f"  miss: {user!r} -> {got!r} (expected {expected!r})")
+    for variant, (matches, turns) in report.typed.items():
+        log(f"Typed as {variant}: {matches}/{turns} exact ({matches / turns:.1%})")
     return report
+
+
+def score_typed(
+    trained: TrainedModel,
+    conversations: tuple[dialogs.Conversation, ...],
+    normalize: Callable[[str], str],
+    max_new_tokens: int,
+) -> dict[str, tuple[int, int]]:
+    """Exact replies per typed variant of every training question."""
+    scores, check = {}, None
+    for variant in typed_variants.VARIANTS:
+        typed = typed_variants.variant_conversations(
+            conversations, variant, typed_variants.CHECK_SEED, normalize
+        )
+        batch = exact_match.turn_batch(
+            typed, trained.vocab, trained.model.config.max_len, max_new_tokens
+        )
+        check = check or exact_match.make_turn_check(trained.model, batch.num_turns)
+        arrays = windows.grouped_rows(batch.arrays)
+        correct = check(trained.params, *arrays)
+        scores[variant] = (exact_match.count_matches(correct, batch), batch.num_turns)
+    return scores

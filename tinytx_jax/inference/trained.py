@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tinytx_jax import checkpoint
+from tinytx_jax import checkpoint, user_text
 from tinytx_jax.model import ModelConfig, TinyTransformer
 from tinytx_jax.vocabulary import Vocabulary
 
@@ -35,6 +35,12 @@ class TrainedModel:
     def config(self) -> ml_collections.ConfigDict:
         """The run config the checkpoint was trained with."""
         return ml_collections.ConfigDict(self.meta["config"])
+
+    def normalize_user(self, text: str) -> str:
+        """User text as this model was trained to see it (its run's config.normalize_user;
+        none for checkpoints from before that field)."""
+        steps = user_text.parse_steps(self.meta["config"].get("normalize_user", ""))
+        return user_text.normalize(text, steps)
 
 
 def load_trained(

@@ -84,11 +84,13 @@ class ChatService:
 
     def prompt(self, request: openai_api.ChatRequest) -> tuple[np.ndarray, list[str]]:
         """The REPL's prompt for this conversation (unknown characters dropped), and notices."""
-        vocab = self.trained.vocab
+        vocab, normalize = self.trained.vocab, self.trained.normalize_user
         system = self.settings.system_prompt if request.system is None else request.system
-        texts = [system, request.user, *(text for turn in request.history for text in turn)]
+        user = normalize(request.user)  # as the REPL normalises each line
+        history = tuple((normalize(asked), answered) for asked, answered in request.history)
+        texts = [system, user, *(text for turn in history for text in turn)]
         unknown = vocab.unknown_chars("".join(texts))
-        if not "".join(c for c in request.user if c not in unknown).strip():
+        if not "".join(c for c in user if c not in unknown).strip():
             raise ApiError(
                 "the last user message has no character of the model's vocabulary "
                 f"(the model knows: {vocab.chars!r})",
@@ -96,7 +98,7 @@ class ChatService:
                 code="unsupported_characters",
             )
         # Encoding drops the unknown characters, as the REPL does before rendering.
-        tokens = vocab.encode(dialogs.render_prompt(request.user, system, request.history))
+        tokens = vocab.encode(dialogs.render_prompt(user, system, history))
         notices = []
         if unknown:
             notices.append(f"dropped characters not in the vocabulary: {chat.quoted(unknown)}")

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tinytx_jax import parallel
+from tinytx_jax import exact_match, parallel
 from tinytx_jax.scoring import make_evaluate
-from tinytx_jax.training import exact_match, optim
+from tinytx_jax.training import optim
 from tinytx_jax.training.chunks import ChunkedEpoch
 from tinytx_jax.training.state import TrainState
 from tinytx_jax.training.steps import make_end_epoch
@@ -55,7 +55,11 @@ def compile_steps(
         task.plateau, task.plateau_enabled, task.schedule, optim.PLATEAU_MIN_DELTA
     )
     val_loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(task.mesh))
-    batches = {"exact_match": task.turns, "val_exact_match": task.heldout_turns}
+    batches = {
+        "exact_match": task.turns,
+        "val_exact_match": task.heldout_turns,
+        "typed_match": task.typed_turns,
+    }
     return CompiledSteps(
         train_epoch,
         make_evaluate(task.model).lower(state.params, *task.val_chunks).compile(),

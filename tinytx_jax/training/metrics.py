@@ -30,13 +30,16 @@ class EpochMetrics:
     lr: float
     exact_match: float | None = None  # of the training turns' greedy replies
     val_exact_match: float | None = None  # of the held-out turns' (conversations split)
+    typed_match: float | None = None  # of the training turns asked as typed (typed_variants)
     val_bpc: float | None = None  # bits per character (text models): val_loss / ln 2
 
     def ranking(self) -> dict[str, float]:
         """What checkpoints are ranked by (see checkpoint.rank)."""
-        if self.exact_match is None:
-            return {"val_loss": self.val_loss}
-        return {"val_loss": self.val_loss, "exact_match": self.exact_match}
+        ranked = {"val_loss": self.val_loss}
+        for name in ("exact_match", "typed_match"):
+            if getattr(self, name) is not None:
+                ranked[name] = getattr(self, name)
+        return ranked
 
 
 def format_epoch_line(m: EpochMetrics) -> str:
@@ -50,6 +53,8 @@ def format_epoch_line(m: EpochMetrics) -> str:
         line += f" exact_match={m.exact_match:.3f}"
     if m.val_exact_match is not None:
         line += f" val_exact_match={m.val_exact_match:.3f}"
+    if m.typed_match is not None:
+        line += f" typed_match={m.typed_match:.3f}"
     if m.val_bpc is not None:
         line += f" val_bpc={m.val_bpc:.4f}"
     return line
@@ -71,7 +76,7 @@ def epoch_record(
         "tokens_per_s": steps * tokens_per_step / train_s,
         "elapsed_s": elapsed_s,
     }
-    for name in ("exact_match", "val_exact_match", "val_bpc"):
+    for name in ("exact_match", "val_exact_match", "typed_match", "val_bpc"):
         if getattr(m, name) is not None:
             record[name] = getattr(m, name)
     return record
@@ -164,7 +169,11 @@ def plot_curves(workdir: str | os.PathLike) -> Path:
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
     loss_axis.legend()
     acc_axis.plot(epochs, [r["val_acc"] for r in records], color="tab:green", label="val_acc")
-    for name, color in (("exact_match", "tab:red"), ("val_exact_match", "tab:purple")):
+    for name, color in (
+        ("exact_match", "tab:red"),
+        ("val_exact_match", "tab:purple"),
+        ("typed_match", "tab:orange"),
+    ):
         measured = [(r["epoch"], r[name]) for r in records if name in r]
         if measured:
             acc_axis.plot(*zip(*measured, strict=True), "o-", color=color, label=name)

@@ -23,6 +23,7 @@ import optax
 from optax import contrib
 
 PLATEAU_MIN_DELTA = 1e-6  # The seed's `val_loss + 1e-6 < best`.
+MUON_CONSISTENT_RMS = 0.2  # Muon updates of AdamW's RMS (Liu et al. 2025, Moonlight)
 
 
 def warmup_schedule(lr: float, warmup_steps: int) -> optax.Schedule:
@@ -48,6 +49,30 @@ def cosine_schedule(
     return optax.join_schedules([warmup_schedule(lr, warmup_steps), decay], [warmup_steps])
 
 
+def wsd_schedule(
+    lr: float, warmup_steps: int, total_steps: int, min_lr: float, decay_fraction: float
+) -> optax.Schedule:
+    """Warm-up, stable, decay (trapezoidal): the seed's warm-up, `lr` held, then a linear
+    decay to `min_lr` over the last `decay_fraction` of the steps (modded-nanogpt)."""
+    decay_steps = max(int(total_steps * decay_fraction), 1)
+    stable_end = max(total_steps - decay_steps, warmup_steps)
+    decay = optax.linear_schedule(lr, min_lr, decay_steps)
+    return optax.join_schedules([warmup_schedule(lr, warmup_steps), decay], [stable_end])
+
+
+def muon_dimensions(params) -> object:
+    """Which parameters Muon orthogonalises: the hidden weight matrices. Embeddings, the
+    output head and every vector go to Adam, as in modded-nanogpt."""
+
+    def spec(path, p):
+        name = jax.tree_util.keystr(path)
+        if p.ndim != 2 or any(k in name for k in ("token_embed", "pos_embed", "'head'")):
+            return None
+        return contrib.MuonDimensionNumbers(reduction_axis=0, output_axis=1)
+
+    return jax.tree_util.tree_map_with_path(spec, params)
+
+
 def matrices_only(params) -> object:
     """The decay mask of GPT-style training: weight matrices and embeddings (rank >= 2)
     decay; biases and LayerNorm scales do not."""
@@ -61,8 +86,26 @@ def make_optimizer(
     b1: float = 0.9,
     b2: float = 0.999,
     decay_matrices_only: bool = False,
+    optimizer: str = "adamw",
 ) -> optax.GradientTransformation:
-    """The per-step chain; AdamW's decay is decoupled (the seed's default decay is 0)."""
+    """The per-step chain; AdamW's decay is decoupled (the seed's default decay is 0).
+
+    `muon`: optax's Muon for the hidden matrices (consistent-RMS scaling, 0.2, so the same
+    rate and decay suit both halves) and AdamW for the rest.
+    """
+    if optimizer == "muon":
+        return optax.chain(
+            optax.clip_by_global_norm(clip_norm),
+            contrib.muon(
+                schedule,
+                weight_decay=weight_decay,
+                adam_b1=b1,
+                adam_b2=b2,
+                adam_weight_decay=weight_decay,
+                muon_weight_dimension_numbers=muon_dimensions,
+                consistent_rms=MUON_CONSISTENT_RMS,
+            ),
+        )
     return optax.chain(
         optax.clip_by_global_norm(clip_norm),
         optax.adamw(
@@ -86,9 +129,13 @@ def make_plateau(
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     """The per-step rate of a run config (before plateau scaling)."""
+    total_steps = config.epochs * config.steps_per_epoch
     if config.lr_schedule == "cosine":
-        total_steps = config.epochs * config.steps_per_epoch
         return cosine_schedule(config.lr, config.warmup_steps, total_steps, config.min_lr)
+    if config.lr_schedule == "wsd":
+        return wsd_schedule(
+            config.lr, config.warmup_steps, total_steps, config.min_lr, config.decay_fraction
+        )
     return warmup_schedule(config.lr, config.warmup_steps)
 
 
@@ -104,6 +151,7 @@ def make_optimizers(
         config.get("adam_b1", 0.9),
         config.get("adam_b2", 0.999),
         config.get("weight_decay_on", "all") == "matrices",
+        config.get("optimizer", "adamw"),
     )
     plateau = make_plateau(config.lr, config.plateau_factor, config.plateau_patience, config.min_lr)
     return tx, plateau

@@ -10,10 +10,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from tinytx_jax import configuration, dialogs, parallel, vocabulary
-from tinytx_jax.data import corpus, feeding, split, windows
+from tinytx_jax import configuration, dialogs, exact_match, parallel, vocabulary
+from tinytx_jax.data import corpus, feeding, split, typed_variants, windows
 from tinytx_jax.model import TinyTransformer
-from tinytx_jax.training import exact_match, optim
+from tinytx_jax.training import init_from, optim
 from tinytx_jax.training.state import TrainState, init_train_state
 from tinytx_jax.training.steps import StateUpdate, make_train_epoch
 
@@ -46,7 +46,9 @@ class Task:
     full_val_targets: int
     turns: exact_match.TurnBatch | None  # training turns, when exact match is computed
     heldout_turns: exact_match.TurnBatch | None  # held-out turns (conversations split)
+    typed_turns: exact_match.TurnBatch | None  # training turns, each asked as one typed variant
     corpus: corpus.Corpus
+    init_source: init_from.Source | None  # config.init_from's checkpoint, if set
     mesh: jax.sharding.Mesh
     config: ml_collections.ConfigDict  # the run's config, block_size resolved
 
@@ -77,7 +79,9 @@ class Task:
 
 def build_task(config: ml_collections.ConfigDict) -> Task:
     """Corpus, vocabulary, split, model and optimizer for `config` (already checked)."""
-    text = corpus.load_corpus(config.data_path, config.data_repeat)
+    text = corpus.load_corpus(
+        config.data_path, config.data_repeat, corpus.UserTyping.from_config(config)
+    )
     needs_dialogs = [
         f"config.{name}={config[name]!r}"
         for name, plain in (
@@ -95,12 +99,16 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
     if not config.block_size:  # resolved here, so checkpoints and eval record the real size
         config = config.copy_and_resolve_references()  # the caller's config stays as given
         with config.unlocked():
-            config.block_size = fitted_block_size(text.conversations, config.max_len)
+            config.block_size = fitted_block_size(text, config.max_len)
     vocab = (
         vocabulary.Vocabulary(text.encoded.chars)
         if text.encoded
         else vocabulary.Vocabulary.from_text(text.text)
     )
+    source = None
+    if config.get("init_from", ""):
+        source = init_from.read_source(config.init_from, config.checkpoint)
+        vocab = init_from.grown_vocabulary(source, vocab)
     corpus.check_vocabulary_size(vocab.size, text.source)
     parts = split.split_corpus(
         text, vocab, config.validation_split, config.validation_fraction, config.data_repeat
@@ -138,6 +146,8 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
     tx, plateau = optim.make_optimizers(config)
     on_all = parallel.replicated(mesh)
     model = TinyTransformer(configuration.model_config(config, vocab.size))
+    if source:
+        init_from.check_shape(source, model.config)
     # uint16 (every vocabulary fits, see the check above): half the memory of int32.
     train_tokens = parts.train_tokens.astype(np.uint16)
     train_weights = parts.train_mask.astype(np.float32) if reply_only else None
@@ -181,7 +191,16 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         full_val_targets=int(val_weights.sum()),
         turns=_turns(parts.train_conversations, vocab, config, model),
         heldout_turns=_turns(parts.heldout_conversations, vocab, config, model),
+        typed_turns=_turns(
+            typed_variants.variant_conversations(
+                parts.train_conversations, "mixed", typed_variants.CHECK_SEED, text.typing.normalize
+            ),
+            vocab,
+            config,
+            model,
+        ),
         corpus=text,
+        init_source=source,
         mesh=mesh,
         config=config,
     )
@@ -196,10 +215,11 @@ def rows_on_devices(
     return tuple(parallel.to_global(a, sharding) for a in windows.grouped_rows(chunks, mesh.size))
 
 
-def fitted_block_size(conversations: tuple[dialogs.Conversation, ...], max_len: int) -> int:
-    """A window that holds the longest conversation whole (rounded up to 16, at most
-    max_len): with conversation-aligned windows, longer ones are wasted compute."""
-    longest = max(dialogs.conversation_length(c) for c in conversations)
+def fitted_block_size(text: corpus.Corpus, max_len: int) -> int:
+    """A window that holds the longest conversation whole, as rendered (retyped ones
+    included; rounded up to 16, at most max_len): with conversation-aligned windows, longer
+    ones are wasted compute."""
+    longest = int(np.diff(np.append(text.starts, len(text.text))).max())
     return min(max_len, -(-(longest - 1) // 16) * 16)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from tinytx_jax import checkpoint, configuration, interrupt, parallel
 from tinytx_jax.data import corpus
-from tinytx_jax.training import metrics, profiling, progress, workdir_lock
+from tinytx_jax.training import init_from, metrics, profiling, progress, workdir_lock
 from tinytx_jax.training import resume as resuming
 from tinytx_jax.training.chunks import ChunkedEpoch
 from tinytx_jax.training.compiled import compile_steps, measure_exact_match
@@ -60,6 +60,11 @@ def stop_reason(
         if exact is None or exact < config.target_exact_match:
             return None
         reached.append(f"exact_match={exact:.3f} >= {config.target_exact_match}")
+    if config.get("target_typed_match", 0.0):
+        typed = metrics.typed_match
+        if typed is None or typed < config.target_typed_match:
+            return None
+        reached.append(f"typed_match={typed:.3f} >= {config.target_typed_match}")
     if reached:
         return f"Target reached at epoch {metrics.epoch}: {', '.join(reached)}"
     return None
@@ -142,6 +147,15 @@ def _run_epochs(
         if last.epoch >= config.epochs or stop_reason(last, state, config):
             log(f"Nothing to train: the run in {store.directory} finished at epoch {last.epoch}")
             return state, []
+    elif task.init_source:
+        source = task.init_source
+        params = init_from.initial_params(source, state.params, task.vocab, task.mesh)
+        state = state.replace(params=params)
+        added = task.vocab.size - source.vocab.size
+        log(
+            f"Starting from the parameters of {source.workdir} (epoch {source.epoch}), with a "
+            f"fresh optimiser and schedule; {added} new characters in the vocabulary"
+        )
     start = time.perf_counter()
     steps = compile_steps(task, config, state)
     if config.profile_steps:

@@ -1,0 +1,84 @@
+"""What each option of the modern recipe is worth: validation loss at a fixed time budget.
+
+    python -m benchmarks.ablation [--data=data/tinyshakespeare.txt] [--budget_s=40]
+
+For `configs/char_lm.py` and for that recipe with one option turned back to its old value
+(learned positions, no QK-norm, GELU, random output projections, no soft-cap, AdamW,
+cosine), each in turn: time the step (`benchmarks.train_speed`), give the run as many
+steps as fit in --budget_s seconds of training, train it as a whole `main.py` process and
+read the whole-split validation loss of its last epoch. Prints a Markdown table and the CPU.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from absl import app, flags, logging
+
+from benchmarks.headline import main_py
+from benchmarks.machine import cpu_model
+from benchmarks.train_speed import measure_train_speed
+from configs import char_lm
+
+_DATA = flags.DEFINE_string("data", "data/tinyshakespeare.txt", "Text to train on.")
+_BUDGET = flags.DEFINE_float("budget_s", 40.0, "Seconds of training each run gets.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/ablation", "Where the runs' workdirs go.")
+EPOCHS = 4  # validations per run; the last scores the whole split
+# Each option of the recipe, and the value that turns it off.
+WITHOUT = {
+    "rotary positions": {"position": "learned"},
+    "QK-norm": {"qk_norm": False},
+    "ReLU² MLP": {"mlp_activation": "gelu"},
+    "zero-init outputs": {"zero_init_outputs": False},
+    "logit soft-cap": {"logit_softcap": 0.0},
+    "Muon": {"optimizer": "adamw"},
+    "warm-up/stable/decay": {"lr_schedule": "cosine"},
+}
+VAL_LOSS = re.compile(r"^Epoch \d+, .*val_loss=([\d.]+)", re.M)
+
+
+def run(name: str, overrides: dict) -> tuple[float, int, float]:
+    """ms per step, steps in the budget, and the final whole-split validation loss."""
+    config = char_lm.get_config()
+    config.data_path = _DATA.value
+    config.update(overrides)
+    config.steps_per_epoch, config.epochs = 50, 1
+    ms = measure_train_speed(config, epochs=3)["ms_per_step"]
+    steps = int(_BUDGET.value * 1e3 / ms) // EPOCHS * EPOCHS
+    workdir = Path(_WORKDIR.value) / re.sub(r"\W+", "_", name)
+    shutil.rmtree(workdir, ignore_errors=True)
+    flags_ = [f"--config.{key}={value}" for key, value in overrides.items()]
+    _, out = main_py(
+        "--mode=train",
+        "--config=configs/char_lm.py",
+        f"--config.data_path={_DATA.value}",
+        f"--workdir={workdir}",
+        f"--config.epochs={EPOCHS}",
+        f"--config.steps_per_epoch={steps // EPOCHS}",
+        "--config.max_new_tokens=1",  # the sample is not what is measured
+        *flags_,
+    )
+    return ms, steps, float(VAL_LOSS.findall(out)[-1])
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.ERROR)
+    print(f"CPU: {cpu_model()}; {_DATA.value}; {_BUDGET.value:.0f} s of training per run")
+    ms, steps, full = run("recipe", {})
+    print(
+        "| run | ms/step | steps in the budget | val loss | vs the recipe |\n|---|---|---|---|---|"
+    )
+    print(f"| configs/char_lm.py | {ms:.1f} | {steps} | {full:.4f} | |", flush=True)
+    for option, overrides in WITHOUT.items():
+        ms, steps, loss = run(option, overrides)
+        print(
+            f"| without {option} | {ms:.1f} | {steps} | {loss:.4f} | {loss - full:+.4f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)

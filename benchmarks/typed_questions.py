@@ -1,0 +1,80 @@
+"""Exact answers per way of typing a question: before issue #18's recipe and with it.
+
+    python -m benchmarks.typed_questions [--data=data/faq_stdlib.jsonl] [--runs=1]
+
+Trains `configs/dialogs.py` on the data as shipped ("after") and with the recipe of before
+#18 ("before": no case or punctuation normalisation, no retyped turns, learned positions,
+AdamW), each a whole `main.py --mode=train` process, then asks every training question as
+typed in each `typed_variants.VARIANTS` entry (`main.py --mode=eval`). Prints one table row
+per variant, the training walls and the CPU.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from absl import app, flags
+
+from benchmarks.headline import main_py
+from benchmarks.machine import cpu_model
+
+_DATA = flags.DEFINE_string("data", "data/faq_stdlib.jsonl", "Dialogs to train and ask.")
+_RUNS = flags.DEFINE_integer("runs", 1, "Runs of each recipe.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/typed", "Where the runs' workdirs go.")
+BEFORE = (
+    "--config.normalize_user=unicode,spaces",
+    "--config.augment_user=0.0",
+    "--config.data_repeat=2",
+    "--config.position=learned",
+    "--config.optimizer=adamw",
+    "--config.lr_schedule=cosine",
+    "--config.epochs=20",
+    "--config.target_typed_match=0.0",
+)
+EXACT = re.compile(r"Exact match \(training conversations\): (\d+)/(\d+)")
+TYPED = re.compile(r"Typed as (\w+): (\d+)/(\d+)")
+
+
+def measure(workdir: Path, *flags_: str) -> tuple[float, dict[str, float]]:
+    """Training wall and exact-match percentage per way of typing."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    data = f"--config.data_path={_DATA.value}"
+    wall, _ = main_py(
+        "--mode=train", "--config=configs/dialogs.py", data, f"--workdir={workdir}", *flags_
+    )
+    _, out = main_py("--mode=eval", f"--workdir={workdir}")
+    matched = EXACT.search(out)
+    scores = {"as in the file": 100 * int(matched.group(1)) / int(matched.group(2))}
+    scores.update({name: 100 * int(m) / int(n) for name, m, n in TYPED.findall(out)})
+    return wall, scores
+
+
+def span(values: list[float], fmt: str) -> str:
+    low, high = min(values), max(values)
+    return (
+        fmt.format(low)
+        if fmt.format(low) == fmt.format(high)
+        else f"{fmt.format(low)}-{fmt.format(high)}"
+    )
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    root = Path(_WORKDIR.value)
+    print(f"CPU: {cpu_model()}; data: {_DATA.value}; {_RUNS.value} run(s) each", flush=True)
+    runs = {
+        "before": [measure(root / f"before_{i}", *BEFORE) for i in range(_RUNS.value)],
+        "after": [measure(root / f"after_{i}") for i in range(_RUNS.value)],
+    }
+    print("| typed as | before | after |\n|---|---|---|")
+    for variant in runs["after"][0][1]:
+        cells = [span([r[1][variant] for r in runs[k]], "{:.1f}%") for k in runs]
+        print(f"| {variant} | {' | '.join(cells)} |")
+    walls = [span([r[0] for r in runs[k]], "{:.0f} s") for k in runs]
+    print(f"| training wall (whole process) | {' | '.join(walls)} |")
+
+
+if __name__ == "__main__":
+    app.run(main)

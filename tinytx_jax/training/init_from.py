@@ -1,0 +1,107 @@
+"""Fine-tuning: a run that starts from another run's parameters (`config.init_from`).
+
+Only the parameters come over; the optimiser, its schedule and the counters start fresh,
+as nanoGPT's `init_from` and levanter's `initialize_from` do. The model's shape must
+match. The vocabulary is the union of the checkpoint's and the new data's characters
+(sorted, as every vocabulary here): the checkpoint's characters keep their trained
+embedding rows and output columns, new ones get freshly initialised ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from tinytx_jax import checkpoint, configuration, parallel
+from tinytx_jax.inference.trained import abstract_params
+from tinytx_jax.model import ModelConfig
+from tinytx_jax.vocabulary import Vocabulary
+
+# Fields that only say how a model is initialised or trained, not what its parameters are.
+NOT_SHAPE = ("vocab_size", "dropout", "dtype", "init", "zero_init_outputs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """The checkpoint a run starts from."""
+
+    workdir: str
+    epoch: int
+    meta: dict
+
+    @property
+    def vocab(self) -> Vocabulary:
+        return Vocabulary(self.meta["vocab"])
+
+
+def read_source(workdir: str, which: str) -> Source:
+    """The `which` (best or latest) checkpoint of `workdir`; one line if there is none."""
+    if not Path(workdir).expanduser().is_dir():
+        raise configuration.ConfigError(
+            f"config.init_from={workdir!r} is not a directory: give the workdir of a trained run"
+        )
+    store = checkpoint.CheckpointStore(workdir, read_only=True)
+    try:
+        steps = store.steps()
+        if not steps:
+            raise configuration.ConfigError(
+                f"config.init_from={workdir!r} holds no checkpoint: train there first"
+            )
+        epoch = (store.best_step() if which == "best" else None) or steps[-1]
+        return Source(workdir, epoch, store.read_meta(epoch))
+    finally:
+        store.close()
+
+
+def grown_vocabulary(source: Source, data: Vocabulary) -> Vocabulary:
+    """The checkpoint's characters and the data's, sorted."""
+    return Vocabulary("".join(sorted(set(source.vocab.chars) | set(data.chars))))
+
+
+def check_shape(source: Source, model_config: ModelConfig) -> None:
+    """One line naming every architecture field that differs from the checkpoint's."""
+    saved = {**dataclasses.asdict(ModelConfig(vocab_size=0)), **source.meta["model"]}
+    differences = [
+        f"{name}={saved[name]!r} there, {value!r} here"
+        for name, value in dataclasses.asdict(model_config).items()
+        if name not in NOT_SHAPE and saved.get(name) != value
+    ]
+    if differences:
+        raise configuration.ConfigError(
+            f"config.init_from={source.workdir!r}: the model differs ({'; '.join(differences)}): "
+            "set the same architecture, or train from scratch"
+        )
+
+
+def initial_params(source: Source, fresh: Any, vocab: Vocabulary, mesh: jax.sharding.Mesh) -> Any:
+    """The checkpoint's parameters, laid out for `vocab`: rows (and output columns) of the
+    checkpoint's characters come from it, those of new characters from `fresh`."""
+    store = checkpoint.CheckpointStore(source.workdir, read_only=True)
+    try:
+        loaded = store.restore_params(source.epoch, abstract_params(source.meta))
+    finally:
+        store.close()
+    old_index = {c: i for i, c in enumerate(source.vocab.chars)}
+    new_ids = np.asarray([i for i, c in enumerate(vocab.chars) if c in old_index])
+    old_ids = np.asarray([old_index[c] for c in vocab.chars if c in old_index])
+
+    def place(path, old, new) -> np.ndarray:
+        old, new = np.asarray(old), np.array(new)
+        if old.shape == new.shape:
+            return old
+        axis = next(a for a, (m, n) in enumerate(zip(old.shape, new.shape, strict=True)) if m != n)
+        name = jax.tree_util.keystr(path)
+        if old.shape[axis] != source.vocab.size or new.shape[axis] != vocab.size:
+            raise configuration.ConfigError(
+                f"config.init_from={source.workdir!r}: parameter {name} has shape {old.shape} "
+                f"there and {new.shape} here"
+            )
+        new[(slice(None),) * axis + (new_ids,)] = old[(slice(None),) * axis + (old_ids,)]
+        return new
+
+    params = jax.tree_util.tree_map_with_path(place, loaded, jax.device_get(fresh))
+    return jax.device_put(params, parallel.replicated(mesh))

@@ -1,0 +1,101 @@
+"""One normalisation of what users type, applied alike to the data file and to every prompt.
+
+A character model memorises strings: a question typed with two spaces, a curly apostrophe
+or no final `?` is, to it, a different string. What changes no meaning for a user is folded
+away here, before the model sees the text, in training, chat, eval and serving alike. Only
+user turns are normalised; system prompts and replies stay as written.
+
+Steps (`config.normalize_user`, comma-separated, "" for none):
+  unicode         NFKC, typographic quotes and dashes to ASCII, zero-width characters dropped
+  spaces          runs of white space to one space, none at either end
+  case            case-folded (lower case)
+  punctuation     no `?`, `!`, `.`, `,`, `;`, `:` that ends a word ("do?" -> "do", "os.path"
+                  stays): the marks of a sentence, not of a name
+  courtesy        no greeting or politeness word before the question ("please", "hi", "hey",
+                  "ok", ...) or after it ("thanks", "please", ...), unless it is all there is
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+STEPS = ("unicode", "spaces", "case", "punctuation", "courtesy")
+
+_TYPOGRAPHIC = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201a": "'",
+        "\u201b": "'",
+        "\u2032": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u201e": '"',
+        "\u2033": '"',
+        "\u2010": "-",
+        "\u2011": "-",
+        "\u2012": "-",
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2212": "-",
+        "\u200b": None,
+        "\u200c": None,
+        "\u200d": None,
+        "\u2060": None,
+        "\ufeff": None,
+    }
+)
+_SPACES = re.compile(r"\s+")
+# Marks that end a word, and Spanish opening marks that start one.
+_SENTENCE_MARKS = re.compile(r"[?!.,;:\u00bf\u00a1]+(?=\s|$)|(?:(?<=\s)|^)[\u00bf\u00a1]+")
+
+
+COURTESY_BEFORE = (
+    "please", "pls", "plz", "hi", "hello", "hey", "hiya", "yo", "ok", "okay", "so", "um", "uh",
+    "well", "sorry", "excuse me", "thanks", "dear bot", "hey there", "hi there", "hello there",
+)  # fmt: skip
+COURTESY_AFTER = ("please", "pls", "plz", "thanks", "thank you", "thx", "ty", "cheers", ":)")
+
+
+def _any_of(words: tuple[str, ...]) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))  # longest first
+
+
+_COURTESY_START = re.compile(rf"^(?:(?:{_any_of(COURTESY_BEFORE)})[\s,!.:;]+)+", re.IGNORECASE)
+_COURTESY_END = re.compile(rf"(?:[\s,]+(?:{_any_of(COURTESY_AFTER)})[\s!.]*)+$", re.IGNORECASE)
+
+
+class NormalizationError(ValueError):
+    """An unknown step name in the config."""
+
+
+def parse_steps(spec: str) -> tuple[str, ...]:
+    """The steps named by `spec` ("a,b"), in their fixed order; unknown names are refused."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in STEPS]
+    if unknown:
+        raise NormalizationError(
+            f"config.normalize_user: unknown step {unknown[0]!r}: choose from {', '.join(STEPS)} "
+            '(comma-separated, or "" for none)'
+        )
+    return tuple(step for step in STEPS if step in names)
+
+
+def normalize(text: str, steps: tuple[str, ...]) -> str:
+    """`text` as the model sees it after `steps` (from `parse_steps`)."""
+    if "unicode" in steps:
+        text = unicodedata.normalize("NFKC", text).translate(_TYPOGRAPHIC)
+    if "spaces" in steps:
+        text = _SPACES.sub(" ", text).strip()
+    if "case" in steps:
+        text = text.casefold()
+    if "punctuation" in steps:
+        stripped = _SENTENCE_MARKS.sub("", text)
+        text = stripped.strip() if stripped.strip() else text  # a lone "?" stays a question
+        if "spaces" in steps:
+            text = _SPACES.sub(" ", text)
+    if "courtesy" in steps:
+        stripped = _COURTESY_END.sub("", _COURTESY_START.sub("", text)).strip()
+        text = stripped if stripped else text  # "hi" alone is the question
+    return text
