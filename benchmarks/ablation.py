@@ -17,8 +17,8 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from benchmarks.headline import main_py
 from benchmarks.machine import cpu_model
+from benchmarks.processes import main_py
 from benchmarks.train_speed import measure_train_speed
 from configs import char_lm
 

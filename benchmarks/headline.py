@@ -12,31 +12,18 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from absl import app, flags
 
 from benchmarks.machine import cpu_model
+from benchmarks.processes import main_py
 
 _RUNS = flags.DEFINE_integer("runs", 2, "Runs of each figure.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/headline", "Where the runs' workdirs go.")
 _SKIP_DEFAULT = flags.DEFINE_bool("skip_default", False, "Leave out the ~3-minute seed run.")
 FAQ = Path("data/faq_stdlib.jsonl")
 EPOCH = re.compile(r"^Epoch (\d+), .*val_loss=([\d.]+) val_acc=([\d.]+)", re.M)
-
-
-def main_py(*args: str) -> tuple[float, str]:
-    """Whole-process wall seconds and stdout of `python main.py ARGS`; stops on failure."""
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "main.py", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
-    if result.returncode:
-        sys.exit(f"error: main.py {' '.join(args)} failed: {result.stderr.strip()[-300:]}")
-    return time.perf_counter() - start, result.stdout
 
 
 def train_figures(workdir: Path, *args: str) -> dict[str, float]:

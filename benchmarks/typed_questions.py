@@ -3,10 +3,10 @@
     python -m benchmarks.typed_questions [--data=data/faq_stdlib.jsonl] [--runs=1]
 
 Trains `configs/dialogs.py` on the data as shipped ("after") and with the recipe of before
-#18 ("before": no case or punctuation normalisation, no retyped turns, learned positions,
-AdamW), each a whole `main.py --mode=train` process, then asks every training question as
-typed in each `typed_variants.VARIANTS` entry (`main.py --mode=eval`). Prints one table row
-per variant, the training walls and the CPU.
+#18 ("before": no normalisation, no retyped turns, learned positions, AdamW on two CPU
+devices, exact match every epoch), each a whole `main.py --mode=train` process, then asks
+every training question as typed in each `typed_variants.VARIANTS` entry (`main.py
+--mode=eval`). Prints one table row per variant, the training walls and the CPU.
 """
 
 from __future__ import annotations
@@ -17,20 +17,21 @@ from pathlib import Path
 
 from absl import app, flags
 
-from benchmarks.headline import main_py
 from benchmarks.machine import cpu_model
+from benchmarks.processes import main_py
 
 _DATA = flags.DEFINE_string("data", "data/faq_stdlib.jsonl", "Dialogs to train and ask.")
 _RUNS = flags.DEFINE_integer("runs", 1, "Runs of each recipe.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/typed", "Where the runs' workdirs go.")
 BEFORE = (
-    "--config.normalize_user=unicode,spaces",
+    "--config.normalize_user=",
     "--config.augment_user=0.0",
     "--config.data_repeat=2",
     "--config.position=learned",
     "--config.optimizer=adamw",
-    "--config.lr_schedule=cosine",
-    "--config.epochs=20",
+    "--config.cpu_devices=0",
+    "--config.exact_match_every=1",
+    "--config.validation_fraction=0.1",
     "--config.target_typed_match=0.0",
 )
 EXACT = re.compile(r"Exact match \(training conversations\): (\d+)/(\d+)")

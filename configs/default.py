@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.window_start = "any"  # windows start "any"where, or at a "conversation" start
     config.validation_split = "tail"  # "tail" of the repeated text, or whole "conversations"
     config.feed = "auto"  # training windows from the "device"-resident split, or "host" memory
-    config.normalize_user = "unicode,spaces"  # user text: unicode,spaces,case,end_punctuation
+    config.normalize_user = "unicode,spaces"  # user text: unicode,spaces,case,punctuation,courtesy
     config.augment_user = 0.0  # share of user turns retyped in each data repetition after the 1st
 
     # Model: the seed's single block, single head, no MLP, post-norm.
@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimisation: clip -> AdamW with warm-up, then plateau halving (or cosine).
     config.lr = 5e-4  # peak learning rate
     config.optimizer = "adamw"  # "adamw", or "muon" for hidden matrices (AdamW for the rest)
+    config.muon_ns_steps = 5  # Muon's Newton-Schulz iterations per update (fewer: cheaper)
     config.lr_schedule = "constant"  # "constant" (the seed: plateau halving), "cosine" or "wsd"
     config.decay_fraction = 0.3  # "wsd": the last fraction of the steps, decayed to min_lr
     config.weight_decay = 0.0  # AdamW's decoupled weight decay

@@ -7,6 +7,12 @@ Chosen on ../shared/data/faq_stdlib.jsonl (300 real Q/A pairs) on a 2-core CPU, 
 a time against the step budget (README, "Train on your own data"): conversation-aligned
 windows and a reply-only loss; one wide block (2 blocks, d_model 256 or 8 heads learned no
 faster per second); batch 16 (4 and 8 learned much less per second, even at higher rates).
+
+For questions as people type them (same data, Intel Xeon, 2 cores; exact match of the
+training turns, and of the same questions retyped, after 2,000 steps): with every turn
+retyped and rotary positions, AdamW reached 85% exact and 11-59% on filler variants; Muon
+instead, 99.3% exact and 95.7% with "please, " in front; the courtesy normalisation then
+made "please"/"thanks" variants the same questions. 1,200-1,600 steps stop at 95% exact.
 """
 
 import ml_collections
@@ -17,7 +23,12 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
     config.data_path = "examples/dialogs.jsonl"
-    config.data_repeat = 2  # windows start at conversations: repetition adds nothing else
+    # Questions as people type them: the first pass of the data as written, 11 more with
+    # every user turn retyped (a typo, fillers, case, end marks, a contraction), all of it
+    # normalised as chat normalises what it is given.
+    config.data_repeat = 12
+    config.augment_user = 1.0
+    config.normalize_user = "unicode,spaces,case,punctuation,courtesy"
     config.window_start = "conversation"  # as every chat prompt does
     config.loss_on = "assistant"
     config.block_size = 0  # fit the longest conversation
@@ -27,18 +38,24 @@ def get_config() -> ml_collections.ConfigDict:
     config.n_layers = 1
     config.mlp = True
     config.pre_norm = True
+    config.position = "rope"  # the answer follows the question wherever fillers put it
 
     config.batch_size = 16
+    config.cpu_devices = 1  # Muon's orthogonalisation then uses both cores, not one each
+    config.optimizer = "muon"
     config.lr = 3e-3
     config.lr_schedule = "cosine"
     config.min_lr = 1e-4
     config.warmup_steps = 100
 
-    # The step budget: 2,000 steps; stop earlier once every training turn is exact.
+    # The step budget: 2,000 steps; stop earlier once every training turn is exact and 95%
+    # of them come back when asked as typed (`typed_match`).
     config.epochs = 20
     config.steps_per_epoch = 100
-    config.exact_match_every = 1
+    config.exact_match_every = 2  # the checks (every turn, as written and as typed) cost time
     config.target_exact_match = 1.0
+    config.target_typed_match = 0.95
+    config.validation_fraction = 0.02  # of 12 passes: validation is a check, not a held-out set
     config.early_stop_patience = 20
     config.checkpoint_every = 5
     return config

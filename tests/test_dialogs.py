@@ -129,6 +129,8 @@ def dialogs_run(tmp_path_factory):
     config.data_path = EXAMPLES
     config.steps_per_epoch = 4  # short epochs: the turns come right one by one
     config.epochs = 40
+    config.exact_match_every = 1
+    config.target_typed_match = 0.0  # the exact-match target alone
     config.checkpoint_every = 1
     config.keep_checkpoints = 100
     lines = []
@@ -194,7 +196,9 @@ def test_eval_reports_training_and_heldout_exact_match_apart(tmp_path):
     config.validation_fraction = 0.25
     config.steps_per_epoch = 5
     config.epochs = 6
+    config.exact_match_every = 1
     config.target_exact_match = 0.0
+    config.target_typed_match = 0.0
     lines = []
     _, history = train.train_and_evaluate(config, str(tmp_path), log=lines.append)
     assert all(m.val_exact_match is not None for m in history)

@@ -88,6 +88,14 @@ def test_print_every_thins_the_log(small_config, tmp_path):
         ("n_heads", 3, "divisible by config.n_heads"),
         ("dropout", 1.0, "config.dropout must be in [0, 1)"),
         ("dtype", "float16", "config.dtype must be one of"),
+        ("normalize_user", "spaces,lowercase", "unknown step 'lowercase'"),
+        ("augment_user", 1.5, "config.augment_user must be in [0, 1]"),
+        ("target_typed_match", 0.9, "config.target_typed_match needs config.exact_match_every"),
+        ("position", "alibi", "config.position must be one of"),
+        ("optimizer", "sgd", "config.optimizer must be one of"),
+        ("decay_fraction", 0.0, "config.decay_fraction must be in (0, 1]"),
+        ("muon_ns_steps", 0, "config.muon_ns_steps must be positive"),
+        ("logit_softcap", -1.0, "config.logit_softcap must be >= 0"),
     ],
 )
 def test_invalid_config_values_are_named(field, value, message):

@@ -209,3 +209,20 @@ def test_init_from_refuses_another_shape_in_one_line(tmp_path, small_config):
     tune.init_from = str(tmp_path / "nowhere")
     with pytest.raises(configuration.ConfigError, match="is not a directory"):
         build_task(tune)
+
+
+def test_a_run_on_retyped_turns_resumes_on_the_same_draws(tmp_path, small_config):
+    """The retyped corpus comes from the seed alone: a resumed run finds the same data (a
+    different draw would be refused as other data)."""
+    config = small_config
+    config.data_path = "examples/dialogs.jsonl"
+    config.augment_user, config.data_repeat = 1.0, 4
+    config.normalize_user = "unicode,spaces,case,punctuation,courtesy"
+    config.window_start, config.loss_on, config.block_size = "conversation", "assistant", 0
+    config.epochs, config.steps_per_epoch = 1, 5
+    train.train_and_evaluate(config, str(tmp_path), log=lambda _: None)
+    config.epochs = 2
+    lines = []
+    _, history = train.train_and_evaluate(config, str(tmp_path), log=lines.append)
+    assert [m.epoch for m in history] == [2]
+    assert any(ln.startswith("Resuming from") for ln in lines)

@@ -56,6 +56,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "serve_slots",
         "serve_queue",
         "serve_timeout_s",
+        "muon_ns_steps",
     )
     for name in positive:
         value = config[name]

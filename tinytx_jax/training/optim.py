@@ -87,6 +87,7 @@ def make_optimizer(
     b2: float = 0.999,
     decay_matrices_only: bool = False,
     optimizer: str = "adamw",
+    muon_ns_steps: int = 5,
 ) -> optax.GradientTransformation:
     """The per-step chain; AdamW's decay is decoupled (the seed's default decay is 0).
 
@@ -102,6 +103,7 @@ def make_optimizer(
                 adam_b1=b1,
                 adam_b2=b2,
                 adam_weight_decay=weight_decay,
+                ns_steps=muon_ns_steps,
                 muon_weight_dimension_numbers=muon_dimensions,
                 consistent_rms=MUON_CONSISTENT_RMS,
             ),
@@ -152,6 +154,7 @@ def make_optimizers(
         config.get("adam_b2", 0.999),
         config.get("weight_decay_on", "all") == "matrices",
         config.get("optimizer", "adamw"),
+        config.get("muon_ns_steps", 5),
     )
     plateau = make_plateau(config.lr, config.plateau_factor, config.plateau_patience, config.min_lr)
     return tx, plateau
