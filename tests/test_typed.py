@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from configs import default
 from tinytx_jax import configuration, dialogs, exact_match, user_text
 from tinytx_jax.data import corpus, typed_variants, windows
 from tinytx_jax.inference import chat, evaluation, generation, trained
@@ -152,20 +153,22 @@ def test_the_server_normalises_as_the_repl(trained_workdir):
     assert model.vocab.decode(tokens) == expected
 
 
-def _text_run(tmp_path, small_config):
-    text = tmp_path / "pretrain.txt"
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """A small plain-text run to start from: its workdir and config."""
+    directory = tmp_path_factory.mktemp("pretrained")
+    text = directory / "pretrain.txt"
     text.write_text("what does it do? it does what it says. " * 200)
-    config = small_config
-    config.data_path = str(text)
-    config.epochs = 1
-    config.block_size = 32
-    workdir = tmp_path / "pretrained"
-    train.train_and_evaluate(config, str(workdir), log=lambda _: None)
-    return workdir, config
+    config = default.get_config()
+    config.data_path, config.block_size = str(text), 32
+    config.epochs, config.steps_per_epoch, config.batch_size = 1, 25, 4
+    config.lr, config.warmup_steps = 1e-2, 10
+    train.train_and_evaluate(config, str(directory / "run"), log=lambda _: None)
+    return directory / "run", config
 
 
-def test_init_from_grows_the_vocabulary_and_keeps_the_trained_rows(tmp_path, small_config):
-    source_dir, config = _text_run(tmp_path, small_config)
+def test_init_from_grows_the_vocabulary_and_keeps_the_trained_rows(tmp_path, text_run):
+    source_dir, config = text_run
     data = write_dialogs(tmp_path / "d.jsonl", [("what does \u20ac do?", "Pays.")] * 4)
     tune = config.copy_and_resolve_references()
     tune.data_path, tune.init_from, tune.resume = data, str(source_dir), False
@@ -197,8 +200,8 @@ def test_init_from_grows_the_vocabulary_and_keeps_the_trained_rows(tmp_path, sma
     assert tuned.vocab.chars == task.vocab.chars
 
 
-def test_init_from_refuses_another_shape_in_one_line(tmp_path, small_config):
-    source_dir, config = _text_run(tmp_path, small_config)
+def test_init_from_refuses_another_shape_in_one_line(tmp_path, text_run):
+    source_dir, config = text_run
     tune = config.copy_and_resolve_references()
     tune.init_from, tune.d_model, tune.n_heads = str(source_dir), 32, 2
     with pytest.raises(configuration.ConfigError) as error:
