@@ -1,8 +1,11 @@
 """main.py end to end in a subprocess: the seed's log lines, plain output, one-line errors."""
 
+import subprocess
+import sys
+
 import pytest
 
-from tests.conftest import run_main
+from tests.conftest import REPO, main_env, run_main
 from tests.test_train import LINE
 
 pytestmark = pytest.mark.e2e
@@ -41,3 +44,46 @@ def test_bad_input_gives_one_line_without_traceback(tmp_path, args, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+HEAD_START = """
+import sys
+from pathlib import Path
+from configs import default
+from tinytx_jax import commands
+from tinytx_jax.training.task import build_task
+commands.enable_compile_cache()
+config = default.get_config()
+config.data_path, config.block_size, config.max_new_tokens = sys.argv[1], 16, 20
+cache = Path(sys.argv[3])
+if sys.argv[4] == "head_start":
+    commands.compile_sample_early(config, None)(build_task(config)).join()
+before = len(list(cache.iterdir()))
+model = commands.trained.load_trained(sys.argv[2], log=lambda _: None)
+commands.sample(model, config, None)
+print("new cache entries:", len(list(cache.iterdir())) - before)
+"""
+
+
+@pytest.mark.parametrize("head_start", ["head_start", "none"])
+def test_the_sample_after_training_finds_its_program_compiled_during_training(tmp_path, head_start):
+    data = tmp_path / "text.txt"
+    data.write_text("abcd efgh\n" * 300)
+    workdir = tmp_path / "w"
+    args = [f"--config.data_path={data}", "--config.block_size=16", "--config.epochs=1",
+            "--config.steps_per_epoch=5", "--config.max_new_tokens=20",
+            "--config.compile_cache=False", f"--workdir={workdir}"]  # fmt: skip
+    assert run_main("--mode=train", *args).returncode == 0
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", HEAD_START, str(data), str(workdir), str(cache), head_start],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=main_env({"JAX_COMPILATION_CACHE_DIR": str(cache)}),
+    )
+    assert result.returncode == 0, result.stderr
+    new = int(result.stdout.split("new cache entries:")[1])
+    assert (new == 0) if head_start == "head_start" else (new > 0)

@@ -6,14 +6,18 @@ main.py holds the flags; this module runs a mode and turns the project's errors 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
@@ -22,6 +26,8 @@ from tinytx_jax.data import corpus, token_cache
 from tinytx_jax.inference import chat, decode_slots, evaluation, generation, trained
 from tinytx_jax.serving import openai_api, server, service
 from tinytx_jax.training import metrics, train, workdir_lock
+from tinytx_jax.training.task import Task
+from tinytx_jax.vocabulary import Vocabulary
 
 MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot", "serve")
 EXPECTED_ERRORS = (
@@ -131,7 +137,14 @@ def run(
             serve_checkpoint(config, workdir, listen)
             return
         if mode in ("train", "train_and_chat"):
-            train.train_and_evaluate(config, workdir, log=print if parallel.is_primary() else quiet)
+            text = corpus.data_kind(config.data_path) == corpus.TEXT
+            early = config.compile_cache and text and parallel.is_primary()
+            train.train_and_evaluate(
+                config,
+                workdir,
+                log=print if parallel.is_primary() else quiet,
+                on_task=compile_sample_early(config, prompt) if early else None,
+            )
         if mode != "train":
             use_checkpoint(config, workdir, mode, prompt)
         elif parallel.is_primary() and corpus.data_kind(config.data_path) == corpus.TEXT:
@@ -225,10 +238,46 @@ def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Li
         os._exit(status)  # the engine failed: a supervisor restarts the server
 
 
+def compile_sample_early(
+    config: ml_collections.ConfigDict, prompt: str | None
+) -> Callable[[Task], threading.Thread]:
+    """An `on_task` that compiles the end-of-run sample's decode loop in a thread while the
+    run trains. The compilation cache keeps the program, and the sample after training
+    finds it there: about 4 s of a text run's first wall on a machine. The parameters are
+    zeros placed as a restored checkpoint's are, or the program would not be the same."""
+
+    def compile_decode(task: Task) -> None:
+        dummy_1xL = jnp.zeros((1, task.model.config.max_len), jnp.int32)
+        shapes = jax.eval_shape(lambda: task.model.init(jax.random.key(0), dummy_1xL))
+        on_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        params = jax.tree.map(
+            lambda s: jax.device_put(jnp.zeros(s.shape, s.dtype), on_device), shapes["params"]
+        )
+        sampling = chat.sampling_config(config, plain_text=True)
+        generator = generation.Generator(task.model, params, task.vocab, sampling, stop_texts=())
+        generator.warm_up(prompt if prompt is not None else default_prompt(task.vocab))
+
+    def start(task: Task) -> threading.Thread:
+        def head_start() -> None:
+            with contextlib.suppress(Exception):  # only a head start: the sample compiles anyway
+                compile_decode(task)
+
+        thread = threading.Thread(target=head_start, daemon=True)
+        thread.start()
+        return thread
+
+    return start
+
+
+def default_prompt(vocab: Vocabulary) -> str:
+    """A new line where the text has them; else its first character."""
+    return "\n" if "\n" in vocab.chars else vocab.chars[0]
+
+
 def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, prompt: str | None):
     """Print `prompt` and its free-running continuation of max_new_tokens characters."""
-    if prompt is None:  # a new line, where the text has them; else its first character
-        prompt = "\n" if "\n" in model.vocab.chars else model.vocab.chars[0]
+    if prompt is None:
+        prompt = default_prompt(model.vocab)
     unknown = model.vocab.unknown_chars(prompt)
     if unknown:
         to_stderr(f"(dropped characters not in the vocabulary: {chat.quoted(unknown)})")

@@ -98,14 +98,17 @@ def _stopped_mid_epoch(
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    log: Callable[[str], None] = print,
+    on_task: Callable[[Task], object] | None = None,
 ) -> tuple[TrainState, list[EpochMetrics]]:
     """Train as configured, validating after every epoch and checkpointing into `workdir`.
 
     Resumes from the latest checkpoint in `workdir` unless `config.resume` is False, in
     which case the earlier run's files are moved aside. Writes `metrics.jsonl`, TensorBoard
     events and `curves.png` there. Returns the final state and the metrics of the epochs
-    this call ran.
+    this call ran. `on_task` is called with the run's task once it is built.
     """
     configuration.check_config(config)
     if jax.default_backend() == "cpu":
@@ -113,13 +116,18 @@ def train_and_evaluate(
     # Process 0 holds the workdir for the run (the others share it with process 0).
     lock = workdir_lock.training_lock(workdir) if parallel.is_primary() else nullcontext()
     with lock:
-        return _train_in(config, workdir, log)
+        return _train_in(config, workdir, log, on_task)
 
 
 def _train_in(
-    config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None]
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    log: Callable[[str], None],
+    on_task: Callable[[Task], object] | None,
 ) -> tuple[TrainState, list[EpochMetrics]]:
     task = build_task(config)
+    if on_task:
+        on_task(task)
     config = task.config
     if not config.resume:
         moved = parallel.primary_then_all("set_aside", lambda: checkpoint.set_aside(workdir))
