@@ -6,11 +6,12 @@ import numpy as np
 import optax
 import pytest
 
+from tests.test_model import VOCAB, init
+from tests.test_model import random_tokens as tokens
 from tinytx_jax import attention
 from tinytx_jax.model import ModelConfig, TinyTransformer
 from tinytx_jax.training import optim, train
 
-VOCAB = 29
 MODERN = dict(
     vocab_size=VOCAB,
     d_model=32,
@@ -22,16 +23,6 @@ MODERN = dict(
     mlp_activation="relu2",
     logit_softcap=15.0,
 )
-
-
-def init(config: ModelConfig, length: int = 16):
-    model = TinyTransformer(config)
-    params = model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32))["params"]
-    return model, params
-
-
-def tokens(shape, seed=1):
-    return jax.random.randint(jax.random.key(seed), shape, 0, VOCAB)
 
 
 def test_rotary_scores_depend_only_on_the_distance():

@@ -136,8 +136,8 @@ def run(
         if mode == "serve":
             serve_checkpoint(config, workdir, listen)
             return
+        text = corpus.data_kind(config.data_path) == corpus.TEXT
         if mode in ("train", "train_and_chat"):
-            text = corpus.data_kind(config.data_path) == corpus.TEXT
             early = config.compile_cache and text and parallel.is_primary()
             train.train_and_evaluate(
                 config,
@@ -147,7 +147,7 @@ def run(
             )
         if mode != "train":
             use_checkpoint(config, workdir, mode, prompt)
-        elif parallel.is_primary() and corpus.data_kind(config.data_path) == corpus.TEXT:
+        elif parallel.is_primary() and text:
             print("Sample:")  # as nanoGPT's sample.py: what the text model writes now
             use_checkpoint(config, workdir, "sample", prompt)
     except train.Interrupted as interrupted:
@@ -247,11 +247,9 @@ def compile_sample_early(
     zeros placed as a restored checkpoint's are, or the program would not be the same."""
 
     def compile_decode(task: Task) -> None:
-        dummy_1xL = jnp.zeros((1, task.model.config.max_len), jnp.int32)
-        shapes = jax.eval_shape(lambda: task.model.init(jax.random.key(0), dummy_1xL))
-        on_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         params = jax.tree.map(
-            lambda s: jax.device_put(jnp.zeros(s.shape, s.dtype), on_device), shapes["params"]
+            lambda s: jax.device_put(jnp.zeros(s.shape, s.dtype), s.sharding),
+            trained.model_abstract_params(task.model),
         )
         sampling = chat.sampling_config(config, plain_text=True)
         generator = generation.Generator(task.model, params, task.vocab, sampling, stop_texts=())

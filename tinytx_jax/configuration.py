@@ -122,26 +122,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         0.0 < config.validation_fraction < 1.0,
         f"config.validation_fraction must be in (0, 1), got {config.validation_fraction}",
     )
-    _require(
-        0.0 <= config.target_val_acc <= 1.0,
-        f"config.target_val_acc must be in [0, 1] (0 disables it), got {config.target_val_acc}",
-    )
-    _require(
-        0.0 <= config.target_exact_match <= 1.0,
-        f"config.target_exact_match must be in [0, 1] (0 disables it), got "
-        f"{config.target_exact_match}",
-    )
+    for name in ("target_val_acc", "target_exact_match", "target_typed_match"):
+        _require(
+            0.0 <= config[name] <= 1.0,
+            f"config.{name} must be in [0, 1] (0 disables it), got {config[name]}",
+        )
     for name in ("target_exact_match", "target_typed_match"):
         _require(
             not config[name] or config.exact_match_every,
             f"config.{name} needs config.exact_match_every > 0 (how often, in epochs, to "
             "check the replies)",
         )
-    _require(
-        0.0 <= config.target_typed_match <= 1.0,
-        f"config.target_typed_match must be in [0, 1] (0 disables it), got "
-        f"{config.target_typed_match}",
-    )
     _require(
         0.0 <= config.augment_user <= 1.0,
         f"config.augment_user must be in [0, 1] (the fraction of user turns retyped), got "

@@ -70,7 +70,12 @@ def load_trained(
 
 def abstract_params(meta: dict) -> Any:
     """The parameters' shapes and dtypes for the model a checkpoint's meta describes."""
-    model = TinyTransformer(ModelConfig(**meta["model"]))
+    return model_abstract_params(TinyTransformer(ModelConfig(**meta["model"])))
+
+
+def model_abstract_params(model: TinyTransformer) -> Any:
+    """`model`'s parameter shapes and dtypes, placed on the default device as a restored
+    checkpoint's parameters are."""
     dummy_1xL = jnp.zeros((1, model.config.max_len), jnp.int32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_1xL)["params"])
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])

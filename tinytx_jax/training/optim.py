@@ -95,29 +95,25 @@ def make_optimizer(
     rate and decay suit both halves) and AdamW for the rest.
     """
     if optimizer == "muon":
-        return optax.chain(
-            optax.clip_by_global_norm(clip_norm),
-            contrib.muon(
-                schedule,
-                weight_decay=weight_decay,
-                adam_b1=b1,
-                adam_b2=b2,
-                adam_weight_decay=weight_decay,
-                ns_steps=muon_ns_steps,
-                muon_weight_dimension_numbers=muon_dimensions,
-                consistent_rms=MUON_CONSISTENT_RMS,
-            ),
+        update = contrib.muon(
+            schedule,
+            weight_decay=weight_decay,
+            adam_b1=b1,
+            adam_b2=b2,
+            adam_weight_decay=weight_decay,
+            ns_steps=muon_ns_steps,
+            muon_weight_dimension_numbers=muon_dimensions,
+            consistent_rms=MUON_CONSISTENT_RMS,
         )
-    return optax.chain(
-        optax.clip_by_global_norm(clip_norm),
-        optax.adamw(
+    else:
+        update = optax.adamw(
             schedule,
             b1=b1,
             b2=b2,
             weight_decay=weight_decay,
             mask=matrices_only if decay_matrices_only else None,
-        ),
-    )
+        )
+    return optax.chain(optax.clip_by_global_norm(clip_norm), update)
 
 
 def make_plateau(

@@ -51,20 +51,14 @@ def stop_reason(
     # With both targets set, both must be reached: a model that scores val_acc 0.99 can
     # still answer one dialog wrong, and one that answers every dialog can do so narrowly.
     reached = []
-    if config.target_val_acc:
-        if metrics.val_acc < config.target_val_acc:
+    for name in ("val_acc", "exact_match", "typed_match"):
+        target = config.get(f"target_{name}", 0.0)
+        if not target:
+            continue
+        value = getattr(metrics, name)
+        if value is None or value < target:
             return None
-        reached.append(f"val_acc={metrics.val_acc:.3f} >= {config.target_val_acc}")
-    if config.target_exact_match:
-        exact = metrics.exact_match
-        if exact is None or exact < config.target_exact_match:
-            return None
-        reached.append(f"exact_match={exact:.3f} >= {config.target_exact_match}")
-    if config.get("target_typed_match", 0.0):
-        typed = metrics.typed_match
-        if typed is None or typed < config.target_typed_match:
-            return None
-        reached.append(f"typed_match={typed:.3f} >= {config.target_typed_match}")
+        reached.append(f"{name}={value:.3f} >= {target}")
     if reached:
         return f"Target reached at epoch {metrics.epoch}: {', '.join(reached)}"
     return None
