@@ -6,7 +6,8 @@ Trains `configs/dialogs.py` on the data as shipped ("after") and with the recipe
 #18 ("before": no normalisation, no retyped turns, learned positions, AdamW on two CPU
 devices, exact match every epoch), each a whole `main.py --mode=train` process, then asks
 every training question as typed in each `typed_variants.VARIANTS` entry (`main.py
---mode=eval`). Prints one table row per variant, the training walls and the CPU.
+--mode=eval`), with the recipe's `known` normalisation step and without it (what the model
+alone answers). Prints one table row per variant, the training walls and the CPU.
 """
 
 from __future__ import annotations
@@ -36,10 +37,15 @@ BEFORE = (
 )
 EXACT = re.compile(r"Exact match \(training conversations\): (\d+)/(\d+)")
 TYPED = re.compile(r"Typed as (\w+): (\d+)/(\d+)")
+ALONE = re.compile(r"Typed as (\w+): .*without matching known turns (\d+)/(\d+)")
 
 
-def measure(workdir: Path, *flags_: str) -> tuple[float, dict[str, float]]:
-    """Training wall and exact-match percentage per way of typing."""
+Scores = dict[str, float]
+
+
+def measure(workdir: Path, *flags_: str) -> tuple[float, Scores, Scores]:
+    """Training wall and exact-match percentage per way of typing, then the same without
+    the `known` step (equal to the first where the run has none)."""
     shutil.rmtree(workdir, ignore_errors=True)
     data = f"--config.data_path={_DATA.value}"
     wall, _ = main_py(
@@ -49,7 +55,8 @@ def measure(workdir: Path, *flags_: str) -> tuple[float, dict[str, float]]:
     matched = EXACT.search(out)
     scores = {"as in the file": 100 * int(matched.group(1)) / int(matched.group(2))}
     scores.update({name: 100 * int(m) / int(n) for name, m, n in TYPED.findall(out)})
-    return wall, scores
+    alone = {**scores, **{name: 100 * int(m) / int(n) for name, m, n in ALONE.findall(out)}}
+    return wall, scores, alone
 
 
 def span(values: list[float], fmt: str) -> str:
@@ -69,12 +76,14 @@ def main(argv: list[str]) -> None:
         "before": [measure(root / f"before_{i}", *BEFORE) for i in range(_RUNS.value)],
         "after": [measure(root / f"after_{i}") for i in range(_RUNS.value)],
     }
-    print("| typed as | before | after |\n|---|---|---|")
+    # (title, recipe, which scores): 1 as chat answers, 2 without the `known` step
+    columns = [("before", "before", 1), ("after", "after", 1), ("after, model alone", "after", 2)]
+    print(f"| typed as | {' | '.join(title for title, _, _ in columns)} |\n|---|---|---|---|")
     for variant in runs["after"][0][1]:
-        cells = [span([r[1][variant] for r in runs[k]], "{:.1f}%") for k in runs]
+        cells = [span([r[i][variant] for r in runs[k]], "{:.1f}%") for _, k, i in columns]
         print(f"| {variant} | {' | '.join(cells)} |")
     walls = [span([r[0] for r in runs[k]], "{:.0f} s") for k in runs]
-    print(f"| training wall (whole process) | {' | '.join(walls)} |")
+    print(f"| training wall (whole process) | {' | '.join(walls)} | |")
 
 
 if __name__ == "__main__":

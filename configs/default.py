@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.window_start = "any"  # windows start "any"where, or at a "conversation" start
     config.validation_split = "tail"  # "tail" of the repeated text, or whole "conversations"
     config.feed = "auto"  # training windows from the "device"-resident split, or "host" memory
-    config.normalize_user = "unicode,spaces"  # user text: unicode,spaces,case,punctuation,courtesy
+    config.normalize_user = "unicode,spaces"  # also: case,punctuation,courtesy,known
     config.augment_user = 0.0  # share of user turns retyped in each data repetition after the 1st
 
     # Model: the seed's single block, single head, no MLP, post-norm.

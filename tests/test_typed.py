@@ -1,5 +1,6 @@
 """Typed questions: one normalisation everywhere, retyped training turns, the typed metric."""
 
+import dataclasses
 import io
 import json
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from tinytx_jax import configuration, dialogs, exact_match, user_text
+from tinytx_jax import configuration, dialogs, exact_match, known_questions, user_text
 from tinytx_jax.data import corpus, typed_variants, windows
 from tinytx_jax.inference import chat, evaluation, generation, trained
 from tinytx_jax.serving import openai_api, service
@@ -153,6 +154,35 @@ def test_the_server_normalises_as_the_repl(trained_workdir):
     assert model.vocab.decode(tokens) == expected
 
 
+def test_chat_eval_and_the_server_match_typed_turns_to_the_known_ones(trained_workdir):
+    """A checkpoint whose run had the `known` step (its meta lists the training turns):
+    the REPL, the server and eval all see a typo'd turn as the known one; eval also says
+    what the model makes of the typed text alone."""
+    model = trained.load_trained(trained_workdir, log=lambda _: None)
+    turns = known_questions.user_turns(corpus.load_corpus("", 1).conversations)
+    config = {**model.meta["config"], "normalize_user": "unicode,spaces,known"}
+    matching = dataclasses.replace(
+        model, meta={**model.meta, "config": config, "known_turns": turns}
+    )
+    assert model.normalize_user("waht is 2+2?") == "waht is 2+2?"
+    assert matching.normalize_user("waht is 2+2?") == "what is 2+2?"
+    assert matching.normalize_user("waht is 2+2?", match_known=False) == "waht is 2+2?"
+    generator = generation.Generator(model.model, model.params, model.vocab, chat.DIALOG_SAMPLING)
+    session = chat.ChatSession(
+        generator, dialogs.SYSTEM_PROMPT, normalize=matching.normalize_user, notices=io.StringIO()
+    )
+    assert session.answer("so, colour of sky?") == "blue"
+    settings = service.ServeSettings(None, None, dialogs.SYSTEM_PROMPT)
+    request = openai_api.ChatRequest("waht is 2+2?", (), None, 10, 0.0, 1.0, None, False, False)
+    tokens, _ = service.ChatService(matching, None, settings, "fast").prompt(request)
+    assert model.vocab.decode(tokens) == dialogs.render_prompt("what is 2+2?")
+    report = evaluation.evaluate_checkpoint(matching, session, log=lambda _: None)
+    assert report.typed["swapped_letters"][0] >= 2  # both questions of 8 characters or more
+    for variant, (matches, turns) in report.typed.items():
+        assert report.typed_model_alone[variant][1] == turns
+        assert matches >= report.typed_model_alone[variant][0]
+
+
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
     """A small plain-text run to start from: its workdir and config."""
@@ -220,7 +250,7 @@ def test_a_run_on_retyped_turns_resumes_on_the_same_draws(tmp_path, small_config
     config = small_config
     config.data_path = "examples/dialogs.jsonl"
     config.augment_user, config.data_repeat = 1.0, 4
-    config.normalize_user = "unicode,spaces,case,punctuation,courtesy"
+    config.normalize_user = "unicode,spaces,case,punctuation,courtesy,known"
     config.window_start, config.loss_on, config.block_size = "conversation", "assistant", 0
     config.epochs, config.steps_per_epoch = 1, 5
     train.train_and_evaluate(config, str(tmp_path), log=lambda _: None)
@@ -229,3 +259,8 @@ def test_a_run_on_retyped_turns_resumes_on_the_same_draws(tmp_path, small_config
     _, history = train.train_and_evaluate(config, str(tmp_path), log=lines.append)
     assert [m.epoch for m in history] == [2]
     assert any(ln.startswith("Resuming from") for ln in lines)
+    saved = trained.load_trained(tmp_path, log=lambda _: None)
+    typing = corpus.UserTyping.from_config(config)
+    written = corpus.load_corpus(config.data_path, 1, typing).conversations
+    assert tuple(saved.meta["known_turns"]) == known_questions.user_turns(written)
+    assert "what is 2+2" in saved.meta["known_turns"]  # normalised as the step finds them

@@ -13,6 +13,10 @@ Steps (`config.normalize_user`, comma-separated, "" for none):
                   stays): the marks of a sentence, not of a name
   courtesy        no greeting or politeness word before the question ("please", "hi", "hey",
                   "ok", ...) or after it ("thanks", "please", ...), unless it is all there is
+  known           a turn within a few typos of a training turn, perhaps with words around
+                  it, becomes that turn (known_questions.py); chat, eval and serving only:
+                  the data file's turns are the known ones, and turns retyped for training
+                  stay as typed, to teach the model what the matching leaves to it
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-STEPS = ("unicode", "spaces", "case", "punctuation", "courtesy")
+from tinytx_jax.known_questions import KnownTurns
+
+STEPS = ("unicode", "spaces", "case", "punctuation", "courtesy", "known")
 
 _TYPOGRAPHIC = str.maketrans(
     {
@@ -82,8 +88,9 @@ def parse_steps(spec: str) -> tuple[str, ...]:
     return tuple(step for step in STEPS if step in names)
 
 
-def normalize(text: str, steps: tuple[str, ...]) -> str:
-    """`text` as the model sees it after `steps` (from `parse_steps`)."""
+def normalize(text: str, steps: tuple[str, ...], known: KnownTurns | None = None) -> str:
+    """`text` as the model sees it after `steps` (from `parse_steps`); `known` holds the
+    training turns for the `known` step (none: the step leaves the text as it is)."""
     if "unicode" in steps:
         text = unicodedata.normalize("NFKC", text).translate(_TYPOGRAPHIC)
     if "spaces" in steps:
@@ -98,4 +105,6 @@ def normalize(text: str, steps: tuple[str, ...]) -> str:
     if "courtesy" in steps:
         stripped = _COURTESY_END.sub("", _COURTESY_START.sub("", text)).strip()
         text = stripped if stripped else text  # "hi" alone is the question
+    if "known" in steps and known is not None:
+        text = known.match(text)
     return text

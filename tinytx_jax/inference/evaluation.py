@@ -4,13 +4,15 @@ The split is rebuilt exactly as training built it, so the figures are the ones t
 logged; exact match is reported for the training conversations and, with
 `validation_split=conversations`, separately for the held-out ones. Then every training
 question is asked again as typed in each of `typed_variants.VARIANTS` (normalised as chat
-normalises), scored by the batched greedy check of exact_match.py.
+normalises), scored by the batched greedy check of exact_match.py; with the `known`
+normalisation step, also without it: what the model alone makes of the typed text.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from functools import partial
 
 from tinytx_jax import dialogs, exact_match
 from tinytx_jax.data import corpus, split, typed_variants, windows
@@ -41,6 +43,7 @@ class EvalReport:
     train: TurnScore
     heldout: TurnScore | None  # None unless whole conversations were held out
     typed: dict[str, tuple[int, int]]  # variant -> (exact replies, turns)
+    typed_model_alone: dict[str, tuple[int, int]]  # the same without the `known` step
 
 
 def score_turns(session: ChatSession, conversations: tuple[dialogs.Conversation, ...]) -> TurnScore:
@@ -77,15 +80,20 @@ def evaluate_checkpoint(
     )
     grouped = windows.grouped_rows((inputs, targets, mask))
     loss, acc = make_evaluate(trained.model)(trained.params, *grouped)
+    typed = score_typed(trained, parts.train_conversations, trained.normalize_user)
+    if trained.known_turns.turns:
+        alone = partial(trained.normalize_user, match_known=False)
+        typed_model_alone = score_typed(trained, parts.train_conversations, alone)
+    else:
+        typed_model_alone = typed
     report = EvalReport(
         float(loss),
         float(acc),
         int(mask.sum()),
         score_turns(session, parts.train_conversations),
         score_turns(session, parts.heldout_conversations) if validation_split != "tail" else None,
-        score_typed(
-            trained, parts.train_conversations, text.typing.normalize, config.max_new_tokens
-        ),
+        typed,
+        typed_model_alone,
     )
     log(
         f"Checkpoint epoch {trained.epoch}: val_loss={report.val_loss:.4f} "
@@ -102,7 +110,12 @@ def evaluate_checkpoint(
         for user, got, expected in score.misses:
             log(f"  miss: {user!r} -> {got!r} (expected {expected!r})")
     for variant, (matches, turns) in report.typed.items():
-        log(f"Typed as {variant}: {matches}/{turns} exact ({matches / turns:.1%})")
+        alone, _ = report.typed_model_alone[variant]
+        unmatched = f"; without matching known turns {alone}/{turns} ({alone / turns:.1%})"
+        log(
+            f"Typed as {variant}: {matches}/{turns} exact ({matches / turns:.1%})"
+            + (unmatched if trained.known_turns.turns else "")
+        )
     return report
 
 
@@ -110,16 +123,15 @@ def score_typed(
     trained: TrainedModel,
     conversations: tuple[dialogs.Conversation, ...],
     normalize: Callable[[str], str],
-    max_new_tokens: int,
 ) -> dict[str, tuple[int, int]]:
-    """Exact replies per typed variant of every training question."""
+    """Exact replies per typed variant of every training question, `normalize`d."""
     scores, check = {}, None
     for variant in typed_variants.VARIANTS:
         typed = typed_variants.variant_conversations(
             conversations, variant, typed_variants.CHECK_SEED, normalize
         )
         batch = exact_match.turn_batch(
-            typed, trained.vocab, trained.model.config.max_len, max_new_tokens
+            typed, trained.vocab, trained.model.config.max_len, trained.config.max_new_tokens
         )
         check = check or exact_match.make_turn_check(trained.model, batch.num_turns)
         arrays = windows.grouped_rows(batch.arrays)

@@ -8,6 +8,7 @@ using a model needs neither the training code nor its config.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from tinytx_jax import checkpoint, user_text
+from tinytx_jax.known_questions import KnownTurns
 from tinytx_jax.model import ModelConfig, TinyTransformer
 from tinytx_jax.vocabulary import Vocabulary
 
@@ -36,11 +38,16 @@ class TrainedModel:
         """The run config the checkpoint was trained with."""
         return ml_collections.ConfigDict(self.meta["config"])
 
-    def normalize_user(self, text: str) -> str:
+    @functools.cached_property
+    def known_turns(self) -> KnownTurns:
+        return KnownTurns(self.meta.get("known_turns", ()))
+
+    def normalize_user(self, text: str, match_known: bool = True) -> str:
         """User text as this model was trained to see it (its run's config.normalize_user;
-        none for checkpoints from before that field)."""
+        none for checkpoints from before that field); `match_known=False` skips the `known`
+        step, to see what the model alone makes of a typed turn."""
         steps = user_text.parse_steps(self.meta["config"].get("normalize_user", ""))
-        return user_text.normalize(text, steps)
+        return user_text.normalize(text, steps, self.known_turns if match_known else None)
 
 
 def load_trained(

@@ -15,8 +15,9 @@ from tinytx_jax.training.task import Task
 
 
 def run_meta(config: ml_collections.ConfigDict, task: Task, metrics: EpochMetrics) -> dict:
-    """The JSON item saved beside the state."""
-    return checkpoint.make_meta(
+    """The JSON item saved beside the state; with the `known` normalisation step, it also
+    lists the training turns that chat, eval and serving match typed turns to."""
+    meta = checkpoint.make_meta(
         vocab_chars=task.vocab.chars,
         model_config=task.model.config,
         run_config=config.to_dict(),
@@ -25,6 +26,9 @@ def run_meta(config: ml_collections.ConfigDict, task: Task, metrics: EpochMetric
         fingerprint=task.corpus.fingerprint,
         metrics=dataclasses.asdict(metrics),
     )
+    if task.known_turns:
+        meta["known_turns"] = list(task.known_turns)
+    return meta
 
 
 def check_compatible(

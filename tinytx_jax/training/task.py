@@ -10,7 +10,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from tinytx_jax import configuration, dialogs, exact_match, parallel, vocabulary
+from tinytx_jax import (
+    configuration,
+    dialogs,
+    exact_match,
+    known_questions,
+    parallel,
+    user_text,
+    vocabulary,
+)
 from tinytx_jax.data import corpus, feeding, split, typed_variants, windows
 from tinytx_jax.model import TinyTransformer
 from tinytx_jax.training import init_from, optim
@@ -47,6 +55,7 @@ class Task:
     turns: exact_match.TurnBatch | None  # training turns, when exact match is computed
     heldout_turns: exact_match.TurnBatch | None  # held-out turns (conversations split)
     typed_turns: exact_match.TurnBatch | None  # training turns, each asked as one typed variant
+    known_turns: tuple[str, ...]  # the `known` normalisation step's turns (none: step off)
     corpus: corpus.Corpus
     init_source: init_from.Source | None  # config.init_from's checkpoint, if set
     mesh: jax.sharding.Mesh
@@ -113,6 +122,9 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
     parts = split.split_corpus(
         text, vocab, config.validation_split, config.validation_fraction, config.data_repeat
     )
+    known_turns = ()
+    if "known" in text.typing.steps:
+        known_turns = known_questions.user_turns(parts.train_conversations)
     if len(parts.train_tokens) <= config.block_size:
         raise configuration.ConfigError(
             f"{text.source}: the training split has {len(parts.train_tokens)} tokens, too few for "
@@ -193,12 +205,20 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         heldout_turns=_turns(parts.heldout_conversations, vocab, config, model),
         typed_turns=_turns(
             typed_variants.variant_conversations(
-                parts.train_conversations, "mixed", typed_variants.CHECK_SEED, text.typing.normalize
+                parts.train_conversations,
+                "mixed",
+                typed_variants.CHECK_SEED,
+                functools.partial(
+                    user_text.normalize,
+                    steps=text.typing.steps,
+                    known=known_questions.KnownTurns(known_turns),
+                ),
             ),
             vocab,
             config,
             model,
         ),
+        known_turns=known_turns,
         corpus=text,
         init_source=source,
         mesh=mesh,
