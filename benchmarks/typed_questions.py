@@ -28,6 +28,7 @@ BEFORE = (
     "--config.normalize_user=",
     "--config.augment_user=0.0",
     "--config.data_repeat=2",
+    "--config.epochs=20",
     "--config.position=learned",
     "--config.optimizer=adamw",
     "--config.cpu_devices=0",

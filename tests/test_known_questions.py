@@ -43,6 +43,7 @@ def test_edits_inside_counts_damerau_edits_of_the_best_substring(known, typed, e
         ("one more thing, what does os.path do", "what does os.path do"),  # before
         ("what does os.path.join do if you know", "what does os.path.join do"),  # after
         ("so how do i reverse a list then", "how do i reverse a list"),
+        ("one more thing what does os.path do if you know", "what does os.path do"),
     ],
 )
 def test_a_turn_typed_with_a_typo_or_words_around_it_is_the_known_turn(typed, meant):
@@ -57,7 +58,7 @@ def test_a_turn_typed_with_a_typo_or_words_around_it_is_the_known_turn(typed, me
         "what is the capital of france",
         "this",  # holds "hi", but not as a word
         "ho",  # one edit from "hi": short turns allow none
-        "how do i reverse a list of strings in java without a loop please",  # too much else
+        "how do i reverse a list of strings in java without a loop or a copy please",  # longer
         "what does os.path.join do",  # known already
     ],
 )

@@ -9,9 +9,10 @@ the model to answer as it can.
 
 Close means: the known turn K is found inside the typed text T, as whole words, with at
 most `max_edits(K)` letter edits (Damerau: insert, delete, replace, swap neighbours), and T
-is at most `len(K)` characters longer than K (words around the question, not another
-question). Among the known turns that share the most character trigrams with T, the one
-with the fewest edits wins, then the longest; a tie between two is left to the model.
+is at most `2 len(K)` characters longer than K (words around the question, not a longer
+question around a short turn). Among the known turns that share the most character
+trigrams with T, the one with the fewest edits wins, then the longest; a tie between two is
+left to the model.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tinytx_jax import dialogs
 SHORTLIST = 6  # known turns, by shared trigrams, whose edit distance is computed
 SHORTEST_WITH_TYPOS = 8  # characters: a shorter turn is matched only as typed ("hi", "ho")
 CHARACTERS_PER_EDIT = 16  # a typo more for each 16 characters of the known turn
-FILLER_CHARACTERS_PER_CHARACTER = 1.0  # T may be up to len(K) characters longer than K
+FILLER_CHARACTERS_PER_CHARACTER = 2.0  # T may be up to 2 len(K) characters longer than K
 
 
 def max_edits(known: str) -> int:

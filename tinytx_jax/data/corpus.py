@@ -19,6 +19,7 @@ import numpy as np
 
 from tinytx_jax import dialogs, user_text, vocabulary
 from tinytx_jax.data import token_cache, typed_variants
+from tinytx_jax.known_questions import KnownTurns
 
 DIALOGS, TEXT = "dialogs", "text"
 DIALOG_SUFFIXES = (".jsonl", ".json")
@@ -48,8 +49,9 @@ class UserTyping:
             int(config.seed),
         )
 
-    def normalize(self, text: str) -> str:
-        return user_text.normalize(text, self.steps)
+    def normalize(self, text: str, known: KnownTurns | None = None) -> str:
+        """As chat normalises, given the `known` turns; the training text never is matched."""
+        return user_text.normalize(text, self.steps, known)
 
     def render(
         self, conversations: tuple[dialogs.Conversation, ...], repeat: int

@@ -10,15 +10,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from tinytx_jax import (
-    configuration,
-    dialogs,
-    exact_match,
-    known_questions,
-    parallel,
-    user_text,
-    vocabulary,
-)
+from tinytx_jax import configuration, dialogs, exact_match, known_questions, parallel, vocabulary
 from tinytx_jax.data import corpus, feeding, split, typed_variants, windows
 from tinytx_jax.model import TinyTransformer
 from tinytx_jax.training import init_from, optim
@@ -209,9 +201,7 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
                 "mixed",
                 typed_variants.CHECK_SEED,
                 functools.partial(
-                    user_text.normalize,
-                    steps=text.typing.steps,
-                    known=known_questions.KnownTurns(known_turns),
+                    text.typing.normalize, known=known_questions.KnownTurns(known_turns)
                 ),
             ),
             vocab,
