@@ -1,6 +1,6 @@
 """Exact answers per way of typing a question: before issue #18's recipe and with it.
 
-    python -m benchmarks.typed_questions [--data=data/faq_stdlib.jsonl] [--runs=1]
+    python -m benchmarks.typed_questions [--data=data/faq_stdlib.jsonl] [--runs=1] [--recipes=after]
 
 Trains `configs/dialogs.py` on the data as shipped ("after") and with the recipe of before
 #18 ("before": no normalisation, no retyped turns, learned positions, AdamW on two CPU
@@ -24,6 +24,9 @@ from benchmarks.processes import main_py
 _DATA = flags.DEFINE_string("data", "data/faq_stdlib.jsonl", "Dialogs to train and ask.")
 _RUNS = flags.DEFINE_integer("runs", 1, "Runs of each recipe.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/typed", "Where the runs' workdirs go.")
+_RECIPES = flags.DEFINE_multi_enum(
+    "recipes", ["before", "after"], ["before", "after"], "Which recipes to train and ask."
+)
 BEFORE = (
     "--config.normalize_user=",
     "--config.augment_user=0.0",
@@ -73,18 +76,20 @@ def main(argv: list[str]) -> None:
     del argv
     root = Path(_WORKDIR.value)
     print(f"CPU: {cpu_model()}; data: {_DATA.value}; {_RUNS.value} run(s) each", flush=True)
+    flags_of = {"before": BEFORE, "after": ()}
     runs = {
-        "before": [measure(root / f"before_{i}", *BEFORE) for i in range(_RUNS.value)],
-        "after": [measure(root / f"after_{i}") for i in range(_RUNS.value)],
+        recipe: [measure(root / f"{recipe}_{i}", *flags_of[recipe]) for i in range(_RUNS.value)]
+        for recipe in _RECIPES.value
     }
     # (title, recipe, which scores): 1 as chat answers, 2 without the `known` step
     columns = [("before", "before", 1), ("after", "after", 1), ("after, model alone", "after", 2)]
-    print(f"| typed as | {' | '.join(title for title, _, _ in columns)} |\n|---|---|---|---|")
-    for variant in runs["after"][0][1]:
+    columns = [column for column in columns if column[1] in runs]
+    print(f"| typed as | {' | '.join(c[0] for c in columns)} |\n|---{'|---' * len(columns)}|")
+    for variant in next(iter(runs.values()))[0][1]:
         cells = [span([r[i][variant] for r in runs[k]], "{:.1f}%") for _, k, i in columns]
         print(f"| {variant} | {' | '.join(cells)} |")
-    walls = [span([r[0] for r in runs[k]], "{:.0f} s") for k in runs]
-    print(f"| training wall (whole process) | {' | '.join(walls)} | |")
+    walls = [span([r[0] for r in runs[k]], "{:.0f} s") if i == 1 else "" for _, k, i in columns]
+    print(f"| training wall (whole process) | {' | '.join(walls)} |")
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def test_on_device_exact_match_equals_greedy_chat_replies(dialogs_run):
     that turn through the chat, with its history, gives."""
     workdir, history, _ = dialogs_run
     seen = set()
-    for m in history[:: max(1, len(history) // 6)] + history[-1:]:
+    for m in history[:: max(1, len(history) // 3)] + history[-1:]:
         model = trained_model.load_trained(workdir, "latest", log=quiet)
         store_params = _params_at(workdir, m.epoch, model)
         config = model.config
