@@ -9,7 +9,8 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "tinytx_jax"
 CORE = {"model", "configuration", "checkpoint", "parallel", "interrupt", "dialogs",
-        "vocabulary", "scoring", "user_text", "exact_match", "attention"}  # fmt: skip
+        "vocabulary", "scoring", "user_text", "known_questions", "exact_match",
+        "attention"}  # fmt: skip
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -50,7 +50,8 @@ class UserTyping:
         )
 
     def normalize(self, text: str, known: KnownTurns | None = None) -> str:
-        """As chat normalises, given the `known` turns; the training text never is matched."""
+        """As chat normalises, given the `known` turns (the training text itself is never
+        matched: its turns are the known ones)."""
         return user_text.normalize(text, self.steps, known)
 
     def render(
