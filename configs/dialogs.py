@@ -19,7 +19,9 @@ Also no faster (exact match at the schedule's end): AdamW (85% at 2,000 steps), 
 6e-3 (100% at 1,400, no sooner) or with 3 Newton-Schulz iterations (99.7% at 1,400), a
 warmup-stable-decay schedule (97.7-99.3% at 1,200), configs/char_lm.py's QK-norm, ReLU^2 and
 zero-initialised outputs (99.0-99.3% at 1,200-1,300), half of each batch from conversations
-the last check missed (99.0% at 1,400).
+the last check missed (99.0% at 1,400). Narrower is quicker per step but less sure: at
+1,400 steps, d_model 96 ended at 100% and 99.0% for seeds 0 and 1 (79-89 s), 112 at 99.7%;
+128 at 100% for both seeds.
 """
 
 import ml_collections
