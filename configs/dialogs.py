@@ -32,7 +32,9 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
     config.data_path = "examples/dialogs.jsonl"
-    # Questions as people type them: normalised, then matched to the known turns.
+    # Questions as people type them: normalised, then matched to the known turns. The 12
+    # passes change nothing without retyping (windows start at conversations); with
+    # --config.augment_user=1.0, the 11 after the first are retyped.
     config.data_repeat = 12
     config.augment_user = 0.0
     config.normalize_user = "unicode,spaces,case,punctuation,courtesy,known"
