@@ -74,7 +74,7 @@ class KnownTurns:
 
     def __init__(self, turns: Iterable[str]):
         self.turns = tuple(dict.fromkeys(turns))  # unique, in first-seen order
-        self._index = {turn: i for i, turn in enumerate(self.turns)}
+        self._as_typed = frozenset(self.turns)
         by_gram: dict[str, list[int]] = collections.defaultdict(list)
         for i, turn in enumerate(self.turns):
             for gram in _trigrams(turn):
@@ -98,7 +98,7 @@ class KnownTurns:
 
     def match(self, typed: str) -> str:
         """The known turn `typed` was meant to be, or `typed` itself when none is close."""
-        if typed in self._index or not self.turns:
+        if typed in self._as_typed or not self.turns:
             return typed
         candidates = []
         for i in self._shortlist(typed):
