@@ -20,6 +20,8 @@ import re
 import sys
 from pathlib import Path
 
+from script_output import check_writable, fail, write
+
 MODULES = (
     "base64", "calendar", "copy", "csv", "dataclasses", "datetime", "difflib", "enum",
     "fnmatch", "functools", "glob", "gzip", "hashlib", "heapq", "html", "inspect",
@@ -77,12 +79,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="which pairs are kept")
     parser.add_argument("--out", type=Path, default=OUT, help="the JSON Lines file to write")
     args = parser.parse_args()
+    check_writable(args.out)
+    if args.pairs < 1:
+        fail(f"--pairs={args.pairs}: ask for at least one pair")
     pairs = stdlib_pairs()
     if len(pairs) < args.pairs:
-        sys.exit(f"error: only {len(pairs)} pairs found; ask for --pairs={len(pairs)} or fewer")
+        fail(f"only {len(pairs)} pairs found; ask for --pairs={len(pairs)} or fewer")
     chosen = random.Random(args.seed).sample(pairs, args.pairs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("".join(json.dumps(p) + "\n" for p in chosen), encoding="utf-8")
+    write(args.out, "".join(json.dumps(p) + "\n" for p in chosen).encode("utf-8"))
     version = sys.version.split()[0]
     print(f"Wrote {args.out} ({len(chosen)} pairs of {len(pairs)} found, Python {version})")
 

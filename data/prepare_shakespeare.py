@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 import urllib.request
 from pathlib import Path
+
+from script_output import check_writable, fail, write
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -29,7 +30,7 @@ def fetch(source: Path | None) -> bytes:
             return response.read()
     except OSError as error:
         where = source or URL
-        sys.exit(f"error: cannot read {where} ({error}); give a local copy with --from=PATH")
+        fail(f"cannot read {where} ({error}); give a local copy with --from=PATH")
 
 
 def main() -> None:
@@ -37,12 +38,12 @@ def main() -> None:
     parser.add_argument("--from", dest="source", type=Path, help="a local copy to use instead")
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the text")
     args = parser.parse_args()
+    check_writable(args.out)
     raw = fetch(args.source)
     digest = hashlib.sha256(raw).hexdigest()
     if digest != SHA256:
-        sys.exit(f"error: checksum {digest} is not tiny shakespeare's {SHA256}: a different file")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(raw)
+        fail(f"checksum {digest} is not tiny shakespeare's {SHA256}: a different file")
+    write(args.out, raw)
     print(f"Wrote {args.out} ({len(raw):,} bytes, sha256 verified)")
 
 

@@ -8,7 +8,9 @@ subprocess.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,9 +18,11 @@ import tempfile
 from pathlib import Path
 
 import jax
+import ml_collections
 import pytest
 
 from configs import default, fast
+from tinytx_jax import digests, user_text
 from tinytx_jax.training import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,9 +92,38 @@ def fast_run(tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 @pytest.fixture(scope="session")
+def text_run(tmp_path_factory) -> tuple[Path, ml_collections.ConfigDict]:
+    """A small plain-text run of two epochs (a checkpoint each): its workdir and config."""
+    directory = tmp_path_factory.mktemp("pretrained")
+    text = directory / "pretrain.txt"
+    text.write_text("what does it do? it does what it says. " * 200)
+    config = default.get_config()
+    config.data_path, config.block_size = str(text), 32
+    config.epochs, config.steps_per_epoch, config.batch_size = 2, 25, 4
+    config.checkpoint_every = 1
+    config.lr, config.warmup_steps = 1e-2, 10
+    train.train_and_evaluate(config, str(directory / "run"), log=lambda _: None)
+    return directory / "run", config
+
+
+@pytest.fixture(scope="session")
 def trained_workdir(fast_run) -> Path:
     """A workdir holding a `configs/fast.py` run that answers every built-in dialog."""
     return fast_run[0]
+
+
+def matching_copy(workdir: Path, into: Path, known_turns: list[str]) -> Path:
+    """A copy of `workdir` whose checkpoints say their run normalised with every step and
+    trained on `known_turns` (as a run with `known` would record them), digests re-recorded."""
+    shutil.copytree(workdir, into)
+    for step_dir in (into / "checkpoints").iterdir():
+        meta_file = step_dir / "meta" / "metadata"
+        meta = json.loads(meta_file.read_text())
+        meta["config"]["normalize_user"] = ",".join(user_text.STEPS)
+        meta["known_turns"] = known_turns
+        meta_file.write_text(json.dumps(meta))
+        digests.write(step_dir)
+    return into
 
 
 class Server:

@@ -64,11 +64,16 @@ def test_replies_decoded_together_equal_the_repl_replies(model, engine):
     for (request, reply), want in zip(submitted, expected, strict=True):
         assert reply.done.wait(60)
         assert (reply.text, reply.finish) == (want, "stop")
+        # The reply, then the tag that stopped it, counted but never streamed. Which tag an
+        # untrained question ("hi there") ends on depends on the CPU's rounding.
+        tag = request.completion_tokens - len(want)
+        assert 1 <= tag <= max(len(t) for t in engine.stop_texts)
         if "<" not in want:  # (an untrained question may get a garbled tag, held back a while)
-            assert request.completion_tokens == len(want) + len(dialogs.ASSISTANT_END)
-            assert "<" not in "".join(reply.pieces)  # the end tag is never streamed, even in part
+            assert "<" not in "".join(reply.pieces)  # a tag is never streamed, even in part
             assert len(reply.pieces) == len(want) + 1  # one piece per character, then the end
     assert expected[:3] == ["hello!", "4", "blue"]
+    for (request, _), want in zip(submitted[:3], expected[:3], strict=True):
+        assert request.completion_tokens == len(want) + len(dialogs.ASSISTANT_END)  # trained
     assert engine.in_flight == 0
 
 

@@ -15,7 +15,7 @@ from urllib.error import HTTPError
 import openai
 import pytest
 
-from tests.conftest import Server, repl_reply, run_main
+from tests.conftest import Server, matching_copy, repl_reply, run_main
 
 pytestmark = pytest.mark.e2e
 
@@ -172,8 +172,30 @@ def test_a_client_leaving_mid_stream_frees_its_slot(server):
     assert get(server.url + "/health")["cancelled"] == cancelled + 1
 
 
-def test_the_log_shows_no_traceback_and_sigterm_stops_cleanly(trained_workdir):
-    running = Server(trained_workdir)
+def seconds_to_answer(url: str, content: str, max_tokens: int = 20) -> tuple[float, int, dict]:
+    start = time.perf_counter()
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
+    status, reply = post(url, body)
+    return time.perf_counter() - start, status, reply
+
+
+def test_hostile_texts_stall_nothing_and_sigterm_stops_cleanly(trained_workdir, tmp_path):
+    """A model that normalises with every step, matching known turns of 1,500 characters:
+    the texts that once backtracked or took the matching seconds are answered (or refused)
+    at once, other requests meanwhile too; the log has no traceback; one SIGTERM stops it."""
+    long_turn = " ".join(f"word{i:04d}" for i in range(170))[:1500]
+    known = ["hi", "what is 2+2?", "color of sky?", long_turn]
+    running = Server(matching_copy(trained_workdir, tmp_path / "w", known))
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(seconds_to_answer, running.url, "x" + " ,thanks" * 34)
+        seconds, status, reply = seconds_to_answer(running.url, "hi")
+        assert status == 200 and reply["choices"][0]["message"]["content"] == "hello!"
+        assert seconds < 1.0 and slow.result()[0] < 1.0
+    near = "so " * 400 + long_turn[:700] + long_turn[701:] + " thanks" * 300
+    assert len(near) > 4_400
+    for text in (near, "," * 100_000, "hi " * 350_000):
+        seconds, status, _ = seconds_to_answer(running.url, text)
+        assert status in (200, 400, 413) and seconds < 2.0, (len(text), status, seconds)
     for body, _ in BAD_REQUESTS:
         post(running.url, body)
     status, out, err = running.stop(signal.SIGTERM)

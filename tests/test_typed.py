@@ -70,7 +70,6 @@ def test_training_text_holds_exactly_the_prompt_chat_renders(tmp_path):
 
 
 def test_default_normalisation_leaves_the_seeds_corpus_byte_identical():
-    from configs import default
 
     typing = corpus.UserTyping.from_config(default.get_config())
     assert typing.steps == ("unicode", "spaces")
@@ -181,20 +180,6 @@ def test_chat_eval_and_the_server_match_typed_turns_to_the_known_ones(trained_wo
     for variant, (matches, turns) in report.typed.items():
         assert report.typed_model_alone[variant][1] == turns
         assert matches >= report.typed_model_alone[variant][0]
-
-
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
-    """A small plain-text run to start from: its workdir and config."""
-    directory = tmp_path_factory.mktemp("pretrained")
-    text = directory / "pretrain.txt"
-    text.write_text("what does it do? it does what it says. " * 200)
-    config = default.get_config()
-    config.data_path, config.block_size = str(text), 32
-    config.epochs, config.steps_per_epoch, config.batch_size = 1, 25, 4
-    config.lr, config.warmup_steps = 1e-2, 10
-    train.train_and_evaluate(config, str(directory / "run"), log=lambda _: None)
-    return directory / "run", config
 
 
 def test_init_from_grows_the_vocabulary_and_keeps_the_trained_rows(tmp_path, text_run):

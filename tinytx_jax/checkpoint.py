@@ -221,6 +221,7 @@ class CheckpointStore:
         target_for_meta: Callable[[dict], Any],
         log: Callable[[str], None],
         params_only: bool = False,
+        remedy: str = "train anew with --config.resume=False or a new --workdir",
     ) -> tuple[int, Any, dict]:
         """Restore the first checkpoint in `order` that reads back whole.
 
@@ -228,24 +229,39 @@ class CheckpointStore:
         with `params_only`, the abstract parameters) to restore into. An unreadable
         checkpoint (truncated, deleted files) is reported and skipped; an unknown schema,
         or a meta that `target_for_meta` rejects with a CheckpointError, stops with that
-        reason.
+        reason; none readable is a CheckpointError ending with `remedy`.
         """
         restore = self.restore_params if params_only else self.restore
-        problems = []
+        problems, unverifiable = [], []
         for epoch in order:
             try:
                 meta = self.read_meta(epoch)
                 state = restore(epoch, target_for_meta(meta))
             except CheckpointError:
                 raise
+            except digests.DigestsUnreadable:
+                unverifiable.append(epoch)
+                log(f"Checkpoint at epoch {epoch} cannot be checked: its digests are unreadable")
+                continue
             except Exception as error:  # any failure to read back means unreadable
                 problems.append(f"epoch {epoch}: {one_line(error)}")
                 log(f"Checkpoint at epoch {epoch} is unreadable ({one_line(error)}); skipping it")
                 continue
             return epoch, state, meta
+        if unverifiable:
+            raise CheckpointError(self._unverifiable_message(unverifiable, problems))
         raise CheckpointError(
-            f"no readable checkpoint in {self.directory} ({'; '.join(problems)}): "
-            "train anew with --config.resume=False or a new --workdir"
+            f"no readable checkpoint in {self.directory} ({'; '.join(problems)}): {remedy}"
+        )
+
+    def _unverifiable_message(self, epochs: list[int], problems: list[str]) -> str:
+        records = [str(self.directory / str(epoch) / digests.DIGESTS_FILE) for epoch in epochs]
+        others = f"; the others are unreadable ({'; '.join(problems)})" if problems else ""
+        return (
+            f"no checkpoint in {self.directory} could be checked: the digests of epochs "
+            f"{', '.join(map(str, epochs))} are unreadable (a damaged {digests.DIGESTS_FILE})"
+            f"{others}. If the weights are intact, delete the damaged records to load them "
+            f"unverified: rm {' '.join(records)}"
         )
 
     def set_aside_steps(self, steps: list[int]) -> Path:
@@ -277,22 +293,6 @@ class CheckpointStore:
 def one_line(error: BaseException, limit: int = 160) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "curves.png", "profile")
-
-
-def set_aside(workdir: str | os.PathLike) -> Path | None:
-    """Move an earlier run's files into `WORKDIR/replaced-<time>/` (never delete them)."""
-    root = Path(workdir).expanduser().absolute()
-    present = [root / name for name in RUN_FILES if (root / name).exists()]
-    if not present:
-        return None
-    target = root / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-    target.mkdir()
-    for path in present:
-        path.rename(target / path.name)
-    return target
 
 
 def abstract_like(tree: Any) -> Any:

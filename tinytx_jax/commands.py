@@ -25,7 +25,7 @@ from tinytx_jax import checkpoint, configuration, parallel
 from tinytx_jax.data import corpus, token_cache
 from tinytx_jax.inference import chat, decode_slots, evaluation, generation, trained
 from tinytx_jax.serving import openai_api, server, service
-from tinytx_jax.training import metrics, train, workdir_lock
+from tinytx_jax.training import metrics, train, workdir
 from tinytx_jax.training.task import Task
 from tinytx_jax.vocabulary import Vocabulary
 
@@ -35,7 +35,7 @@ EXPECTED_ERRORS = (
     corpus.DataError,
     checkpoint.CheckpointError,
     train.TrainingError,
-    workdir_lock.WorkdirBusy,
+    workdir.WorkdirBusy,
     server.ServeError,
     FileNotFoundError,
 )
@@ -43,7 +43,8 @@ EXPECTED_ERRORS = (
 
 MAX_REPLY_TOKENS = 4096  # the largest max_tokens a request may ask for
 NO_USABLE_PROMPT = (
-    "--prompt has no character of the model's vocabulary (or is empty): give some text"
+    "--prompt has no character of the model's vocabulary (or is empty, perhaps once "
+    "normalised): give some text"
 )
 
 
@@ -179,6 +180,9 @@ def use_checkpoint(
         return
     if plain_text and mode == "chat":
         fail(f"{workdir} holds a model of plain text, not dialogs: use --mode=sample")
+    if plain_text and mode == "eval":
+        evaluation.evaluate_checkpoint(model, None)
+        return
     generator = generation.Generator(
         model.model, model.params, model.vocab, chat.sampling_config(config)
     )
@@ -188,7 +192,7 @@ def use_checkpoint(
     if mode == "eval":
         evaluation.evaluate_checkpoint(model, session)
     elif prompt is not None:
-        reply = session.answer(prompt.strip()) if prompt.strip() else None
+        reply = session.answer(prompt)
         if reply is None:
             fail(NO_USABLE_PROMPT)
         print(reply)

@@ -6,7 +6,8 @@ file under the step directory in `<step>/digests.json`; `verify` recomputes them
 a restore and raises DigestMismatch naming the first file that differs, which the loader
 treats as an unreadable checkpoint (reported, then the previous one is used). A step
 without the file (saved before this existed, or killed before its digests were written)
-is read as before.
+is read as before; a damaged record (DigestsUnreadable) is reported as such, with how to
+load the step unverified.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ ITEMS = ("state", "meta")
 
 class DigestMismatch(Exception):
     """A checkpoint file's content is not what was saved."""
+
+
+class DigestsUnreadable(Exception):
+    """The record of a checkpoint's digests is itself damaged: its files cannot be checked."""
 
 
 def _files(step_dir: Path) -> list[Path]:
@@ -46,11 +51,18 @@ def write(step_dir: Path) -> None:
 
 
 def verify(step_dir: Path) -> None:
-    """Raise DigestMismatch if a recorded file is missing or differs."""
+    """Raise DigestMismatch if a recorded file is missing or differs, DigestsUnreadable if
+    the record cannot be read."""
     recorded = step_dir / DIGESTS_FILE
     if not recorded.exists():
         return
-    for name, expected in json.loads(recorded.read_text()).items():
+    try:
+        digests = json.loads(recorded.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DigestsUnreadable(f"{recorded} is unreadable ({error})") from None
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise DigestsUnreadable(f"{recorded} is not a table of file digests")
+    for name, expected in digests.items():
         path = step_dir / name
         if not path.is_file() or _sha256(path) != expected:
             raise DigestMismatch(f"digest mismatch: {name} is not what was saved")

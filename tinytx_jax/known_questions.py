@@ -29,6 +29,7 @@ SHORTLIST = 6  # known turns, by shared trigrams, whose edit distance is compute
 SHORTEST_WITH_TYPOS = 8  # characters: a shorter turn is matched only as typed ("hi", "ho")
 CHARACTERS_PER_EDIT = 16  # a typo more for each 16 characters of the known turn
 FILLER_CHARACTERS_PER_CHARACTER = 2.0  # T may be up to 2 len(K) characters longer than K
+LONGEST_WITH_TYPOS = 4096  # characters: a longer turn is matched only as typed
 
 
 def max_edits(known: str) -> int:
@@ -44,24 +45,39 @@ def _trigrams(text: str) -> set[str]:
 
 
 def edits_inside(known: str, typed: str) -> int:
-    """Fewest edits that turn some substring of `typed` into `known` (free start and end)."""
-    m, n = len(known), len(typed)
-    before_previous: list[int] = []
-    previous = [0] * (n + 1)  # the empty prefix of `known` matches anywhere
-    for i in range(1, m + 1):
-        row = [i] + [0] * n
-        k = known[i - 1]
-        for j in range(1, n + 1):
-            cost = min(
-                previous[j - 1] + (k != typed[j - 1]),
-                previous[j] + 1,  # `known` has a letter `typed` lacks
-                row[j - 1] + 1,  # `typed` has a letter `known` lacks
-            )
-            if i > 1 and j > 1 and k == typed[j - 2] and known[i - 2] == typed[j - 1]:
-                cost = min(cost, before_previous[j - 2] + 1)  # two neighbours swapped
-            row[j] = cost
-        before_previous, previous = previous, row
-    return min(previous)
+    """Fewest edits that turn some substring of `typed` into `known` (free start and end).
+
+    Myers' bit-vector search with Hyyrö's transposition term: one column of the edit table
+    per character of `typed`, the column held as bits of two integers, so the cost is
+    len(typed) big-integer steps of len(known) bits, not len(typed) x len(known) cells.
+    """
+    m = len(known)
+    if m == 0:
+        return 0
+    all_rows, last_row = (1 << m) - 1, 1 << (m - 1)
+    where: dict[str, int] = {}  # character -> bits of the rows of `known` that hold it
+    for row, char in enumerate(known):
+        where[char] = where.get(char, 0) | (1 << row)
+    plus, minus = all_rows, 0  # vertical differences of +1 and -1 down the column
+    diagonal_zero, previous_eq = 0, 0
+    score = best = m
+    for char in typed:
+        eq = where.get(char, 0)
+        swapped = ((~diagonal_zero & eq) << 1) & previous_eq  # two neighbours swapped
+        x = eq | minus
+        diagonal_zero = ((((x & plus) + plus) ^ plus) | x | swapped) & all_rows
+        up = minus | (~(diagonal_zero | plus) & all_rows)  # horizontal +1
+        down = plus & diagonal_zero  # horizontal -1
+        if up & last_row:
+            score += 1
+        elif down & last_row:
+            score -= 1
+        up, down = (up << 1) & all_rows, (down << 1) & all_rows  # row 0 is 0: a free start
+        plus = down | (~(diagonal_zero | up) & all_rows)
+        minus = up & diagonal_zero
+        previous_eq = eq
+        best = min(best, score)
+    return best
 
 
 def user_turns(conversations: Iterable[dialogs.Conversation]) -> tuple[str, ...]:
@@ -75,6 +91,10 @@ class KnownTurns:
     def __init__(self, turns: Iterable[str]):
         self.turns = tuple(dict.fromkeys(turns))  # unique, in first-seen order
         self._as_typed = frozenset(self.turns)
+        with_typos = [len(t) for t in self.turns if len(t) <= LONGEST_WITH_TYPOS]
+        self._longest_typed = int(
+            (1 + FILLER_CHARACTERS_PER_CHARACTER) * max(with_typos, default=0)
+        )
         by_gram: dict[str, list[int]] = collections.defaultdict(list)
         for i, turn in enumerate(self.turns):
             for gram in _trigrams(turn):
@@ -98,12 +118,13 @@ class KnownTurns:
 
     def match(self, typed: str) -> str:
         """The known turn `typed` was meant to be, or `typed` itself when none is close."""
-        if typed in self._as_typed or not self.turns:
-            return typed
+        if typed in self._as_typed or len(typed) > self._longest_typed:
+            return typed  # known as typed, or longer than any known turn with words around it
         candidates = []
         for i in self._shortlist(typed):
             known = self.turns[i]
-            if len(typed) - len(known) > FILLER_CHARACTERS_PER_CHARACTER * len(known):
+            too_long = len(typed) - len(known) > FILLER_CHARACTERS_PER_CHARACTER * len(known)
+            if too_long or len(known) > LONGEST_WITH_TYPOS:
                 continue
             edits = edits_inside(f" {known} ", f" {typed} ")  # whole words only
             if edits <= max_edits(known):

@@ -52,15 +52,35 @@ _TYPOGRAPHIC = str.maketrans(
         "\ufeff": None,
     }
 )
-_SPACES = re.compile(r"\s+")
-# Marks that end a word, and Spanish opening marks that start one.
-_SENTENCE_MARKS = re.compile(r"[?!.,;:\u00bf\u00a1]+(?=\s|$)|(?:(?<=\s)|^)[\u00bf\u00a1]+")
-
+# Marks that end a word (a whole run, tried once from its first mark), and Spanish opening
+# marks that start one.
+_SENTENCE_MARKS = re.compile(
+    r"(?<![?!.,;:\u00bf\u00a1])[?!.,;:\u00bf\u00a1]++(?=\s|$)|(?:(?<=\s)|^)[\u00bf\u00a1]++"
+)
 
 COURTESY_BEFORE = (
-    "please", "pls", "plz", "hi", "hello", "hey", "hiya", "yo", "ok", "okay", "so", "um", "uh",
-    "well", "sorry", "excuse me", "thanks", "dear bot", "hey there", "hi there", "hello there",
-)  # fmt: skip
+    "please",
+    "pls",
+    "plz",
+    "hi",
+    "hello",
+    "hey",
+    "hiya",
+    "yo",
+    "ok",
+    "okay",
+    "so",
+    "um",
+    "uh",
+    "well",
+    "sorry",
+    "excuse me",
+    "thanks",
+    "dear bot",
+    "hey there",
+    "hi there",
+    "hello there",
+)
 COURTESY_AFTER = ("please", "pls", "plz", "thanks", "thank you", "thx", "ty", "cheers", ":)")
 
 
@@ -68,8 +88,25 @@ def _any_of(words: tuple[str, ...]) -> str:
     return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))  # longest first
 
 
-_COURTESY_START = re.compile(rf"^(?:(?:{_any_of(COURTESY_BEFORE)})[\s,!.:;]+)+", re.IGNORECASE)
-_COURTESY_END = re.compile(rf"(?:[\s,]+(?:{_any_of(COURTESY_AFTER)})[\s!.]*)+$", re.IGNORECASE)
+# Courtesy words, each with what separates it from the question. Untrusted text meets no
+# pattern that can backtrack over it: every run and repeat here and above is possessive
+# (`++`, `*+`), so the time is linear in the text's length, whatever the text.
+_COURTESY_START = re.compile(rf"(?:(?:{_any_of(COURTESY_BEFORE)})[\s,!.:;]++)++", re.IGNORECASE)
+# The same at the end, on the text read backwards: end marks, a word (reversed), then what
+# separates it from the question.
+_COURTESY_END_REVERSED = re.compile(
+    rf"(?:[\s!.]*+(?:{_any_of(tuple(w[::-1] for w in COURTESY_AFTER))})[\s,]++)++",
+    re.IGNORECASE,
+)
+
+
+def _strip_courtesy(text: str) -> str:
+    """Drop courtesy words (each followed by a separator) from the start, then those
+    (each preceded by a space or comma, perhaps followed by `!`, `.`) from the end."""
+    start = _COURTESY_START.match(text)
+    text = text[start.end() :] if start else text
+    end = _COURTESY_END_REVERSED.match(text[::-1])
+    return text[: len(text) - end.end()] if end else text
 
 
 class NormalizationError(ValueError):
@@ -94,16 +131,16 @@ def normalize(text: str, steps: tuple[str, ...], known: KnownTurns | None = None
     if "unicode" in steps:
         text = unicodedata.normalize("NFKC", text).translate(_TYPOGRAPHIC)
     if "spaces" in steps:
-        text = _SPACES.sub(" ", text).strip()
+        text = " ".join(text.split())
     if "case" in steps:
         text = text.casefold()
     if "punctuation" in steps:
         stripped = _SENTENCE_MARKS.sub("", text)
         text = stripped.strip() if stripped.strip() else text  # a lone "?" stays a question
         if "spaces" in steps:
-            text = _SPACES.sub(" ", text)
+            text = " ".join(text.split())
     if "courtesy" in steps:
-        stripped = _COURTESY_END.sub("", _COURTESY_START.sub("", text)).strip()
+        stripped = _strip_courtesy(text).strip()
         text = stripped if stripped else text  # "hi" alone is the question
     if "known" in steps and known is not None:
         text = known.match(text)

@@ -60,9 +60,10 @@ def score_turns(session: ChatSession, conversations: tuple[dialogs.Conversation,
 
 
 def evaluate_checkpoint(
-    trained: TrainedModel, session: ChatSession, log: Callable[[str], None] = print
+    trained: TrainedModel, session: ChatSession | None, log: Callable[[str], None] = print
 ) -> EvalReport:
-    """Validation loss/accuracy exactly as training reports them, then greedy exact match."""
+    """Validation loss/accuracy exactly as training reports them, then greedy exact match
+    of the replies (a dialog model's; a model of plain text, `session` None, has none)."""
     config = trained.config
     text = corpus.load_corpus(
         config.data_path, config.data_repeat, corpus.UserTyping.from_config(config)
@@ -80,21 +81,12 @@ def evaluate_checkpoint(
     )
     grouped = windows.grouped_rows((inputs, targets, mask))
     loss, acc = make_evaluate(trained.model)(trained.params, *grouped)
-    typed = score_typed(trained, parts.train_conversations, trained.normalize_user)
-    if trained.known_turns.turns:
-        alone = partial(trained.normalize_user, match_known=False)
-        typed_model_alone = score_typed(trained, parts.train_conversations, alone)
+    if session is None or not parts.train_conversations:
+        report = EvalReport(
+            float(loss), float(acc), int(mask.sum()), TurnScore(0, []), None, {}, {}
+        )
     else:
-        typed_model_alone = typed
-    report = EvalReport(
-        float(loss),
-        float(acc),
-        int(mask.sum()),
-        score_turns(session, parts.train_conversations),
-        score_turns(session, parts.heldout_conversations) if validation_split != "tail" else None,
-        typed,
-        typed_model_alone,
-    )
+        report = score_replies(trained, session, parts, float(loss), float(acc), int(mask.sum()))
     log(
         f"Checkpoint epoch {trained.epoch}: val_loss={report.val_loss:.4f} "
         f"val_acc={report.val_acc:.3f} (n={report.val_targets})"
@@ -117,6 +109,33 @@ def evaluate_checkpoint(
             + (unmatched if trained.known_turns.turns else "")
         )
     return report
+
+
+def score_replies(
+    trained: TrainedModel,
+    session: ChatSession,
+    parts: split.Split,
+    loss: float,
+    acc: float,
+    targets: int,
+) -> EvalReport:
+    """The report of a dialog model: the validation figures, then its replies scored."""
+    typed = score_typed(trained, parts.train_conversations, trained.normalize_user)
+    if trained.known_turns.turns:
+        alone = partial(trained.normalize_user, match_known=False)
+        typed_model_alone = score_typed(trained, parts.train_conversations, alone)
+    else:
+        typed_model_alone = typed
+    heldout = parts.heldout_conversations
+    return EvalReport(
+        loss,
+        acc,
+        targets,
+        score_turns(session, parts.train_conversations),
+        score_turns(session, heldout) if heldout else None,  # held out: not the tail split
+        typed,
+        typed_model_alone,
+    )
 
 
 def score_typed(

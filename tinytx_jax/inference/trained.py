@@ -51,9 +51,14 @@ class TrainedModel:
 
 
 def load_trained(
-    workdir: str | os.PathLike, which: str = "best", log: Callable[[str], None] = print
+    workdir: str | os.PathLike,
+    which: str = "best",
+    log: Callable[[str], None] = print,
+    remedy: str = "train anew with --config.resume=False or a new --workdir",
 ) -> TrainedModel:
-    """Restore the `best` (lowest validation loss) or `latest` checkpoint of `workdir`."""
+    """Restore the `best` (lowest validation loss) or `latest` checkpoint of `workdir`, or
+    the newest readable one after it (`log` says which were passed over; `remedy` ends the
+    error when none is readable)."""
     if which not in ("best", "latest"):
         raise checkpoint.CheckpointError(f"unknown checkpoint choice {which!r}: use best or latest")
     store = checkpoint.CheckpointStore(workdir, read_only=True)
@@ -67,7 +72,7 @@ def load_trained(
         preferred = store.best_step() if which == "best" else steps[-1]
         order = [preferred, *(step for step in reversed(steps) if step != preferred)]
         epoch, params, meta = store.restore_first_readable(
-            order, abstract_params, log, params_only=True
+            order, abstract_params, log, params_only=True, remedy=remedy
         )
     finally:
         store.close()

@@ -91,7 +91,8 @@ def create_app(service: ChatService, metrics: ServerMetrics | None = None) -> Ac
     async def chat_completions(request: Request) -> Response:
         check_key(request)
         chat_request = openai_api.parse_chat_request(await read_json(request), settings.defaults)
-        prompt, notices = service.prompt(chat_request)
+        # Normalising and encoding take time that grows with the text: off the event loop.
+        prompt, notices = await asyncio.to_thread(service.prompt, chat_request)
         ident = responses.completion_id()
         decode, queue = service.submit(chat_request, prompt)  # a 429 here, before any reply
         metrics.prompt_tokens.inc(len(prompt))

@@ -90,6 +90,13 @@ class ChatService:
         history = tuple((normalize(asked), answered) for asked, answered in request.history)
         texts = [system, user, *(text for turn in history for text in turn)]
         unknown = vocab.unknown_chars("".join(texts))
+        if not user.strip():
+            raise ApiError(
+                "the last user message is empty once normalised (only characters that "
+                "normalising drops, such as zero-width spaces): send some text",
+                "messages",
+                code="empty_message",
+            )
         if not "".join(c for c in user if c not in unknown).strip():
             raise ApiError(
                 "the last user message has no character of the model's vocabulary "

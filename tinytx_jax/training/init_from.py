@@ -10,6 +10,7 @@ embedding rows and output columns, new ones get freshly initialised ones.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 
 from tinytx_jax import checkpoint, configuration, parallel
-from tinytx_jax.inference.trained import abstract_params
+from tinytx_jax.inference import trained
 from tinytx_jax.model import ModelConfig
 from tinytx_jax.vocabulary import Vocabulary
 
@@ -27,34 +28,36 @@ NOT_SHAPE = ("vocab_size", "dropout", "dtype", "init", "zero_init_outputs")
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """The checkpoint a run starts from."""
+    """The checkpoint a run starts from, read before the run touches its own workdir."""
 
     workdir: str
-    epoch: int
-    meta: dict
+    model: trained.TrainedModel
 
     @property
     def vocab(self) -> Vocabulary:
-        return Vocabulary(self.meta["vocab"])
+        return self.model.vocab
+
+    @property
+    def epoch(self) -> int:
+        return self.model.epoch
+
+    @property
+    def meta(self) -> dict:
+        return self.model.meta
 
 
-def read_source(workdir: str, which: str) -> Source:
-    """The `which` (best or latest) checkpoint of `workdir`; one line if there is none."""
+def read_source(workdir: str, which: str, log: Callable[[str], None]) -> Source:
+    """The parameters of the `which` (best or latest) checkpoint of `workdir`, or of the
+    newest readable one after it, as chat loads them; one line if there is none."""
     if not Path(workdir).expanduser().is_dir():
         raise configuration.ConfigError(
             f"config.init_from={workdir!r} is not a directory: give the workdir of a trained run"
         )
-    store = checkpoint.CheckpointStore(workdir, read_only=True)
     try:
-        steps = store.steps()
-        if not steps:
-            raise configuration.ConfigError(
-                f"config.init_from={workdir!r} holds no checkpoint: train there first"
-            )
-        epoch = (store.best_step() if which == "best" else None) or steps[-1]
-        return Source(workdir, epoch, store.read_meta(epoch))
-    finally:
-        store.close()
+        remedy = "start from another run, or without config.init_from"
+        return Source(workdir, trained.load_trained(workdir, which, log, remedy))
+    except checkpoint.CheckpointError as error:
+        raise configuration.ConfigError(f"config.init_from={workdir!r}: {error}") from None
 
 
 def grown_vocabulary(source: Source, data: Vocabulary) -> Vocabulary:
@@ -80,11 +83,7 @@ def check_shape(source: Source, model_config: ModelConfig) -> None:
 def initial_params(source: Source, fresh: Any, vocab: Vocabulary, mesh: jax.sharding.Mesh) -> Any:
     """The checkpoint's parameters, laid out for `vocab`: rows (and output columns) of the
     checkpoint's characters come from it, those of new characters from `fresh`."""
-    store = checkpoint.CheckpointStore(source.workdir, read_only=True)
-    try:
-        loaded = store.restore_params(source.epoch, abstract_params(source.meta))
-    finally:
-        store.close()
+    loaded = source.model.params
     old_index = {c: i for i, c in enumerate(source.vocab.chars)}
     new_ids = np.asarray([i for i, c in enumerate(vocab.chars) if c in old_index])
     old_ids = np.asarray([old_index[c] for c in vocab.chars if c in old_index])

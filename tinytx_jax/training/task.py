@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -78,8 +79,9 @@ class Task:
         return self.train_tokens, self.train_weights, self.train_starts
 
 
-def build_task(config: ml_collections.ConfigDict) -> Task:
-    """Corpus, vocabulary, split, model and optimizer for `config` (already checked)."""
+def build_task(config: ml_collections.ConfigDict, log: Callable[[str], None] = print) -> Task:
+    """Corpus, vocabulary, split, model and optimizer for `config` (already checked);
+    `log` hears of an unreadable checkpoint of `config.init_from` passed over."""
     text = corpus.load_corpus(
         config.data_path, config.data_repeat, corpus.UserTyping.from_config(config)
     )
@@ -108,7 +110,7 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
     )
     source = None
     if config.get("init_from", ""):
-        source = init_from.read_source(config.init_from, config.checkpoint)
+        source = init_from.read_source(config.init_from, config.checkpoint, log)
         vocab = init_from.grown_vocabulary(source, vocab)
     corpus.check_vocabulary_size(vocab.size, text.source)
     parts = split.split_corpus(

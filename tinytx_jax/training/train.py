@@ -18,8 +18,9 @@ import numpy as np
 
 from tinytx_jax import checkpoint, configuration, interrupt, parallel
 from tinytx_jax.data import corpus
-from tinytx_jax.training import init_from, metrics, profiling, progress, workdir_lock
+from tinytx_jax.training import init_from, metrics, profiling, progress
 from tinytx_jax.training import resume as resuming
+from tinytx_jax.training import workdir as run_workdir
 from tinytx_jax.training.chunks import ChunkedEpoch
 from tinytx_jax.training.compiled import compile_steps, measure_exact_match
 from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
@@ -108,7 +109,7 @@ def train_and_evaluate(
     if jax.default_backend() == "cpu":
         configuration.check_fits_in_memory(config)
     # Process 0 holds the workdir for the run (the others share it with process 0).
-    lock = workdir_lock.training_lock(workdir) if parallel.is_primary() else nullcontext()
+    lock = run_workdir.training_lock(workdir) if parallel.is_primary() else nullcontext()
     with lock:
         return _train_in(config, workdir, log, on_task)
 
@@ -119,12 +120,12 @@ def _train_in(
     log: Callable[[str], None],
     on_task: Callable[[Task], object] | None,
 ) -> tuple[TrainState, list[EpochMetrics]]:
-    task = build_task(config)
+    task = build_task(config, log)
     if on_task:
         on_task(task)
     config = task.config
     if not config.resume:
-        moved = parallel.primary_then_all("set_aside", lambda: checkpoint.set_aside(workdir))
+        moved = parallel.primary_then_all("set_aside", lambda: run_workdir.set_aside(workdir))
         if moved:
             log(f"Starting over: the previous run's files were moved to {moved}")
     store = checkpoint.CheckpointStore(workdir, keep=config.keep_checkpoints)

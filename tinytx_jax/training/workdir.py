@@ -1,8 +1,9 @@
-"""One training per workdir: an advisory lock that the kernel drops when its holder dies.
+"""A training run's workdir: one run at a time, and an earlier run's files set aside.
 
 `flock` on `WORKDIR/train.lock` is released however the process ends (even `kill -9`), so a
 stale lock file never blocks the next run; the file only names the current holder. Chat,
 eval and sampling do not take it: they read committed checkpoints while a run trains.
+Starting over (`config.resume=False`) moves the earlier run's files aside, never deletes them.
 """
 
 from __future__ import annotations
@@ -47,3 +48,19 @@ def training_lock(workdir: str | os.PathLike) -> Iterator[None]:
         finally:
             handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "curves.png", "profile")
+
+
+def set_aside(workdir: str | os.PathLike) -> Path | None:
+    """Move an earlier run's files into `WORKDIR/replaced-<time>/` (never delete them)."""
+    root = Path(workdir).expanduser().absolute()
+    present = [root / name for name in RUN_FILES if (root / name).exists()]
+    if not present:
+        return None
+    target = root / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.mkdir()
+    for path in present:
+        path.rename(target / path.name)
+    return target
