@@ -85,8 +85,12 @@ def test_the_faq_script_is_deterministic(tmp_path):
 
 def test_the_shakespeare_script_refuses_a_file_with_another_checksum(tmp_path):
     (tmp_path / "other.txt").write_text("not shakespeare")
-    command = [sys.executable, "data/prepare_shakespeare.py", f"--from={tmp_path / 'other.txt'}",
-               f"--out={tmp_path / 'out.txt'}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "data/prepare_shakespeare.py",
+        f"--from={tmp_path / 'other.txt'}",
+        f"--out={tmp_path / 'out.txt'}",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 1 and "is not tiny shakespeare's" in result.stderr
+    assert result.returncode == 2 and "is not tiny shakespeare's" in result.stderr
     assert not (tmp_path / "out.txt").exists()
