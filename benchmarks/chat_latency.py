@@ -23,8 +23,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from benchmarks.trained_workdir import ensure_checkpoint
-from tinytx_jax import dialogs
 from tinytx_jax.inference import chat, generation, sampling, trained
+from tinytx_jax.text import dialogs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with a checkpoint (default: a temp dir).")
 _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed replies per prompt.")

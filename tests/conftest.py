@@ -22,7 +22,8 @@ import ml_collections
 import pytest
 
 from configs import default, fast
-from tinytx_jax import digests, user_text
+from tinytx_jax.checkpoints import digests
+from tinytx_jax.text import user_text
 from tinytx_jax.training import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,8 +169,8 @@ def server(trained_workdir):
 
 def repl_reply(workdir: Path, user: str, history: tuple = ()) -> str:
     """What the REPL's generator answers `user` after `history` with the workdir's model."""
-    from tinytx_jax import dialogs
     from tinytx_jax.inference import generation, sampling, trained
+    from tinytx_jax.text import dialogs
 
     model = trained.load_trained(workdir, log=lambda _: None)
     generator = generation.Generator(

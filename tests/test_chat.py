@@ -5,8 +5,8 @@ import io
 import pytest
 
 from tests.conftest import run_main
-from tinytx_jax import dialogs
 from tinytx_jax.inference import chat, generation, sampling, trained
+from tinytx_jax.text import dialogs
 
 
 @pytest.mark.e2e

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, main_env, run_main
-from tinytx_jax import checkpoint
+from tinytx_jax.checkpoints.meta import SCHEMA_VERSION
+from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstract_like
 from tinytx_jax.inference import trained
 from tinytx_jax.training import train
 from tinytx_jax.training.steps import make_train_epoch
@@ -44,11 +45,11 @@ def test_save_then_restore_gives_identical_state_and_logits(ckpt_config, tmp_pat
     epoch_fn = make_train_epoch(task.model, task.tx, task.mesh, 10, 4, ckpt_config.block_size)
     state, _ = epoch_fn(task.initial_state(0), task.train_tokens)
     saved = jax.device_get(state)
-    store = checkpoint.CheckpointStore(tmp_path)
-    store.save(1, state, {"schema_version": checkpoint.SCHEMA_VERSION}, {"val_loss": 1.0})
+    store = CheckpointStore(tmp_path)
+    store.save(1, state, {"schema_version": SCHEMA_VERSION}, {"val_loss": 1.0})
     state, _ = epoch_fn(state, task.train_tokens)  # donates the saved buffers meanwhile
     store.wait()
-    restored = store.restore(1, checkpoint.abstract_like(state))
+    restored = store.restore(1, abstract_like(state))
     store.close()
     assert_trees_equal(restored, saved)
     assert type(restored.plateau_state) is type(saved.plateau_state)
@@ -71,12 +72,12 @@ def test_resumed_run_equals_uninterrupted_run(ckpt_config, tmp_path):
 
 def test_keeps_latest_and_best(tmp_path):
     state = {"w": jnp.arange(3.0)}
-    store = checkpoint.CheckpointStore(tmp_path, keep=2)
+    store = CheckpointStore(tmp_path, keep=2)
     for epoch, val_loss in enumerate([5, 4, 3, 1, 2, 2.5, 2.6, 2.7], start=1):
-        meta = {"schema_version": checkpoint.SCHEMA_VERSION}
+        meta = {"schema_version": SCHEMA_VERSION}
         store.save(epoch, state, meta, {"val_loss": val_loss})
     store.close()
-    store = checkpoint.CheckpointStore(tmp_path, keep=2)
+    store = CheckpointStore(tmp_path, keep=2)
     assert store.steps() == [4, 7, 8]
     assert store.best_step() == 4
     store.close()
@@ -84,12 +85,12 @@ def test_keeps_latest_and_best(tmp_path):
 
 def test_best_is_the_most_exact_when_exact_match_is_measured(tmp_path):
     state = {"w": jnp.arange(3.0)}
-    store = checkpoint.CheckpointStore(tmp_path, keep=1)
-    meta = {"schema_version": checkpoint.SCHEMA_VERSION}
+    store = CheckpointStore(tmp_path, keep=1)
+    meta = {"schema_version": SCHEMA_VERSION}
     for epoch, (val_loss, exact) in enumerate([(0.5, 0.9), (0.4, 0.95), (0.3, 0.95), (0.2, 0.9)]):
         store.save(epoch + 1, state, meta, {"val_loss": val_loss, "exact_match": exact})
     store.close()
-    store = checkpoint.CheckpointStore(tmp_path, keep=1)
+    store = CheckpointStore(tmp_path, keep=1)
     assert store.steps() == [3, 4]  # the latest, and the best: most exact, then lowest loss
     assert store.best_step() == 3
     store.close()
@@ -129,7 +130,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(train, "compile_steps", evaluate_failing_at_epoch_3)
     with pytest.raises(train.TrainingError, match=r"not finite at epoch 3.*epoch 2\)"):
         train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
-    assert checkpoint.CheckpointStore(tmp_path).steps() == [1, 2]
+    assert CheckpointStore(tmp_path).steps() == [1, 2]
 
 
 @pytest.mark.e2e
@@ -149,14 +150,14 @@ def test_unknown_schema_is_refused(ckpt_config, tmp_path):
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps({**meta, "schema_version": 99}))
     ckpt_config.epochs = 3
-    with pytest.raises(checkpoint.CheckpointError, match="schema version 99"):
+    with pytest.raises(CheckpointError, match="schema version 99"):
         train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
 
 
 def test_corrupted_latest_falls_back_to_the_previous(ckpt_config, tmp_path):
     ckpt_config.update(epochs=6, checkpoint_every=2)
     train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
-    assert checkpoint.CheckpointStore(tmp_path).steps() == [2, 4, 6]
+    assert CheckpointStore(tmp_path).steps() == [2, 4, 6]
     shutil.rmtree(tmp_path / "checkpoints" / "6" / "state")
     ckpt_config.epochs = 7
     lines = []
@@ -165,10 +166,10 @@ def test_corrupted_latest_falls_back_to_the_previous(ckpt_config, tmp_path):
     assert f"Resuming from {tmp_path / 'checkpoints'} at epoch 4" in "\n".join(lines)
     assert [m.epoch for m in history] == [5, 6, 7]
 
-    for step in checkpoint.CheckpointStore(tmp_path).steps():
+    for step in CheckpointStore(tmp_path).steps():
         shutil.rmtree(tmp_path / "checkpoints" / str(step) / "state", ignore_errors=True)
     ckpt_config.epochs = 8
-    with pytest.raises(checkpoint.CheckpointError, match="no readable checkpoint"):
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
         train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
 
 
@@ -257,7 +258,7 @@ def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
     line = next(ln for ln in stdout.splitlines() if ln.startswith("Interrupted at epoch"))
     epoch = int(line.split()[3].rstrip(":"))
     assert f"checkpoint saved to {tmp_path / 'checkpoints' / str(epoch)}" in line
-    assert checkpoint.CheckpointStore(tmp_path).steps() == [epoch]
+    assert CheckpointStore(tmp_path).steps() == [epoch]
 
 
 def test_a_signal_mid_epoch_stops_within_seconds_and_resumes_bit_exact(tmp_path):

@@ -7,9 +7,10 @@ import pytest
 
 from configs import default
 from tests.conftest import run_main
-from tinytx_jax import configuration, dialogs
+from tinytx_jax import configuration
 from tinytx_jax.data import corpus, windows
 from tinytx_jax.inference import chat, generation, sampling, trained
+from tinytx_jax.text import dialogs
 from tinytx_jax.training import train
 from tinytx_jax.training.task import build_task
 

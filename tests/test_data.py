@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from tinytx_jax import dialogs, vocabulary
 from tinytx_jax.data import windows
+from tinytx_jax.text import dialogs, vocabulary
 
 
 def test_corpus_numbers_match_the_seed():

@@ -8,12 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from tinytx_jax import dialogs, vocabulary
 from tinytx_jax.inference import trained
 from tinytx_jax.inference.decode_slots import DecodeSlots, Request, held_back, stop_prefixes
 from tinytx_jax.inference.generation import Generator
 from tinytx_jax.inference.sampling import SamplingConfig
-from tinytx_jax.model import ModelConfig, TinyTransformer
+from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
+from tinytx_jax.text import dialogs, vocabulary
 
 QUESTIONS = ("hi", "what is 2+2?", "what color is the sky?", "hello", "hi there")
 

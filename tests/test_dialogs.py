@@ -9,11 +9,12 @@ import pytest
 
 from configs import default
 from configs import dialogs as dialogs_config
-from tinytx_jax import dialogs, exact_match, vocabulary
 from tinytx_jax.configuration import ConfigError
 from tinytx_jax.data import corpus, split, windows
 from tinytx_jax.inference import chat, evaluation, generation, sampling
 from tinytx_jax.inference import trained as trained_model
+from tinytx_jax.scoring import exact_match
+from tinytx_jax.text import dialogs, vocabulary
 from tinytx_jax.training import metrics, train
 from tinytx_jax.training.steps import draw_window_starts
 from tinytx_jax.training.task import build_task
@@ -180,9 +181,9 @@ def test_on_device_exact_match_equals_greedy_chat_replies(dialogs_run):
 
 
 def _params_at(workdir, epoch, model):
-    from tinytx_jax import checkpoint
+    from tinytx_jax.checkpoints.store import CheckpointStore
 
-    store = checkpoint.CheckpointStore(workdir, read_only=True)
+    store = CheckpointStore(workdir, read_only=True)
     try:
         return store.restore_params(epoch, trained_model.abstract_params(store.read_meta(epoch)))
     finally:

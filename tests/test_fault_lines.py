@@ -10,10 +10,13 @@ import time
 import pytest
 
 from tests.conftest import REPO, run_main
-from tinytx_jax import checkpoint, commands, configuration, dialogs, digests, user_text
+from tinytx_jax import commands, configuration
+from tinytx_jax.checkpoints import digests
+from tinytx_jax.checkpoints.store import CheckpointError
 from tinytx_jax.data import corpus
 from tinytx_jax.inference import trained
 from tinytx_jax.serving import openai_api, service
+from tinytx_jax.text import dialogs, user_text
 from tinytx_jax.training import train
 from tinytx_jax.training.task import build_task
 
@@ -92,7 +95,7 @@ def test_unreadable_digests_everywhere_say_so_and_how_to_load_unverified(trained
     for record in records:
         record.write_text("{not json")
     notices = []
-    with pytest.raises(checkpoint.CheckpointError) as error:
+    with pytest.raises(CheckpointError) as error:
         trained.load_trained(workdir, log=notices.append)
     message = str(error.value)
     assert "digests of epochs" in message and "unreadable" in message and "\n" not in message

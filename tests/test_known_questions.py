@@ -2,8 +2,8 @@
 
 import pytest
 
-from tinytx_jax import dialogs, known_questions, user_text
-from tinytx_jax.known_questions import KnownTurns, edits_inside
+from tinytx_jax.text import dialogs, known_questions, user_text
+from tinytx_jax.text.known_questions import KnownTurns, edits_inside
 
 FAQ = (
     "what does operator.iand do",

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinytx_jax.model import ModelConfig, TinyTransformer
+from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
 
 VOCAB = 31
 

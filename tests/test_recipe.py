@@ -8,8 +8,8 @@ import pytest
 
 from tests.test_model import VOCAB, init
 from tests.test_model import random_tokens as tokens
-from tinytx_jax import attention
-from tinytx_jax.model import ModelConfig, TinyTransformer
+from tinytx_jax.model import attention
+from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
 from tinytx_jax.training import optim, train
 
 MODERN = dict(

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinytx_jax import dialogs, vocabulary
 from tinytx_jax.inference import generation, sampling, trained
-from tinytx_jax.model import ModelConfig, TinyTransformer
+from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
+from tinytx_jax.text import dialogs, vocabulary
 
 
 def random_model(max_len=512, **extra):

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import uvicorn
 
-from tinytx_jax import dialogs, vocabulary
 from tinytx_jax.inference.decode_slots import DecodeSlots
 from tinytx_jax.inference.trained import TrainedModel
-from tinytx_jax.model import ModelConfig, TinyTransformer
+from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
 from tinytx_jax.serving import openai_api, server
 from tinytx_jax.serving.service import ChatService, ServeSettings
+from tinytx_jax.text import dialogs, vocabulary
 
 VOCAB = vocabulary.Vocabulary.from_text(dialogs.builtin_corpus(1))
 HI = {"messages": [{"role": "user", "content": "hi"}]}

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinytx_jax.model import ModelConfig, TinyTransformer
-from tinytx_jax.scoring import cross_entropy
+from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
+from tinytx_jax.scoring.loss import cross_entropy
 from tinytx_jax.training import optim
 from tinytx_jax.training.state import init_train_state
 from tinytx_jax.training.steps import train_step

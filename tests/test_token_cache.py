@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from tinytx_jax import dialogs, vocabulary
 from tinytx_jax.data import corpus, token_cache
+from tinytx_jax.text import dialogs, vocabulary
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from configs import default
 from tinytx_jax import configuration
-from tinytx_jax.scoring import make_evaluate
+from tinytx_jax.scoring.loss import make_evaluate
 from tinytx_jax.training import task as task_module
 from tinytx_jax.training import train
 from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line

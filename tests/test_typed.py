@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from configs import default
-from tinytx_jax import configuration, dialogs, exact_match, known_questions, user_text
+from tinytx_jax import configuration
 from tinytx_jax.data import corpus, typed_variants, windows
 from tinytx_jax.inference import chat, evaluation, generation, trained
+from tinytx_jax.scoring import exact_match
 from tinytx_jax.serving import openai_api, service
+from tinytx_jax.text import dialogs, known_questions, user_text
 from tinytx_jax.training import init_from, train
 from tinytx_jax.training.task import build_task
 

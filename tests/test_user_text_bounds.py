@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tinytx_jax import known_questions, user_text
-from tinytx_jax.known_questions import KnownTurns, edits_inside
+from tinytx_jax.text import known_questions, user_text
+from tinytx_jax.text.known_questions import KnownTurns, edits_inside
 
 ALL_STEPS = user_text.parse_steps("unicode,spaces,case,punctuation,courtesy,known")
 

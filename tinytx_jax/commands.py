@@ -21,19 +21,20 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from tinytx_jax import checkpoint, configuration, parallel
+from tinytx_jax import configuration, parallel
+from tinytx_jax.checkpoints.store import CheckpointError, quiet_reader_callbacks
 from tinytx_jax.data import corpus, token_cache
 from tinytx_jax.inference import chat, decode_slots, evaluation, generation, trained
 from tinytx_jax.serving import openai_api, server, service
+from tinytx_jax.text.vocabulary import Vocabulary
 from tinytx_jax.training import metrics, train, workdir
 from tinytx_jax.training.task import Task
-from tinytx_jax.vocabulary import Vocabulary
 
 MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot", "serve")
 EXPECTED_ERRORS = (
     configuration.ConfigError,
     corpus.DataError,
-    checkpoint.CheckpointError,
+    CheckpointError,
     train.TrainingError,
     workdir.WorkdirBusy,
     server.ServeError,
@@ -113,7 +114,7 @@ def run(
     # Library errors (orbax's writer threads, asyncio) would repeat ours as tracebacks: the
     # project reports every failure itself, in one line.
     logging.set_verbosity(logging.FATAL)
-    checkpoint.quiet_reader_callbacks()
+    quiet_reader_callbacks()
 
     try:
         configuration.check_config(config)

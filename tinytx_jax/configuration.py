@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from tinytx_jax import user_text
-from tinytx_jax.model import ModelConfig
+from tinytx_jax.model.transformer import ModelConfig
+from tinytx_jax.text import user_text
 
 DTYPES = ("float32", "bfloat16")
 CHECKPOINT_CHOICES = ("best", "latest")

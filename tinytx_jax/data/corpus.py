@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytx_jax import dialogs, user_text, vocabulary
 from tinytx_jax.data import token_cache, typed_variants
-from tinytx_jax.known_questions import KnownTurns
+from tinytx_jax.text import dialogs, user_text, vocabulary
+from tinytx_jax.text.known_questions import KnownTurns
 
 DIALOGS, TEXT = "dialogs", "text"
 DIALOG_SUFFIXES = (".jsonl", ".json")

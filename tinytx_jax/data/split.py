@@ -13,10 +13,10 @@ import dataclasses
 
 import numpy as np
 
-from tinytx_jax import dialogs, vocabulary
 from tinytx_jax.configuration import ConfigError
 from tinytx_jax.data import windows
 from tinytx_jax.data.corpus import DIALOGS, Corpus
+from tinytx_jax.text import dialogs, vocabulary
 
 HELDOUT_PERMUTATION_SEED = 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytx_jax import dialogs, vocabulary
+from tinytx_jax.text import dialogs, vocabulary
 
 FORMAT = 1
 ENVIRONMENT_VARIABLE = "TINYTX_CACHE_DIR"

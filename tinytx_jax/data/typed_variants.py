@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tinytx_jax import dialogs
+from tinytx_jax.text import dialogs
 
 Retype = Callable[[str, np.random.Generator], str]
 

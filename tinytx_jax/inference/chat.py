@@ -15,9 +15,9 @@ from typing import TextIO
 
 import ml_collections
 
-from tinytx_jax import dialogs
 from tinytx_jax.inference.generation import Generator
 from tinytx_jax.inference.sampling import SamplingConfig
+from tinytx_jax.text import dialogs
 
 with contextlib.suppress(ImportError):  # not on every platform; input() works without it
     import readline  # noqa: F401 - line editing for input(), which then prompts on stdout

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinytx_jax.inference.sampling import sample_rows
-from tinytx_jax.model import TinyTransformer
+from tinytx_jax.model.transformer import TinyTransformer
 
 MIN_PREFILL = 32
 TOP_LOGPROBS = 20  # OpenAI's largest top_logprobs: every step reports this many

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from tinytx_jax.dialogs import TAGS, cut_at_tag
 from tinytx_jax.inference.decode_programs import DecodePrograms, prefill_length, prefill_rows
 from tinytx_jax.inference.sampling import usable_stop_texts
-from tinytx_jax.model import TinyTransformer
-from tinytx_jax.vocabulary import Vocabulary
+from tinytx_jax.model.transformer import TinyTransformer
+from tinytx_jax.text.dialogs import TAGS, cut_at_tag
+from tinytx_jax.text.vocabulary import Vocabulary
 
 
 @dataclasses.dataclass

@@ -14,11 +14,12 @@ import dataclasses
 from collections.abc import Callable
 from functools import partial
 
-from tinytx_jax import dialogs, exact_match
 from tinytx_jax.data import corpus, split, typed_variants, windows
 from tinytx_jax.inference.chat import ChatSession
 from tinytx_jax.inference.trained import TrainedModel
-from tinytx_jax.scoring import make_evaluate
+from tinytx_jax.scoring import exact_match
+from tinytx_jax.scoring.loss import make_evaluate
+from tinytx_jax.text import dialogs
 
 Miss = tuple[str, str, str]  # (user, got, expected)
 

@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinytx_jax.dialogs import TAGS, cut_at_tag
 from tinytx_jax.inference.sampling import SamplingConfig, pick, usable_stop_texts
-from tinytx_jax.model import TinyTransformer
-from tinytx_jax.vocabulary import Vocabulary
+from tinytx_jax.model.transformer import TinyTransformer
+from tinytx_jax.text.dialogs import TAGS, cut_at_tag
+from tinytx_jax.text.vocabulary import Vocabulary
 
 MIN_BUCKET = 32
 BUCKET_STEP = 32

@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tinytx_jax.vocabulary import Vocabulary
+from tinytx_jax.text.vocabulary import Vocabulary
 
 GREEDY_TOP_P = 1e-6  # top_p at or below this keeps only the most likely token: greedy
 

@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tinytx_jax import checkpoint, user_text
-from tinytx_jax.known_questions import KnownTurns
-from tinytx_jax.model import ModelConfig, TinyTransformer
-from tinytx_jax.vocabulary import Vocabulary
+from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore
+from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
+from tinytx_jax.text import user_text
+from tinytx_jax.text.known_questions import KnownTurns
+from tinytx_jax.text.vocabulary import Vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +61,12 @@ def load_trained(
     the newest readable one after it (`log` says which were passed over; `remedy` ends the
     error when none is readable)."""
     if which not in ("best", "latest"):
-        raise checkpoint.CheckpointError(f"unknown checkpoint choice {which!r}: use best or latest")
-    store = checkpoint.CheckpointStore(workdir, read_only=True)
+        raise CheckpointError(f"unknown checkpoint choice {which!r}: use best or latest")
+    store = CheckpointStore(workdir, read_only=True)
     try:
         steps = store.steps()
         if not steps:
-            raise checkpoint.CheckpointError(
+            raise CheckpointError(
                 f"no checkpoint in {workdir}: run `python main.py --mode=train "
                 f"--workdir={workdir}` first"
             )

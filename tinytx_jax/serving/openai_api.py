@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
-from tinytx_jax import dialogs
+from tinytx_jax.text import dialogs
 
 ROLES = ("system", "user", "assistant")
 

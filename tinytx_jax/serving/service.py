@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
-from tinytx_jax import dialogs
 from tinytx_jax.inference import chat
 from tinytx_jax.inference.decode_slots import (
     DecodeSlots,
@@ -24,6 +23,7 @@ from tinytx_jax.inference.decode_slots import Request as DecodeRequest
 from tinytx_jax.inference.trained import TrainedModel
 from tinytx_jax.serving import openai_api
 from tinytx_jax.serving.openai_api import ApiError
+from tinytx_jax.text import dialogs
 
 MAX_BODY_BYTES = 1 << 20
 RETRY_AFTER_S = 1  # what a 429 tells the client to wait

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tinytx_jax import exact_match, parallel
-from tinytx_jax.scoring import make_evaluate
+from tinytx_jax import parallel
+from tinytx_jax.scoring import exact_match
+from tinytx_jax.scoring.loss import make_evaluate
 from tinytx_jax.training import optim
 from tinytx_jax.training.chunks import ChunkedEpoch
 from tinytx_jax.training.state import TrainState

@@ -17,10 +17,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from tinytx_jax import checkpoint, configuration, parallel
+from tinytx_jax import configuration, parallel
+from tinytx_jax.checkpoints.store import CheckpointError
 from tinytx_jax.inference import trained
-from tinytx_jax.model import ModelConfig
-from tinytx_jax.vocabulary import Vocabulary
+from tinytx_jax.model.transformer import ModelConfig
+from tinytx_jax.text.vocabulary import Vocabulary
 
 # Fields that only say how a model is initialised or trained, not what its parameters are.
 NOT_SHAPE = ("vocab_size", "dropout", "dtype", "init", "zero_init_outputs")
@@ -56,7 +57,7 @@ def read_source(workdir: str, which: str, log: Callable[[str], None]) -> Source:
     try:
         remedy = "start from another run, or without config.init_from"
         return Source(workdir, trained.load_trained(workdir, which, log, remedy))
-    except checkpoint.CheckpointError as error:
+    except CheckpointError as error:
         raise configuration.ConfigError(f"config.init_from={workdir!r}: {error}") from None
 
 

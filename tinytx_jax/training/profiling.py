@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from tinytx_jax import checkpoint
+from tinytx_jax.checkpoints.store import checkpoint_dir
 from tinytx_jax.training.task import Task
 
 
@@ -15,7 +15,7 @@ def profile(task: Task, config: ml_collections.ConfigDict, workdir: str) -> str:
     steps = task.make_train_epoch(config, config.profile_steps)
     state, loss = steps(task.initial_state(config.seed), *task.train_data(0))
     loss.block_until_ready()  # compiled outside the trace
-    directory = str(checkpoint.checkpoint_dir(workdir).parent / "profile")
+    directory = str(checkpoint_dir(workdir).parent / "profile")
     with jax.profiler.trace(directory):
         _, loss = steps(state, *task.train_data(0))
         loss.block_until_ready()

@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 import ml_collections
 
-from tinytx_jax import checkpoint, parallel
-from tinytx_jax.model import ModelConfig
+from tinytx_jax import parallel
+from tinytx_jax.checkpoints.meta import make_meta
+from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstract_like
+from tinytx_jax.model.transformer import ModelConfig
 from tinytx_jax.training.metrics import EpochMetrics
 from tinytx_jax.training.state import TrainState
 from tinytx_jax.training.task import Task
@@ -17,7 +19,7 @@ from tinytx_jax.training.task import Task
 def run_meta(config: ml_collections.ConfigDict, task: Task, metrics: EpochMetrics) -> dict:
     """The JSON item saved beside the state; with the `known` normalisation step, it also
     lists the training turns that chat, eval and serving match typed turns to."""
-    meta = checkpoint.make_meta(
+    meta = make_meta(
         vocab_chars=task.vocab.chars,
         model_config=task.model.config,
         run_config=config.to_dict(),
@@ -50,13 +52,13 @@ def check_compatible(
             f"{task.vocab.size} in the data"
         )
     if differences:
-        raise checkpoint.CheckpointError(
+        raise CheckpointError(
             f"cannot resume from {directory}: {'; '.join(differences)}. Start over with "
             "--config.resume=False or use a new --workdir"
         )
     fingerprint = task.corpus.fingerprint
     if meta["data"]["fingerprint"] != fingerprint and not allow_new_data:
-        raise checkpoint.CheckpointError(
+        raise CheckpointError(
             f"cannot resume from {directory}: it was trained on other data "
             f"({meta['data']['source']}, {meta['data']['fingerprint'][:19]}...) than "
             f"{task.corpus.source} ({fingerprint[:19]}...). Start over with "
@@ -66,7 +68,7 @@ def check_compatible(
 
 
 def restore_for_resume(
-    store: checkpoint.CheckpointStore,
+    store: CheckpointStore,
     fresh: TrainState,
     task: Task,
     log: Callable[[str], None],
@@ -76,7 +78,7 @@ def restore_for_resume(
 
     def target_for_meta(meta: dict) -> TrainState:
         check_compatible(meta, task, store.directory, allow_new_data)
-        return checkpoint.abstract_like(fresh)
+        return abstract_like(fresh)
 
     steps = sorted(store.steps(), reverse=True)
     epoch, state, meta = store.restore_first_readable(steps, target_for_meta, log)

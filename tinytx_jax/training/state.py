@@ -10,7 +10,7 @@ import ml_collections
 import optax
 from flax import struct
 
-from tinytx_jax.model import ModelConfig, TinyTransformer
+from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
 from tinytx_jax.training import optim
 
 

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import optax
 
 from tinytx_jax import parallel
-from tinytx_jax.model import TinyTransformer
-from tinytx_jax.scoring import cross_entropy
+from tinytx_jax.model.transformer import TinyTransformer
+from tinytx_jax.scoring.loss import cross_entropy
 from tinytx_jax.training.state import TrainState
 
 StateUpdate = Callable[..., tuple[TrainState, jax.Array]]

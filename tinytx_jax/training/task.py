@@ -11,9 +11,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from tinytx_jax import configuration, dialogs, exact_match, known_questions, parallel, vocabulary
+from tinytx_jax import configuration, parallel
 from tinytx_jax.data import corpus, feeding, split, typed_variants, windows
-from tinytx_jax.model import TinyTransformer
+from tinytx_jax.model.transformer import TinyTransformer
+from tinytx_jax.scoring import exact_match
+from tinytx_jax.text import dialogs, known_questions, vocabulary
 from tinytx_jax.training import init_from, optim
 from tinytx_jax.training.state import TrainState, init_train_state
 from tinytx_jax.training.steps import StateUpdate, make_train_epoch

@@ -16,7 +16,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from tinytx_jax import checkpoint, configuration, interrupt, parallel
+from tinytx_jax import configuration, interrupt, parallel
+from tinytx_jax.checkpoints.store import CheckpointStore
 from tinytx_jax.data import corpus
 from tinytx_jax.training import init_from, metrics, profiling, progress
 from tinytx_jax.training import resume as resuming
@@ -70,7 +71,7 @@ def _stopped_mid_epoch(
     before: TrainState,
     history: list[EpochMetrics],
     saved_epoch: int,
-    store: checkpoint.CheckpointStore,
+    store: CheckpointStore,
     config: ml_collections.ConfigDict,
     task: Task,
     signals: interrupt.SignalCatcher,
@@ -128,7 +129,7 @@ def _train_in(
         moved = parallel.primary_then_all("set_aside", lambda: run_workdir.set_aside(workdir))
         if moved:
             log(f"Starting over: the previous run's files were moved to {moved}")
-    store = checkpoint.CheckpointStore(workdir, keep=config.keep_checkpoints)
+    store = CheckpointStore(workdir, keep=config.keep_checkpoints)
     try:
         return _run_epochs(config, task, store, workdir, log)
     finally:
@@ -138,7 +139,7 @@ def _train_in(
 def _run_epochs(
     config: ml_collections.ConfigDict,
     task: Task,
-    store: checkpoint.CheckpointStore,
+    store: CheckpointStore,
     workdir: str,
     log: Callable[[str], None],
 ) -> tuple[TrainState, list[EpochMetrics]]:

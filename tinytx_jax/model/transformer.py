@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tinytx_jax.attention import attend, rms_normalize, rotate
+from tinytx_jax.model.attention import attend, rms_normalize, rotate
 
 INIT_RANGE = 0.02
 LAYER_NORM_EPS = 1e-5  # LibTorch's default; Flax's is 1e-6.

@@ -11,8 +11,6 @@ policies are combined explicitly.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import importlib.metadata
 import os
 import sys
 import time
@@ -24,13 +22,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from tinytx_jax import digests
-from tinytx_jax.model import ModelConfig
-
-SCHEMA_VERSION = 1
-EXACT_MATCH_WEIGHT = 1e9  # any difference in exact match outweighs any in typed match
-TYPED_MATCH_WEIGHT = 1e3  # and one in typed match (a turn in 1,000) most in val_loss
-PACKAGES = ("tinytx-jax", "jax", "flax", "optax", "orbax-checkpoint")
+from tinytx_jax.checkpoints import digests
+from tinytx_jax.checkpoints.meta import SchemaError, check_schema, rank
 
 
 def _drop_closed_loop_callbacks(unraisable) -> None:
@@ -54,54 +47,6 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
     return Path(workdir).expanduser().absolute() / "checkpoints"
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "unknown"
-    return versions
-
-
-def make_meta(
-    vocab_chars: str,
-    model_config: ModelConfig,
-    run_config: dict,
-    data_source: str,
-    data_kind: str,
-    fingerprint: str,
-    metrics: dict,
-) -> dict:
-    """The JSON item saved beside the state: enough to rebuild the model without flags."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "vocab": vocab_chars,
-        "model": dataclasses.asdict(model_config),
-        "config": run_config,
-        "data": {"source": data_source, "kind": data_kind, "fingerprint": fingerprint},
-        "metrics": metrics,
-        "versions": package_versions(),
-    }
-
-
-def check_schema(meta: dict, where: Path) -> None:
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise CheckpointError(
-            f"checkpoint meta in {where} has schema version {version}, this tinytx-jax reads "
-            f"version {SCHEMA_VERSION}: use the tinytx-jax that wrote it, or train anew"
-        )
-
-
-def rank(metrics: dict) -> float:
-    """Lower is better: most turns exactly right where that was measured, then most typed
-    questions answered, then lowest validation loss (a dialog model is best when it
-    answers, not when it is surest)."""
-    exact, typed = metrics.get("exact_match", -1.0), metrics.get("typed_match", 0.0)
-    return -EXACT_MATCH_WEIGHT * exact - TYPED_MATCH_WEIGHT * typed + metrics["val_loss"]
 
 
 class CheckpointStore:
@@ -189,7 +134,10 @@ class CheckpointStore:
     def read_meta(self, epoch: int) -> dict:
         restored = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         meta = restored["meta"]
-        check_schema(meta, self.directory / str(epoch))
+        try:
+            check_schema(meta, self.directory / str(epoch))
+        except SchemaError as error:
+            raise CheckpointError(str(error)) from None
         return meta
 
     def restore(self, epoch: int, abstract_state: Any) -> Any:

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinytx_jax import dialogs, vocabulary
-from tinytx_jax.model import TinyTransformer
+from tinytx_jax.model.transformer import TinyTransformer
+from tinytx_jax.text import dialogs, vocabulary
 
 
 @dataclasses.dataclass(frozen=True)

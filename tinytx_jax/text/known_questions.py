@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from tinytx_jax import dialogs
+from tinytx_jax.text import dialogs
 
 SHORTLIST = 6  # known turns, by shared trigrams, whose edit distance is computed
 SHORTEST_WITH_TYPOS = 8  # characters: a shorter turn is matched only as typed ("hi", "ho")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from tinytx_jax.known_questions import KnownTurns
+from tinytx_jax.text.known_questions import KnownTurns
 
 STEPS = ("unicode", "spaces", "case", "punctuation", "courtesy", "known")
 

@@ -1,0 +1,1 @@
+"""Orbax checkpoints: the store, the meta saved beside each state, file digests."""

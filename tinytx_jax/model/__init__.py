@@ -1,0 +1,1 @@
+"""The Flax linen transformer and the arithmetic of its attention."""

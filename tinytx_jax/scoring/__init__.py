@@ -1,0 +1,1 @@
+"""Measuring a model: the loss and accuracy training and eval report, exact replies."""

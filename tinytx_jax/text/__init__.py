@@ -1,0 +1,1 @@
+"""Text and its conversation format: dialogs, the character vocabulary, what users type."""
