@@ -78,17 +78,27 @@ def small_config():
     return config
 
 
+MARGIN_EPOCHS = 10
+
+
 @pytest.fixture(scope="session")
 def fast_run(tmp_path_factory) -> tuple[Path, list[str]]:
     """`configs/fast.py` trained once per session, in-process: its workdir and log lines.
 
     It trains to its targets (every built-in reply exact, val_acc >= 0.99), not for a fixed
-    number of epochs: the epoch it gets there at differs between CPUs, the replies do not.
+    number of epochs: the epoch it gets there at differs between CPUs. Then it goes on for
+    `MARGIN_EPOCHS` more (its log lines are the first part's): a model stopped the moment
+    its replies first come back exact may still be a rounding away from a typo in one of
+    them ('blue</asistant>' under fast math), and the tests chat with it on any CPU.
     """
     workdir = tmp_path_factory.mktemp("fast_run")
     lines: list[str] = []
     _, history = train.train_and_evaluate(fast.get_config(), str(workdir), log=lines.append)
     assert history[-1].exact_match == 1.0 and history[-1].val_acc >= 0.99, lines[-6:]
+    more = fast.get_config()
+    more.target_val_acc = more.target_exact_match = 0.0
+    more.epochs = history[-1].epoch + MARGIN_EPOCHS
+    train.train_and_evaluate(more, str(workdir), log=lambda _: None)
     return workdir, lines
 
 
