@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tinytx_jax import configuration
+from tinytx_jax import run_config
 from tinytx_jax.model.transformer import ModelConfig
 from tinytx_jax.training.task import build_task
 
@@ -36,11 +36,10 @@ def model_flops_per_step(cfg: ModelConfig, batch_size: int, length: int) -> int:
 
 def measure_train_speed(config: ml_collections.ConfigDict, epochs: int) -> dict:
     """Compile time, and ms/step over `epochs` timed epoch calls after it."""
-    configuration.check_config(config)
-    task = build_task(config)
-    config = task.config  # block_size resolved
-    state = task.initial_state(config.seed)
-    epoch_fn = task.make_train_epoch(config, config.steps_per_epoch)
+    task = build_task(run_config.RunConfig.from_flat(config))
+    train, block_size = task.run.train, task.run.data.block_size  # block_size resolved
+    state = task.initial_state(train.seed)
+    epoch_fn = task.make_train_epoch(train.steps_per_epoch)
     start = time.perf_counter()
     compiled = epoch_fn.lower(state, *task.train_data(1)).compile()
     compile_s = time.perf_counter() - start
@@ -52,17 +51,17 @@ def measure_train_speed(config: ml_collections.ConfigDict, epochs: int) -> dict:
         start = time.perf_counter()
         state, loss = compiled(state, *task.train_data(1))
         loss.block_until_ready()
-        step_ms.append((time.perf_counter() - start) * 1e3 / config.steps_per_epoch)
+        step_ms.append((time.perf_counter() - start) * 1e3 / train.steps_per_epoch)
     median_ms = float(np.median(step_ms))
-    flops = model_flops_per_step(task.model.config, config.batch_size, config.block_size)
+    flops = model_flops_per_step(task.model.config, train.batch_size, block_size)
     return {
-        "batch_size": config.batch_size,
-        "block_size": config.block_size,
+        "batch_size": train.batch_size,
+        "block_size": block_size,
         "compile_s": compile_s,
         "ms_per_step": median_ms,
         "ms_per_step_min": min(step_ms),
         "ms_per_step_max": max(step_ms),
-        "tokens_per_s": config.batch_size * config.block_size / (median_ms / 1e3),
+        "tokens_per_s": train.batch_size * block_size / (median_ms / 1e3),
         "model_flops_per_step": flops,
         "achieved_gflops": flops / (median_ms / 1e3) / 1e9,
     }
@@ -76,7 +75,7 @@ def main(argv: list[str]) -> None:
     device = jax.devices()[0]
     print(
         f"device: {device.device_kind} ({device.platform}), "
-        f"batch {config.batch_size} x block {config.block_size}"
+        f"batch {result['batch_size']} x block {result['block_size']}"
     )
     print(f"compile: {result['compile_s']:.2f} s")
     print(

@@ -17,7 +17,8 @@ from tests.conftest import REPO, main_env, run_main
 from tinytx_jax.checkpoints.meta import SCHEMA_VERSION
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstract_like
 from tinytx_jax.inference import trained
-from tinytx_jax.training import train
+from tinytx_jax.run_config import RunConfig
+from tinytx_jax.training import epoch_loop, train
 from tinytx_jax.training.steps import make_train_epoch
 from tinytx_jax.training.task import build_task
 
@@ -41,20 +42,20 @@ def assert_trees_equal(a, b):
 
 
 def test_save_then_restore_gives_identical_state_and_logits(ckpt_config, tmp_path):
-    task = build_task(ckpt_config)
+    task = build_task(RunConfig.from_flat(ckpt_config))
     epoch_fn = make_train_epoch(task.model, task.tx, task.mesh, 10, 4, ckpt_config.block_size)
-    state, _ = epoch_fn(task.initial_state(0), task.train_tokens)
+    state, _ = epoch_fn(task.initial_state(0), task.data.train_tokens)
     saved = jax.device_get(state)
     store = CheckpointStore(tmp_path)
     store.save(1, state, {"schema_version": SCHEMA_VERSION}, {"val_loss": 1.0})
-    state, _ = epoch_fn(state, task.train_tokens)  # donates the saved buffers meanwhile
+    state, _ = epoch_fn(state, task.data.train_tokens)  # donates the saved buffers meanwhile
     store.wait()
     restored = store.restore(1, abstract_like(state))
     store.close()
     assert_trees_equal(restored, saved)
     assert type(restored.plateau_state) is type(saved.plateau_state)
     assert jax.tree.structure(restored.opt_state) == jax.tree.structure(state.opt_state)
-    tokens = task.val_chunks[0][0, :2]
+    tokens = task.data.val_chunks[0][0, :2]
     logits = task.model.apply({"params": saved.params}, tokens)
     np.testing.assert_array_equal(task.model.apply({"params": restored.params}, tokens), logits)
 
@@ -128,7 +129,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
         return dataclasses.replace(steps, evaluate=evaluate)
 
     monkeypatch.setattr(train, "compile_steps", evaluate_failing_at_epoch_3)
-    with pytest.raises(train.TrainingError, match=r"not finite at epoch 3.*epoch 2\)"):
+    with pytest.raises(epoch_loop.TrainingError, match=r"not finite at epoch 3.*epoch 2\)"):
         train.train_and_evaluate(ckpt_config, str(tmp_path), log=quiet)
     assert CheckpointStore(tmp_path).steps() == [1, 2]
 

@@ -9,6 +9,7 @@ from configs import char_lm, default
 from tests.conftest import REPO, run_main
 from tinytx_jax import cli
 from tinytx_jax.inference import chat
+from tinytx_jax.run_config import RunConfig
 
 pytestmark = pytest.mark.e2e
 
@@ -65,13 +66,15 @@ def test_a_taken_port_is_reported_before_the_model_loads(tmp_path):
 
 def test_text_models_sample_and_dialogs_stay_greedy_unless_told():
     config = default.get_config()
-    assert chat.sampling_config(config, plain_text=False) == chat.DIALOG_SAMPLING
-    text = chat.sampling_config(config, plain_text=True)
+    use = RunConfig.from_flat(config).use
+    assert chat.sampling_config(use, plain_text=False) == chat.DIALOG_SAMPLING
+    text = chat.sampling_config(use, plain_text=True)
     assert (text.temperature, text.top_k) == (0.8, 200)
     config.temperature, config.top_k = 0.0, 0
-    told = chat.sampling_config(config, plain_text=True)
+    told = chat.sampling_config(RunConfig.from_flat(config).use, plain_text=True)
     assert (told.temperature, told.top_k) == (0.0, 0)
-    assert chat.sampling_config(char_lm.get_config(), plain_text=True).temperature == 0.8
+    char_lm_use = RunConfig.from_flat(char_lm.get_config()).use
+    assert chat.sampling_config(char_lm_use, plain_text=True).temperature == 0.8
 
 
 def test_the_faq_script_is_deterministic(tmp_path):

@@ -10,6 +10,7 @@ from tests.conftest import run_main
 from tinytx_jax import configuration
 from tinytx_jax.data import corpus, windows
 from tinytx_jax.inference import chat, generation, sampling, trained
+from tinytx_jax.run_config import RunConfig
 from tinytx_jax.text import dialogs
 from tinytx_jax.training import train
 from tinytx_jax.training.task import build_task
@@ -64,9 +65,9 @@ def test_jsonl_trains_with_either_loss_and_schedule(tmp_path, tiny_config):
     tiny_config.loss_on = "assistant"
     tiny_config.lr_schedule = "cosine"
     tiny_config.warmup_steps = 2
-    task = build_task(tiny_config)
+    task = build_task(RunConfig.from_flat(tiny_config))
     val_split = windows.split_tokens(task.corpus.reply_mask, tiny_config.validation_fraction)[1]
-    assert task.val_targets == int(val_split[1:].sum()) < len(val_split) - 1
+    assert task.data.val_targets == int(val_split[1:].sum()) < len(val_split) - 1
     _, history = train.train_and_evaluate(tiny_config, str(tmp_path / "run"), log=lambda _: None)
     assert len(history) == 2 and all(np.isfinite(m.train_loss) for m in history)
     assert history[-1].lr == pytest.approx(tiny_config.min_lr, rel=1e-3)  # cosine ends at min_lr
@@ -151,7 +152,7 @@ def test_bad_data_is_named(tmp_path, name, content, message):
     config = default.get_config()
     config.data_path = str(path)
     with pytest.raises((corpus.DataError, configuration.ConfigError)) as error:
-        build_task(config)
+        build_task(RunConfig.from_flat(config))
     assert message in str(error.value)
 
 

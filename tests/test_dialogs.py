@@ -13,6 +13,7 @@ from tinytx_jax.configuration import ConfigError
 from tinytx_jax.data import corpus, split, windows
 from tinytx_jax.inference import chat, evaluation, generation, sampling
 from tinytx_jax.inference import trained as trained_model
+from tinytx_jax.run_config import RunConfig
 from tinytx_jax.scoring import exact_match
 from tinytx_jax.text import dialogs, vocabulary
 from tinytx_jax.training import metrics, train
@@ -53,13 +54,13 @@ def test_conversation_windows_train_on_conversation_starts_only(small_config):
     small_config.data_path = EXAMPLES
     small_config.window_start = "conversation"
     small_config.block_size = 64
-    task = build_task(small_config)
-    tokens = np.asarray(task.train_tokens)
+    task = build_task(RunConfig.from_flat(small_config))
+    tokens = np.asarray(task.data.train_tokens)
     system = task.vocab.encode("<system>")
-    for start in np.asarray(task.train_starts):
+    for start in np.asarray(task.data.train_starts):
         assert np.array_equal(tokens[start : start + len(system)], system)
         assert start + small_config.block_size < len(tokens)
-    inputs, _, weights = (np.asarray(a).reshape(-1, a.shape[-1]) for a in task.val_chunks)
+    inputs, _, weights = (np.asarray(a).reshape(-1, a.shape[-1]) for a in task.data.val_chunks)
     rows = inputs[weights.sum(axis=1) > 0]  # validation rows also start at conversations
     assert len(rows) and all(np.array_equal(row[: len(system)], system) for row in rows)
 
@@ -93,7 +94,7 @@ def test_heldout_conversations_are_whole_fixed_and_never_trained(small_config):
 def test_settings_that_cannot_work_are_named(small_config, overrides, message):
     small_config.update(overrides)
     with pytest.raises(ConfigError, match=message):
-        build_task(small_config)
+        build_task(RunConfig.from_flat(small_config))
 
 
 def test_one_conversation_cannot_be_split(tmp_path, small_config):
@@ -101,7 +102,7 @@ def test_one_conversation_cannot_be_split(tmp_path, small_config):
     path.write_text(json.dumps({"user": "hi " * 100, "assistant": "yo " * 100}) + "\n")
     small_config.update(data_path=str(path), validation_split="conversations", block_size=32)
     with pytest.raises(ConfigError, match="at least 2 conversations"):
-        build_task(small_config)
+        build_task(RunConfig.from_flat(small_config))
 
 
 def test_generation_stops_at_any_stop_text():
@@ -158,17 +159,18 @@ def test_on_device_exact_match_equals_greedy_chat_replies(dialogs_run):
     for m in history[:: max(1, len(history) // 3)] + history[-1:]:
         model = trained_model.load_trained(workdir, "latest", log=quiet)
         store_params = _params_at(workdir, m.epoch, model)
-        config = model.config
-        conversations = corpus.load_corpus(config.data_path, config.data_repeat).conversations
+        config = model.run
+        data = config.data
+        conversations = corpus.load_corpus(data.data_path, data.data_repeat).conversations
         batch = exact_match.turn_batch(
-            conversations, model.vocab, model.model.config.max_len, config.max_new_tokens
+            conversations, model.vocab, model.model.config.max_len, config.use.max_new_tokens
         )
         check = exact_match.make_turn_check(model.model, batch.num_turns)
         verdicts = np.asarray(check(store_params, *windows.grouped_rows(batch.arrays)))
         generator = generation.Generator(
-            model.model, store_params, model.vocab, chat.sampling_config(config)
+            model.model, store_params, model.vocab, chat.sampling_config(config.use)
         )
-        session = chat.ChatSession(generator, config.system_prompt, notices=io.StringIO())
+        session = chat.ChatSession(generator, config.use.system_prompt, notices=io.StringIO())
         replies = [
             session.reply_in_context(user, c.system, c.turns[:i]) == expected
             for c in conversations
@@ -206,7 +208,7 @@ def test_eval_reports_training_and_heldout_exact_match_apart(tmp_path):
     assert "val_exact_match=" in next(ln for ln in lines if ln.startswith("Epoch 6,"))
     model = trained_model.load_trained(tmp_path, "latest", log=quiet)
     generator = generation.Generator(
-        model.model, model.params, model.vocab, chat.sampling_config(config)
+        model.model, model.params, model.vocab, chat.sampling_config(model.run.use)
     )
     session = chat.ChatSession(generator, config.system_prompt)
     out = []
@@ -237,10 +239,10 @@ def test_chat_with_history_answers_every_turn_as_eval_asks_it(dialogs_run):
     """The REPL's history and eval's preceding turns give the model the same context."""
     workdir, _, _ = dialogs_run
     model = trained_model.load_trained(workdir, "best", log=quiet)
-    config = model.config
+    config = model.run
     for conversation in corpus.load_corpus(EXAMPLES, 1).conversations:
         generator = generation.Generator(
-            model.model, model.params, model.vocab, chat.sampling_config(config)
+            model.model, model.params, model.vocab, chat.sampling_config(config.use)
         )
         session = chat.ChatSession(generator, conversation.system, keep_history=True)
         replies = [session.answer(user) for user, _ in conversation.turns]
@@ -249,5 +251,5 @@ def test_chat_with_history_answers_every_turn_as_eval_asks_it(dialogs_run):
 
 def test_the_fitted_block_size_leaves_the_given_config_alone(small_config):
     small_config.update(data_path=EXAMPLES, window_start="conversation", block_size=0)
-    task = build_task(small_config)
-    assert small_config.block_size == 0 and task.config.block_size > 0
+    task = build_task(RunConfig.from_flat(small_config))
+    assert small_config.block_size == 0 and task.run.data.block_size > 0

@@ -9,7 +9,7 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "tinytx_jax"
 CORE_PACKAGES = ("text", "model", "scoring", "checkpoints")
-CORE = {"configuration", "parallel", "interrupt", *CORE_PACKAGES}
+CORE = {"configuration", "run_config", "parallel", "interrupt", *CORE_PACKAGES}
 LAYERS = ("data", "training", "inference", "serving")
 
 
@@ -50,7 +50,8 @@ def test_serving_imports_only_inference_and_the_core():
 
 
 def test_the_core_imports_no_layer_above_it():
-    files = [PACKAGE / f"{name}.py" for name in ("configuration", "parallel", "interrupt")]
+    modules = ("configuration", "run_config", "parallel", "interrupt")
+    files = [PACKAGE / f"{name}.py" for name in modules]
     files += [path for name in CORE_PACKAGES for path in (PACKAGE / name).glob("*.py")]
     for path in files:
         imports = imported_modules(path)

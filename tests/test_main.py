@@ -51,16 +51,18 @@ import sys
 from pathlib import Path
 from configs import default
 from tinytx_jax import commands
+from tinytx_jax.run_config import RunConfig
 from tinytx_jax.training.task import build_task
 commands.enable_compile_cache()
 config = default.get_config()
 config.data_path, config.block_size, config.max_new_tokens = sys.argv[1], 16, 20
 cache = Path(sys.argv[3])
 if sys.argv[4] == "head_start":
-    commands.compile_sample_early(config, None)(build_task(config)).join()
+    run = RunConfig.from_flat(config)
+    commands.compile_sample_early(run.use, None)(build_task(run)).join()
 before = len(list(cache.iterdir()))
 model = commands.trained.load_trained(sys.argv[2], log=lambda _: None)
-commands.sample(model, config, None)
+commands.sample(model, RunConfig.from_flat(config).use, None)
 print("new cache entries:", len(list(cache.iterdir())) - before)
 """
 

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from configs import default
+from tinytx_jax.run_config import RunConfig
 from tinytx_jax.training import optim, train
 from tinytx_jax.training.metrics import EpochMetrics
 from tinytx_jax.training.steps import make_end_epoch
@@ -40,10 +41,10 @@ def scripted_run(val_losses, **overrides):
     """Feed validation losses through the per-epoch bookkeeping; return rates and states."""
     config = default.get_config()
     config.update(overrides)
-    task = build_task(config)
+    task = build_task(RunConfig.from_flat(config))
     state = task.initial_state(config.seed).replace(step=jnp.array(10_000))
     end_epoch = make_end_epoch(
-        task.plateau, task.plateau_enabled, task.schedule, optim.PLATEAU_MIN_DELTA
+        task.plateau, task.run.optim.plateau_enabled, task.schedule, optim.PLATEAU_MIN_DELTA
     )
     rates, states = [], []
     for loss in val_losses:
@@ -64,8 +65,9 @@ def test_plateau_halves_after_50_epochs_and_stops_after_150():
     assert [int(s.epochs_since_best) for s in states[:4]] == [0, 0, 1, 2]
     assert float(states[-1].best_val_loss) == pytest.approx(0.9)
     metrics = EpochMetrics(152, 0.1, 0.95, 0.5, 8159, rates[-1])
-    assert train.stop_reason(metrics, states[-2], config) is None
-    assert "Early stopping at epoch 152" in train.stop_reason(metrics, states[-1], config)
+    settings = RunConfig.from_flat(config).train
+    assert train.stop_reason(metrics, states[-2], settings) is None
+    assert "Early stopping at epoch 152" in train.stop_reason(metrics, states[-1], settings)
 
 
 def test_improvement_resets_the_plateau_count():

@@ -57,17 +57,18 @@ def test_weighted_loss_counts_only_weighted_targets():
 
 
 def test_a_long_epoch_in_chunks_is_the_whole_epoch_bit_for_bit(small_config):
+    from tinytx_jax.run_config import RunConfig
     from tinytx_jax.training import chunks
     from tinytx_jax.training.task import build_task
 
     small_config.steps_per_epoch = chunks.WHOLE_EPOCH_STEPS + 44  # chunks of 128, 128, 44
-    task = build_task(small_config)
-    epoch = chunks.ChunkedEpoch(task, small_config)
+    task = build_task(RunConfig.from_flat(small_config))
+    epoch = chunks.ChunkedEpoch(task)
     assert epoch.sizes() == [128, 128, chunks.WHOLE_EPOCH_STEPS + 44 - 256]
     epoch.compile(task.initial_state(small_config.seed), *task.train_data(1))
     chunked, _ = epoch.run(task.initial_state(small_config.seed), *task.train_data(1),
                            stop=lambda: False)  # fmt: skip
-    whole = task.make_train_epoch(small_config, small_config.steps_per_epoch)
+    whole = task.make_train_epoch(small_config.steps_per_epoch)
     reference, _ = whole(task.initial_state(small_config.seed), *task.train_data(1))
     same = jax.tree.map(lambda a, b: bool((a == b).all()), chunked, reference)
     assert jax.tree.all(same)

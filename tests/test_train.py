@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from tinytx_jax import configuration
+from tinytx_jax import configuration, run_config
+from tinytx_jax.run_config import RunConfig
 from tinytx_jax.scoring.loss import make_evaluate
 from tinytx_jax.training import task as task_module
 from tinytx_jax.training import train
@@ -33,12 +34,12 @@ def test_fast_config_reaches_target_accuracy(fast_run):
 
 def test_untrained_loss_is_near_uniform():
     config = default.get_config()
-    task = build_task(config)
+    task = build_task(RunConfig.from_flat(config))
     state = task.initial_state(config.seed)
-    loss, acc = make_evaluate(task.model)(state.params, *task.val_chunks)
+    loss, acc = make_evaluate(task.model)(state.params, *task.data.val_chunks)
     assert abs(float(loss) - math.log(31)) < 0.05
     assert 0.0 <= float(acc) <= 1.0
-    assert task.val_targets == 8159
+    assert task.data.val_targets == 8159
 
 
 def test_log_line_is_the_seeds():
@@ -62,12 +63,12 @@ def test_short_run_loss_falls_and_is_reproducible(small_config, tmp_path):
 
 
 def test_train_epoch_samples_windows_inside_the_train_split(small_config):
-    task = build_task(small_config)
+    task = build_task(RunConfig.from_flat(small_config))
     state = task.initial_state(0)
     epoch = make_train_epoch(
         task.model, task.tx, task.mesh, 5, small_config.batch_size, small_config.block_size
     )
-    state, loss = epoch(state, task.train_tokens)
+    state, loss = epoch(state, task.data.train_tokens)
     assert np.isfinite(float(loss)) and int(state.step) == 5
     assert not jax.numpy.array_equal(state.rng, task.initial_state(0).rng)
 
@@ -102,7 +103,7 @@ def test_invalid_config_values_are_named(field, value, message):
     config = default.get_config()
     config[field] = value
     with pytest.raises(configuration.ConfigError) as error:
-        configuration.check_config(config)
+        run_config.RunConfig.from_flat(config)
     assert message in str(error.value)
 
 
@@ -110,7 +111,7 @@ def test_corpus_too_short_for_the_block_is_reported():
     config = default.get_config()
     config.data_repeat = 1
     with pytest.raises(configuration.ConfigError, match=r"too few for config\.block_size"):
-        build_task(config)
+        build_task(RunConfig.from_flat(config))
 
 
 def test_eval_steps_caps_validation_and_the_last_epoch_scores_the_whole_split(
@@ -130,6 +131,6 @@ def test_a_split_over_the_limit_is_never_scored_whole(small_config, tmp_path, mo
     text.write_text("".join(f"word{i % 37} " for i in range(4000)))
     small_config.update(data_path=str(text), block_size=32, eval_steps=2, epochs=2)
     monkeypatch.setattr(task_module, "FULL_FINAL_VALIDATION_LIMIT", 1000)
-    assert build_task(small_config).full_val_chunks is None
+    assert build_task(RunConfig.from_flat(small_config)).data.full_val_chunks is None
     monkeypatch.setattr(task_module, "FULL_FINAL_VALIDATION_LIMIT", 10**9)
-    assert build_task(small_config).full_val_chunks is not None
+    assert build_task(RunConfig.from_flat(small_config)).data.full_val_chunks is not None

@@ -11,6 +11,7 @@ from configs import default
 from tinytx_jax import configuration
 from tinytx_jax.data import corpus, typed_variants, windows
 from tinytx_jax.inference import chat, evaluation, generation, trained
+from tinytx_jax.run_config import RunConfig
 from tinytx_jax.scoring import exact_match
 from tinytx_jax.serving import openai_api, service
 from tinytx_jax.text import dialogs, known_questions, user_text
@@ -73,7 +74,8 @@ def test_training_text_holds_exactly_the_prompt_chat_renders(tmp_path):
 
 def test_default_normalisation_leaves_the_seeds_corpus_byte_identical():
 
-    typing = corpus.UserTyping.from_config(default.get_config())
+    run = RunConfig.from_flat(default.get_config())
+    typing = corpus.UserTyping.of(run.data, run.train.seed)
     assert typing.steps == ("unicode", "spaces")
     seed = corpus.load_corpus("", 300, typing)
     assert seed.text == dialogs.builtin_corpus()
@@ -189,7 +191,7 @@ def test_init_from_grows_the_vocabulary_and_keeps_the_trained_rows(tmp_path, tex
     data = write_dialogs(tmp_path / "d.jsonl", [("what does \u20ac do?", "Pays.")] * 4)
     tune = config.copy_and_resolve_references()
     tune.data_path, tune.init_from, tune.resume = data, str(source_dir), False
-    task = build_task(tune)
+    task = build_task(RunConfig.from_flat(tune))
     source = task.init_source
     assert set(source.vocab.chars) < set(task.vocab.chars) and "\u20ac" in task.vocab.chars
     fresh = task.initial_state(tune.seed).params
@@ -222,13 +224,13 @@ def test_init_from_refuses_another_shape_in_one_line(tmp_path, text_run):
     tune = config.copy_and_resolve_references()
     tune.init_from, tune.d_model, tune.n_heads = str(source_dir), 32, 2
     with pytest.raises(configuration.ConfigError) as error:
-        build_task(tune)
+        build_task(RunConfig.from_flat(tune))
     message = str(error.value)
     assert "d_model=64 there, 32 here" in message and "n_heads=1 there, 2 here" in message
     assert "\n" not in message
     tune.init_from = str(tmp_path / "nowhere")
     with pytest.raises(configuration.ConfigError, match="is not a directory"):
-        build_task(tune)
+        build_task(RunConfig.from_flat(tune))
 
 
 def test_a_run_on_retyped_turns_resumes_on_the_same_draws(tmp_path, small_config):
@@ -247,7 +249,8 @@ def test_a_run_on_retyped_turns_resumes_on_the_same_draws(tmp_path, small_config
     assert [m.epoch for m in history] == [2]
     assert any(ln.startswith("Resuming from") for ln in lines)
     saved = trained.load_trained(tmp_path, log=lambda _: None)
-    typing = corpus.UserTyping.from_config(config)
+    run = RunConfig.from_flat(config)
+    typing = corpus.UserTyping.of(run.data, run.train.seed)
     written = corpus.load_corpus(config.data_path, 1, typing).conversations
     assert tuple(saved.meta["known_turns"]) == known_questions.user_turns(written)
     assert "what is 2+2" in saved.meta["known_turns"]  # normalised as the step finds them

@@ -21,13 +21,13 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from tinytx_jax import configuration, parallel
+from tinytx_jax import configuration, parallel, run_config
 from tinytx_jax.checkpoints.store import CheckpointError, quiet_reader_callbacks
 from tinytx_jax.data import corpus, token_cache
 from tinytx_jax.inference import chat, decode_slots, evaluation, generation, trained
 from tinytx_jax.serving import openai_api, server, service
 from tinytx_jax.text.vocabulary import Vocabulary
-from tinytx_jax.training import metrics, train, workdir
+from tinytx_jax.training import epoch_loop, metrics, train, workdir
 from tinytx_jax.training.task import Task
 
 MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot", "serve")
@@ -35,7 +35,7 @@ EXPECTED_ERRORS = (
     configuration.ConfigError,
     corpus.DataError,
     CheckpointError,
-    train.TrainingError,
+    epoch_loop.TrainingError,
     workdir.WorkdirBusy,
     server.ServeError,
     FileNotFoundError,
@@ -117,14 +117,14 @@ def run(
     quiet_reader_callbacks()
 
     try:
-        configuration.check_config(config)
-        if config.compile_cache:
+        settings = run_config.RunConfig.from_flat(config)  # checked once, here
+        if settings.compile_cache:
             enable_compile_cache()
         forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
         if mode in ("train", "train_and_chat") and not distributed and not forced:
             cores = len(os.sched_getaffinity(0))
             parallel.use_cpu_devices(
-                parallel.cpu_device_count(config.batch_size, config.cpu_devices, cores)
+                parallel.cpu_device_count(settings.train.batch_size, settings.cpu_devices, cores)
             )
         if distributed:
             if mode != "train":
@@ -136,23 +136,23 @@ def run(
             print(f"Wrote {metrics.plot_curves(workdir)}")
             return
         if mode == "serve":
-            serve_checkpoint(config, workdir, listen)
+            serve_checkpoint(settings, workdir, listen)
             return
-        text = corpus.data_kind(config.data_path) == corpus.TEXT
+        text = corpus.data_kind(settings.data.data_path) == corpus.TEXT
         if mode in ("train", "train_and_chat"):
-            early = config.compile_cache and text and parallel.is_primary()
-            train.train_and_evaluate(
-                config,
+            early = settings.compile_cache and text and parallel.is_primary()
+            train.train_run(
+                settings,
                 workdir,
                 log=print if parallel.is_primary() else quiet,
-                on_task=compile_sample_early(config, prompt) if early else None,
+                on_task=compile_sample_early(settings.use, prompt) if early else None,
             )
         if mode != "train":
-            use_checkpoint(config, workdir, mode, prompt)
+            use_checkpoint(settings.use, workdir, mode, prompt)
         elif parallel.is_primary() and text:
             print("Sample:")  # as nanoGPT's sample.py: what the text model writes now
-            use_checkpoint(config, workdir, "sample", prompt)
-    except train.Interrupted as interrupted:
+            use_checkpoint(settings.use, workdir, "sample", prompt)
+    except epoch_loop.Interrupted as interrupted:
         print(interrupted, flush=True)
         sys.exit(128 + interrupted.signum)
     except EXPECTED_ERRORS as error:
@@ -167,17 +167,17 @@ def run(
 
 
 def use_checkpoint(
-    config: ml_collections.ConfigDict, workdir: str, mode: str, prompt: str | None
+    use: configuration.UseConfig, workdir: str, mode: str, prompt: str | None
 ) -> None:
     """Load the workdir's checkpoint, then evaluate it, sample, answer `prompt`, or chat."""
-    model = trained.load_trained(workdir, config.checkpoint, log=to_stderr)
+    model = trained.load_trained(workdir, use.checkpoint, log=to_stderr)
     to_stderr(
-        f"(loaded the {config.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
+        f"(loaded the {use.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
         f"val_loss {model.meta['metrics']['val_loss']:.4f})"
     )
     plain_text = model.meta["data"]["kind"] == corpus.TEXT
     if mode == "sample" or (plain_text and mode == "train_and_chat"):
-        sample(model, config, prompt)
+        sample(model, use, prompt)
         return
     if plain_text and mode == "chat":
         fail(f"{workdir} holds a model of plain text, not dialogs: use --mode=sample")
@@ -185,10 +185,10 @@ def use_checkpoint(
         evaluation.evaluate_checkpoint(model, None)
         return
     generator = generation.Generator(
-        model.model, model.params, model.vocab, chat.sampling_config(config)
+        model.model, model.params, model.vocab, chat.sampling_config(use)
     )
     session = chat.ChatSession(
-        generator, config.system_prompt, config.chat_history, normalize=model.normalize_user
+        generator, use.system_prompt, use.chat_history, normalize=model.normalize_user
     )
     if mode == "eval":
         evaluation.evaluate_checkpoint(model, session)
@@ -201,50 +201,51 @@ def use_checkpoint(
         chat.run_repl(session)
 
 
-def serve_checkpoint(config: ml_collections.ConfigDict, workdir: str, listen: Listen) -> None:
+def serve_checkpoint(settings: run_config.RunConfig, workdir: str, listen: Listen) -> None:
     """Load the workdir's chat model, compile its decoding, and serve it over HTTP."""
     sock = server.bound_socket(listen.host, listen.port)
-    model = trained.load_trained(workdir, config.checkpoint, log=to_stderr)
+    use, serving = settings.use, settings.serve
+    model = trained.load_trained(workdir, use.checkpoint, log=to_stderr)
     if model.meta["data"]["kind"] == corpus.TEXT:
         fail(f"{workdir} holds a model of plain text, not dialogs: serve a dialog model")
     to_stderr(
-        f"(loaded the {config.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
-        f"val_loss {model.meta['metrics']['val_loss']:.4f}; compiling {config.serve_slots} "
+        f"(loaded the {use.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
+        f"val_loss {model.meta['metrics']['val_loss']:.4f}; compiling {serving.serve_slots} "
         "decode slots)"
     )
-    sampling = chat.sampling_config(config)
+    sampling = chat.sampling_config(use)
     start = time.perf_counter()
     engine = decode_slots.DecodeSlots(
         model.model,
         model.params,
         model.vocab,
-        slots=config.serve_slots,
+        slots=serving.serve_slots,
         top_k=sampling.top_k,
         warm_up=True,
-        max_waiting=config.serve_queue,
+        max_waiting=serving.serve_queue,
     )
     to_stderr(
         f"(compiled {engine.programs_compiled} programs in {time.perf_counter() - start:.1f} s: "
         "ready)"
     )
     defaults = openai_api.Defaults(
-        max_tokens=config.max_new_tokens,
+        max_tokens=use.max_new_tokens,
         max_tokens_limit=MAX_REPLY_TOKENS,
         temperature=sampling.temperature,
-        top_p=config.top_p,
+        top_p=use.top_p,
     )
-    settings = service.ServeSettings(
-        listen.api_key, defaults, config.system_prompt, timeout_s=config.serve_timeout_s
+    serve_settings = service.ServeSettings(
+        listen.api_key, defaults, use.system_prompt, timeout_s=serving.serve_timeout_s
     )
     name = Path(workdir).expanduser().resolve().name
-    status = server.serve(service.ChatService(model, engine, settings, name), sock)
+    status = server.serve(service.ChatService(model, engine, serve_settings, name), sock)
     if status:
         sys.stdout.flush()
         os._exit(status)  # the engine failed: a supervisor restarts the server
 
 
 def compile_sample_early(
-    config: ml_collections.ConfigDict, prompt: str | None
+    use: configuration.UseConfig, prompt: str | None
 ) -> Callable[[Task], threading.Thread]:
     """An `on_task` that compiles the end-of-run sample's decode loop in a thread while the
     run trains. The compilation cache keeps the program, and the sample after training
@@ -256,7 +257,7 @@ def compile_sample_early(
             lambda s: jax.device_put(jnp.zeros(s.shape, s.dtype), s.sharding),
             trained.model_abstract_params(task.model),
         )
-        sampling = chat.sampling_config(config, plain_text=True)
+        sampling = chat.sampling_config(use, plain_text=True)
         generator = generation.Generator(task.model, params, task.vocab, sampling, stop_texts=())
         generator.warm_up(prompt if prompt is not None else default_prompt(task.vocab))
 
@@ -277,7 +278,7 @@ def default_prompt(vocab: Vocabulary) -> str:
     return "\n" if "\n" in vocab.chars else vocab.chars[0]
 
 
-def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, prompt: str | None):
+def sample(model: trained.TrainedModel, use: configuration.UseConfig, prompt: str | None) -> None:
     """Print `prompt` and its free-running continuation of max_new_tokens characters."""
     if prompt is None:
         prompt = default_prompt(model.vocab)
@@ -291,7 +292,7 @@ def sample(model: trained.TrainedModel, config: ml_collections.ConfigDict, promp
         model.model,
         model.params,
         model.vocab,
-        chat.sampling_config(config, model.meta["data"]["kind"] == corpus.TEXT),
+        chat.sampling_config(use, model.meta["data"]["kind"] == corpus.TEXT),
         stop_texts=(),
     )
     continuation, _ = generator.generate_tokens(tokens)

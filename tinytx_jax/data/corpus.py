@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinytx_jax.configuration import DataConfig
 from tinytx_jax.data import token_cache, typed_variants
 from tinytx_jax.text import dialogs, user_text, vocabulary
 from tinytx_jax.text.known_questions import KnownTurns
@@ -41,13 +42,9 @@ class UserTyping:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, config) -> UserTyping:
-        """The config's; a checkpoint from before these fields saw its text as it was."""
-        return cls(
-            user_text.parse_steps(config.get("normalize_user", "")),
-            float(config.get("augment_user", 0.0)),
-            int(config.seed),
-        )
+    def of(cls, data: DataConfig, seed: int) -> UserTyping:
+        """A run's: its data section, and its seed for the retyping draws."""
+        return cls(data.user_steps, float(data.augment_user), seed)
 
     def normalize(self, text: str, known: KnownTurns | None = None) -> str:
         """As chat normalises, given the `known` turns (the training text itself is never

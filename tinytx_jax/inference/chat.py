@@ -13,8 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TextIO
 
-import ml_collections
-
+from tinytx_jax.configuration import UseConfig
 from tinytx_jax.inference.generation import Generator
 from tinytx_jax.inference.sampling import SamplingConfig
 from tinytx_jax.text import dialogs
@@ -32,15 +31,15 @@ TEXT_SAMPLING = SamplingConfig(temperature=0.8, top_k=200)  # nanoGPT's sample.p
 DIALOG_SAMPLING = SamplingConfig()  # greedy: the seed's replies
 
 
-def sampling_config(config: ml_collections.ConfigDict, plain_text: bool = False) -> SamplingConfig:
-    """The config's sampling; fields left unset take the defaults for the model's kind."""
+def sampling_config(use: UseConfig, plain_text: bool = False) -> SamplingConfig:
+    """The run's sampling; fields left unset take the defaults for the model's kind."""
     defaults = TEXT_SAMPLING if plain_text else DIALOG_SAMPLING
     return SamplingConfig(
-        temperature=defaults.temperature if config.temperature is None else config.temperature,
-        top_k=defaults.top_k if config.top_k is None else config.top_k,
-        top_p=config.top_p,
-        seed=config.sample_seed,
-        max_new_tokens=config.max_new_tokens,
+        temperature=defaults.temperature if use.temperature is None else use.temperature,
+        top_k=defaults.top_k if use.top_k is None else use.top_k,
+        top_p=use.top_p,
+        seed=use.sample_seed,
+        max_new_tokens=use.max_new_tokens,
     )
 
 

@@ -65,20 +65,16 @@ def evaluate_checkpoint(
 ) -> EvalReport:
     """Validation loss/accuracy exactly as training reports them, then greedy exact match
     of the replies (a dialog model's; a model of plain text, `session` None, has none)."""
-    config = trained.config
-    text = corpus.load_corpus(
-        config.data_path, config.data_repeat, corpus.UserTyping.from_config(config)
-    )
+    data, train = trained.run.data, trained.run.train
+    typing = corpus.UserTyping.of(data, train.seed)
+    text = corpus.load_corpus(data.data_path, data.data_repeat, typing)
     if text.fingerprint != trained.meta["data"]["fingerprint"]:
         log("(the data differs from the checkpoint's training data: figures are not comparable)")
-    validation_split = config.get("validation_split", "tail")
     parts = split.split_corpus(
-        text, trained.vocab, validation_split, config.validation_fraction, config.data_repeat
+        text, trained.vocab, data.validation_split, data.validation_fraction, data.data_repeat
     )
     inputs, targets, mask = parts.validation_chunks(
-        config.block_size,
-        config.loss_on == "assistant",
-        aligned=config.get("window_start", "any") == "conversation",
+        data.block_size, data.loss_on == "assistant", aligned=data.window_start == "conversation"
     )
     grouped = windows.grouped_rows((inputs, targets, mask))
     loss, acc = make_evaluate(trained.model)(trained.params, *grouped)
@@ -151,7 +147,7 @@ def score_typed(
             conversations, variant, typed_variants.CHECK_SEED, normalize
         )
         batch = exact_match.turn_batch(
-            typed, trained.vocab, trained.model.config.max_len, trained.config.max_new_tokens
+            typed, trained.vocab, trained.model.config.max_len, trained.run.use.max_new_tokens
         )
         check = check or exact_match.make_turn_check(trained.model, batch.num_turns)
         arrays = windows.grouped_rows(batch.arrays)

@@ -19,6 +19,7 @@ import ml_collections
 
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore
 from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
+from tinytx_jax.run_config import RunConfig
 from tinytx_jax.text import user_text
 from tinytx_jax.text.known_questions import KnownTurns
 from tinytx_jax.text.vocabulary import Vocabulary
@@ -34,10 +35,10 @@ class TrainedModel:
     meta: dict
     epoch: int
 
-    @property
-    def config(self) -> ml_collections.ConfigDict:
-        """The run config the checkpoint was trained with."""
-        return ml_collections.ConfigDict(self.meta["config"])
+    @functools.cached_property
+    def run(self) -> RunConfig:
+        """The settings the checkpoint was trained with (fields it predates: defaults)."""
+        return RunConfig.from_flat(ml_collections.ConfigDict(self.meta["config"]))
 
     @functools.cached_property
     def known_turns(self) -> KnownTurns:
@@ -47,7 +48,7 @@ class TrainedModel:
         """User text as this model was trained to see it (its run's config.normalize_user;
         none for checkpoints from before that field); `match_known=False` skips the `known`
         step, to see what the model alone makes of a typed turn."""
-        steps = user_text.parse_steps(self.meta["config"].get("normalize_user", ""))
+        steps = self.run.data.user_steps
         return user_text.normalize(text, steps, self.known_turns if match_known else None)
 
 

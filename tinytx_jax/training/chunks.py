@@ -30,10 +30,11 @@ class ChunkedEpoch:
     """`run(state, *train_data, stop)`: one epoch; (state, mean loss), or None if `stop()`
     said so between two chunks."""
 
-    def __init__(self, task, config):
-        self.steps = config.steps_per_epoch
-        self.whole = task.make_train_epoch(config, self.steps)
-        step = make_step(task.model, task.tx, task.mesh, config.batch_size, config.block_size)
+    def __init__(self, task):
+        self.steps = task.run.train.steps_per_epoch
+        self.whole = task.make_train_epoch(self.steps)
+        batch_size, block_size = task.run.train.batch_size, task.run.data.block_size
+        step = make_step(task.model, task.tx, task.mesh, batch_size, block_size)
 
         def run_chunk(state, losses_E, start, keys_K, tokens_N, weights_N=None, starts_S=None):
             state, chunk_losses = jax.lax.scan(

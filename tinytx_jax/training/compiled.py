@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from tinytx_jax import parallel
 from tinytx_jax.scoring import exact_match
@@ -46,26 +45,24 @@ def _compile_turn_check(task: Task, params, batch: exact_match.TurnBatch) -> Tur
     return TurnCheck(check.lower(params, *arrays).compile(), batch, arrays)
 
 
-def compile_steps(
-    task: Task, config: ml_collections.ConfigDict, state: TrainState
-) -> CompiledSteps:
+def compile_steps(task: Task, state: TrainState) -> CompiledSteps:
     """Compile ahead of time, so that no epoch's timing includes compilation."""
-    train_epoch = ChunkedEpoch(task, config)
+    train_epoch = ChunkedEpoch(task)
     train_epoch.compile(state, *task.train_data(1))
     end_epoch = make_end_epoch(
-        task.plateau, task.plateau_enabled, task.schedule, optim.PLATEAU_MIN_DELTA
+        task.plateau, task.run.optim.plateau_enabled, task.schedule, optim.PLATEAU_MIN_DELTA
     )
     val_loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(task.mesh))
     batches = {
-        "exact_match": task.turns,
-        "val_exact_match": task.heldout_turns,
-        "typed_match": task.typed_turns,
+        "exact_match": task.data.turns,
+        "val_exact_match": task.data.heldout_turns,
+        "typed_match": task.data.typed_turns,
     }
     return CompiledSteps(
         train_epoch,
-        make_evaluate(task.model).lower(state.params, *task.val_chunks).compile(),
-        make_evaluate(task.model).lower(state.params, *task.full_val_chunks).compile()
-        if task.full_val_chunks
+        make_evaluate(task.model).lower(state.params, *task.data.val_chunks).compile(),
+        make_evaluate(task.model).lower(state.params, *task.data.full_val_chunks).compile()
+        if task.data.full_val_chunks
         else None,
         end_epoch.lower(state, val_loss).compile(),
         {

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from optax import contrib
+
+from tinytx_jax.configuration import OptimConfig
 
 PLATEAU_MIN_DELTA = 1e-6  # The seed's `val_loss + 1e-6 < best`.
 MUON_CONSISTENT_RMS = 0.2  # Muon updates of AdamW's RMS (Liu et al. 2025, Moonlight)
@@ -125,32 +126,30 @@ def make_plateau(
     )
 
 
-def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """The per-step rate of a run config (before plateau scaling)."""
-    total_steps = config.epochs * config.steps_per_epoch
-    if config.lr_schedule == "cosine":
-        return cosine_schedule(config.lr, config.warmup_steps, total_steps, config.min_lr)
-    if config.lr_schedule == "wsd":
+def make_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
+    """The per-step rate over a run of `total_steps` (before plateau scaling)."""
+    if optim.lr_schedule == "cosine":
+        return cosine_schedule(optim.lr, optim.warmup_steps, total_steps, optim.min_lr)
+    if optim.lr_schedule == "wsd":
         return wsd_schedule(
-            config.lr, config.warmup_steps, total_steps, config.min_lr, config.decay_fraction
+            optim.lr, optim.warmup_steps, total_steps, optim.min_lr, optim.decay_fraction
         )
-    return warmup_schedule(config.lr, config.warmup_steps)
+    return warmup_schedule(optim.lr, optim.warmup_steps)
 
 
 def make_optimizers(
-    config: ml_collections.ConfigDict,
+    optim: OptimConfig, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.GradientTransformationExtraArgs]:
-    """The per-step chain and the per-epoch plateau transform of a run config."""
+    """The per-step chain and the per-epoch plateau transform."""
     tx = make_optimizer(
-        make_schedule(config),
-        config.clip_norm,
-        config.weight_decay,
-        # .get: configs saved in checkpoints before these fields existed hold the defaults
-        config.get("adam_b1", 0.9),
-        config.get("adam_b2", 0.999),
-        config.get("weight_decay_on", "all") == "matrices",
-        config.get("optimizer", "adamw"),
-        config.get("muon_ns_steps", 5),
+        make_schedule(optim, total_steps),
+        optim.clip_norm,
+        optim.weight_decay,
+        optim.adam_b1,
+        optim.adam_b2,
+        optim.weight_decay_on == "matrices",
+        optim.optimizer,
+        optim.muon_ns_steps,
     )
-    plateau = make_plateau(config.lr, config.plateau_factor, config.plateau_patience, config.min_lr)
+    plateau = make_plateau(optim.lr, optim.plateau_factor, optim.plateau_patience, optim.min_lr)
     return tx, plateau

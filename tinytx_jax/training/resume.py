@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-import ml_collections
-
 from tinytx_jax import parallel
 from tinytx_jax.checkpoints.meta import make_meta
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstract_like
@@ -16,20 +14,20 @@ from tinytx_jax.training.state import TrainState
 from tinytx_jax.training.task import Task
 
 
-def run_meta(config: ml_collections.ConfigDict, task: Task, metrics: EpochMetrics) -> dict:
+def run_meta(task: Task, metrics: EpochMetrics) -> dict:
     """The JSON item saved beside the state; with the `known` normalisation step, it also
     lists the training turns that chat, eval and serving match typed turns to."""
     meta = make_meta(
         vocab_chars=task.vocab.chars,
         model_config=task.model.config,
-        run_config=config.to_dict(),
+        run_config=task.run.flat.to_dict(),
         data_source=task.corpus.source,
         data_kind=task.corpus.kind,
         fingerprint=task.corpus.fingerprint,
         metrics=dataclasses.asdict(metrics),
     )
-    if task.known_turns:
-        meta["known_turns"] = list(task.known_turns)
+    if task.data.known_turns:
+        meta["known_turns"] = list(task.data.known_turns)
     return meta
 
 

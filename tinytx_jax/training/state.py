@@ -6,12 +6,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import struct
 
-from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
-from tinytx_jax.training import optim
+from tinytx_jax.model.transformer import TinyTransformer
 
 
 class TrainState(struct.PyTreeNode):
@@ -51,17 +49,6 @@ def init_train_state(
         best_val_loss=jnp.array(jnp.inf, jnp.float32),
         epochs_since_best=jnp.zeros((), jnp.int32),
     )
-
-
-def abstract_train_state(
-    config: ml_collections.ConfigDict, model_config: ModelConfig
-) -> TrainState:
-    """The train state's shapes and dtypes, on the default device, without computing it."""
-    tx, plateau = optim.make_optimizers(config)
-    model = TinyTransformer(model_config)
-    shapes = jax.eval_shape(lambda: init_train_state(model, tx, plateau, config.seed))
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
 
 def count_params(params: Any) -> int:

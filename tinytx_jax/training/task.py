@@ -1,4 +1,4 @@
-"""Assembles one run from its config: corpus, vocabulary, split, model, optimizer, mesh."""
+"""Assembles one run from its settings: corpus, vocabulary, split, model, optimizer, mesh."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import functools
 from collections.abc import Callable
 
 import jax
-import ml_collections
 import numpy as np
 import optax
 
-from tinytx_jax import configuration, parallel
+from tinytx_jax import parallel
+from tinytx_jax.configuration import ConfigError, DataConfig, TrainConfig
 from tinytx_jax.data import corpus, feeding, split, typed_variants, windows
 from tinytx_jax.model.transformer import TinyTransformer
+from tinytx_jax.run_config import RunConfig
 from tinytx_jax.scoring import exact_match
 from tinytx_jax.text import dialogs, known_questions, vocabulary
 from tinytx_jax.training import init_from, optim
@@ -26,15 +27,9 @@ FULL_FINAL_VALIDATION_LIMIT = 2_000_000
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
-    """The model, its optimizer pieces and the device-resident data of one run."""
+class TrainData:
+    """What a run trains and is measured on, placed for the mesh."""
 
-    model: TinyTransformer
-    tx: optax.GradientTransformation
-    plateau: optax.GradientTransformationExtraArgs
-    plateau_enabled: bool
-    schedule: optax.Schedule
-    vocab: vocabulary.Vocabulary
     # On the devices, replicated; in host memory (numpy) when fed from the host.
     train_tokens: jax.Array | np.ndarray  # [N] uint16
     train_weights: jax.Array | np.ndarray | None  # [N] loss weights; None: every token counts
@@ -51,10 +46,22 @@ class Task:
     heldout_turns: exact_match.TurnBatch | None  # held-out turns (conversations split)
     typed_turns: exact_match.TurnBatch | None  # training turns, each asked as one typed variant
     known_turns: tuple[str, ...]  # the `known` normalisation step's turns (none: step off)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One run assembled: its settings, model, optimizer pieces, vocabulary and data."""
+
+    run: RunConfig  # block_size resolved
+    model: TinyTransformer
+    tx: optax.GradientTransformation
+    plateau: optax.GradientTransformationExtraArgs
+    schedule: optax.Schedule
+    vocab: vocabulary.Vocabulary
     corpus: corpus.Corpus
+    data: TrainData
     init_source: init_from.Source | None  # config.init_from's checkpoint, if set
     mesh: jax.sharding.Mesh
-    config: ml_collections.ConfigDict  # the run's config, block_size resolved
 
     @functools.cached_property
     def _init(self):
@@ -67,157 +74,164 @@ class Task:
         """Fresh state from `seed`, replicated over the mesh (compiled once per task)."""
         return self._init(seed)
 
-    def make_train_epoch(self, config: ml_collections.ConfigDict, steps: int) -> StateUpdate:
+    def make_train_epoch(self, steps: int) -> StateUpdate:
         """This task's jitted epoch of `steps` steps:
         `(state, train_tokens, train_weights, train_starts)`."""
-        return make_train_epoch(
-            self.model, self.tx, self.mesh, steps, config.batch_size, config.block_size
-        )
+        batch_size, block_size = self.run.train.batch_size, self.run.data.block_size
+        return make_train_epoch(self.model, self.tx, self.mesh, steps, batch_size, block_size)
 
     def train_data(self, epoch: int) -> feeding.TrainData:
         """The arguments after the state of train epoch `epoch`."""
-        if self.host_feed:
-            return self.host_feed.pack(epoch)
-        return self.train_tokens, self.train_weights, self.train_starts
+        data = self.data
+        if data.host_feed:
+            return data.host_feed.pack(epoch)
+        return data.train_tokens, data.train_weights, data.train_starts
 
 
-def build_task(config: ml_collections.ConfigDict, log: Callable[[str], None] = print) -> Task:
-    """Corpus, vocabulary, split, model and optimizer for `config` (already checked);
-    `log` hears of an unreadable checkpoint of `config.init_from` passed over."""
+def build_task(run: RunConfig, log: Callable[[str], None] = print) -> Task:
+    """Corpus, vocabulary, split, model and optimizer of a run; `log` hears of an
+    unreadable checkpoint of `config.init_from` passed over."""
     text = corpus.load_corpus(
-        config.data_path, config.data_repeat, corpus.UserTyping.from_config(config)
+        run.data.data_path, run.data.data_repeat, corpus.UserTyping.of(run.data, run.train.seed)
     )
+    check_data_kind(run.data, run.train, text)
+    if not run.data.block_size:  # resolved here, so checkpoints and eval record the real size
+        run = run.with_block_size(fitted_block_size(text, run.model.max_len))
+    vocab = vocabulary.Vocabulary(text.encoded.chars) if text.encoded else None
+    vocab = vocab or vocabulary.Vocabulary.from_text(text.text)
+    source = None
+    if run.train.init_from:
+        source = init_from.read_source(run.train.init_from, run.use.checkpoint, log)
+        vocab = init_from.grown_vocabulary(source, vocab)
+    corpus.check_vocabulary_size(vocab.size, text.source)
+    model = TinyTransformer(dataclasses.replace(run.model, vocab_size=vocab.size))
+    if source:
+        init_from.check_shape(source, model.config)
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(run.train.batch_size, mesh)
+    tx, plateau = optim.make_optimizers(run.optim, run.train.total_steps)
+    schedule = optim.make_schedule(run.optim, run.train.total_steps)
+    data = build_data(run, text, vocab, model, mesh)
+    return Task(run, model, tx, plateau, schedule, vocab, text, data, source, mesh)
+
+
+def check_data_kind(data: DataConfig, train: TrainConfig, text: corpus.Corpus) -> None:
+    """Settings that need dialogs are refused on plain text, naming them."""
     needs_dialogs = [
-        f"config.{name}={config[name]!r}"
-        for name, plain in (
-            ("loss_on", "all"),
-            ("window_start", "any"),
-            ("exact_match_every", 0),
+        f"config.{name}={value!r}"
+        for name, value, plain in (
+            ("loss_on", data.loss_on, "all"),
+            ("window_start", data.window_start, "any"),
+            ("exact_match_every", train.exact_match_every, 0),
         )
-        if config[name] != plain
+        if value != plain
     ]
     if needs_dialogs and text.kind != corpus.DIALOGS:
-        raise configuration.ConfigError(
+        raise ConfigError(
             f"{needs_dialogs[0]} needs dialog data, and {text.source} is plain text: "
             "leave it at its default"
         )
-    if not config.block_size:  # resolved here, so checkpoints and eval record the real size
-        config = config.copy_and_resolve_references()  # the caller's config stays as given
-        with config.unlocked():
-            config.block_size = fitted_block_size(text, config.max_len)
-    vocab = (
-        vocabulary.Vocabulary(text.encoded.chars)
-        if text.encoded
-        else vocabulary.Vocabulary.from_text(text.text)
-    )
-    source = None
-    if config.get("init_from", ""):
-        source = init_from.read_source(config.init_from, config.checkpoint, log)
-        vocab = init_from.grown_vocabulary(source, vocab)
-    corpus.check_vocabulary_size(vocab.size, text.source)
+
+
+def build_data(
+    run: RunConfig,
+    text: corpus.Corpus,
+    vocab: vocabulary.Vocabulary,
+    model: TinyTransformer,
+    mesh: jax.sharding.Mesh,
+) -> TrainData:
+    """The split, the training arrays (on the devices or the host), the validation rows
+    and the turns whose replies are checked."""
+    data = run.data
     parts = split.split_corpus(
-        text, vocab, config.validation_split, config.validation_fraction, config.data_repeat
+        text, vocab, data.validation_split, data.validation_fraction, data.data_repeat
     )
+    check_split(parts, data.block_size, text.source)
+    train_arrays = training_arrays(run, parts, text.source, mesh)
+    validation = validation_rows(run, parts, text.source, mesh)
     known_turns = ()
     if "known" in text.typing.steps:
         known_turns = known_questions.user_turns(parts.train_conversations)
-    if len(parts.train_tokens) <= config.block_size:
-        raise configuration.ConfigError(
-            f"{text.source}: the training split has {len(parts.train_tokens)} tokens, too few for "
-            f"config.block_size={config.block_size}: lower block_size or add data"
+    typed = typed_variants.variant_conversations(
+        parts.train_conversations,
+        "mixed",
+        typed_variants.CHECK_SEED,
+        functools.partial(text.typing.normalize, known=known_questions.KnownTurns(known_turns)),
+    )
+    checked = functools.partial(_turns, vocab=vocab, max_len=model.config.max_len, run=run)
+    return TrainData(
+        *train_arrays,
+        *validation,
+        turns=checked(parts.train_conversations),
+        heldout_turns=checked(parts.heldout_conversations),
+        typed_turns=checked(typed),
+        known_turns=known_turns,
+    )
+
+
+def check_split(parts: split.Split, block_size: int, source: str) -> None:
+    """Both sides of the split hold enough to train and to validate on."""
+    if len(parts.train_tokens) <= block_size:
+        raise ConfigError(
+            f"{source}: the training split has {len(parts.train_tokens)} tokens, too few for "
+            f"config.block_size={block_size}: lower block_size or add data"
         )
     if len(parts.val_tokens) < 2:
-        raise configuration.ConfigError(
-            f"{text.source}: the validation split has fewer than 2 tokens: add data or raise "
+        raise ConfigError(
+            f"{source}: the validation split has fewer than 2 tokens: add data or raise "
             "validation_fraction"
         )
-    reply_only = config.loss_on == "assistant"
-    aligned = config.window_start == "conversation"
-    val_inputs, val_targets, val_weights = parts.validation_chunks(
-        config.block_size, reply_only, aligned
-    )
-    capped = None
-    if config.eval_steps and not aligned:
-        capped = windows.sampled_windows(
-            parts.val_tokens,
-            config.eval_steps * config.batch_size,
-            config.block_size,
-            parts.val_mask if reply_only else None,
+
+
+def training_arrays(
+    run: RunConfig, parts: split.Split, source: str, mesh: jax.sharding.Mesh
+) -> tuple:
+    """Tokens, loss weights and window starts, replicated on the devices, or in host memory
+    with a HostFeed when they do not fit there (or `feed='host'`)."""
+    data = run.data
+    # uint16 (every vocabulary fits, see corpus.check_vocabulary_size): half of int32.
+    tokens = parts.train_tokens.astype(np.uint16)
+    weights = parts.train_mask.astype(np.float32) if data.loss_on == "assistant" else None
+    starts = None
+    if data.window_start == "conversation":
+        starts = window_starts(parts, data.block_size, source)
+    nbytes = tokens.nbytes + (0 if weights is None else weights.nbytes)
+    if feeding.from_host(data.feed, nbytes, list(mesh.devices.flat)):
+        windows_per_epoch = run.train.steps_per_epoch * run.train.batch_size
+        feed = feeding.HostFeed(
+            tokens, weights, starts, windows_per_epoch, data.block_size, run.train.seed, mesh
         )
-    if not val_weights.any():
-        raise configuration.ConfigError(
-            f"{text.source}: the validation split holds no assistant reply: add data or raise "
-            "validation_fraction"
-        )
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.batch_size, mesh)
-    tx, plateau = optim.make_optimizers(config)
+        return tokens, weights, starts, feed
     on_all = parallel.replicated(mesh)
-    model = TinyTransformer(configuration.model_config(config, vocab.size))
-    if source:
-        init_from.check_shape(source, model.config)
-    # uint16 (every vocabulary fits, see the check above): half the memory of int32.
-    train_tokens = parts.train_tokens.astype(np.uint16)
-    train_weights = parts.train_mask.astype(np.float32) if reply_only else None
-    train_starts = None
-    if config.window_start == "conversation":
-        train_starts = window_starts(parts, config.block_size, text.source)
-    nbytes = train_tokens.nbytes + (0 if train_weights is None else train_weights.nbytes)
-    host_feed = None
-    if feeding.from_host(config.get("feed", "auto"), nbytes, list(mesh.devices.flat)):
-        windows_per_epoch = config.steps_per_epoch * config.batch_size
-        host_feed = feeding.HostFeed(
-            train_tokens,
-            train_weights,
-            train_starts,
-            windows_per_epoch,
-            config.block_size,
-            config.seed,
-            mesh,
+    placed = [
+        None if a is None else parallel.to_global(a, on_all) for a in (tokens, weights, starts)
+    ]
+    return (*placed, None)
+
+
+def validation_rows(run: RunConfig, parts: split.Split, source: str, mesh: jax.sharding.Mesh):
+    """The validation rows scored every epoch and their target count; with eval_steps, a
+    fixed sample, and the whole split (if not too large) for the last epoch."""
+    data = run.data
+    reply_only = data.loss_on == "assistant"
+    aligned = data.window_start == "conversation"
+    inputs, targets, weights = parts.validation_chunks(data.block_size, reply_only, aligned)
+    if not weights.any():
+        raise ConfigError(
+            f"{source}: the validation split holds no assistant reply: add data or raise "
+            "validation_fraction"
         )
-    else:
-        train_tokens, train_weights, train_starts = (
-            None if array is None else parallel.to_global(array, on_all)
-            for array in (train_tokens, train_weights, train_starts)
-        )
-    return Task(
-        model=model,
-        tx=tx,
-        plateau=plateau,
-        plateau_enabled=config.lr_schedule == "constant",
-        schedule=optim.make_schedule(config),
-        vocab=vocab,
-        train_tokens=train_tokens,
-        train_weights=train_weights,
-        train_starts=train_starts,
-        host_feed=host_feed,
-        val_chunks=rows_on_devices(capped or (val_inputs, val_targets, val_weights), mesh),
-        val_targets=int((capped or (val_weights,))[-1].sum()),
-        full_val_chunks=rows_on_devices((val_inputs, val_targets, val_weights), mesh)
-        if capped and val_weights.sum() <= FULL_FINAL_VALIDATION_LIMIT
-        else None,
-        full_val_targets=int(val_weights.sum()),
-        turns=_turns(parts.train_conversations, vocab, config, model),
-        heldout_turns=_turns(parts.heldout_conversations, vocab, config, model),
-        typed_turns=_turns(
-            typed_variants.variant_conversations(
-                parts.train_conversations,
-                "mixed",
-                typed_variants.CHECK_SEED,
-                functools.partial(
-                    text.typing.normalize, known=known_questions.KnownTurns(known_turns)
-                ),
-            ),
-            vocab,
-            config,
-            model,
-        ),
-        known_turns=known_turns,
-        corpus=text,
-        init_source=source,
-        mesh=mesh,
-        config=config,
+    whole = (inputs, targets, weights)
+    if not data.eval_steps or aligned:
+        return rows_on_devices(whole, mesh), int(weights.sum()), None, int(weights.sum())
+    sampled = windows.sampled_windows(
+        parts.val_tokens,
+        data.eval_steps * run.train.batch_size,
+        data.block_size,
+        parts.val_mask if reply_only else None,
     )
+    full = rows_on_devices(whole, mesh) if weights.sum() <= FULL_FINAL_VALIDATION_LIMIT else None
+    return rows_on_devices(sampled, mesh), int(sampled[-1].sum()), full, int(weights.sum())
 
 
 def rows_on_devices(
@@ -246,7 +260,7 @@ def window_starts(parts: split.Split, block_size: int, source: str) -> np.ndarra
     """The conversation starts from which a whole window (block_size + 1) fits the split."""
     fits = parts.train_starts[parts.train_starts + block_size < len(parts.train_tokens)]
     if not len(fits):
-        raise configuration.ConfigError(
+        raise ConfigError(
             f"{source}: no conversation starts a full window of config.block_size="
             f"{block_size}: lower block_size or raise data_repeat"
         )
@@ -256,9 +270,9 @@ def window_starts(parts: split.Split, block_size: int, source: str) -> np.ndarra
 def _turns(
     conversations: tuple[dialogs.Conversation, ...],
     vocab: vocabulary.Vocabulary,
-    config: ml_collections.ConfigDict,
-    model: TinyTransformer,
+    max_len: int,
+    run: RunConfig,
 ) -> exact_match.TurnBatch | None:
-    if not config.exact_match_every or not conversations:
+    if not run.train.exact_match_every or not conversations:
         return None
-    return exact_match.turn_batch(conversations, vocab, model.config.max_len, config.max_new_tokens)
+    return exact_match.turn_batch(conversations, vocab, max_len, run.use.max_new_tokens)

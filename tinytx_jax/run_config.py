@@ -1,0 +1,97 @@
+"""A run's settings: the flat ConfigDict of the flags and config files, resolved once into
+its typed sections (configuration.py) and checked as a whole.
+
+The flat names (`--config.d_model=...`) are the interface: flags, config files and the
+`config` saved in every checkpoint use them. `RunConfig.from_flat` reads them into one
+section per part; each part of the code takes its own. A field missing from an older
+checkpoint's config takes its section's default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from tinytx_jax.configuration import (
+    DataConfig,
+    OptimConfig,
+    ServeConfig,
+    TrainConfig,
+    UseConfig,
+    check,
+    require,
+)
+from tinytx_jax.model.transformer import ModelConfig
+
+
+def _section(cls: type, flat: ml_collections.ConfigDict, **given: Any) -> Any:
+    """`cls` from the flat fields of its name; fields absent there keep their default."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in given]
+    return cls(**{name: flat[name] for name in names if name in flat}, **given)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One run's settings by part, checked once when built; `flat` is what checkpoints
+    record (block_size resolved when a run fits it to the data)."""
+
+    data: DataConfig
+    model: ModelConfig  # vocab_size 0 until the data's vocabulary is known
+    optim: OptimConfig
+    train: TrainConfig
+    use: UseConfig
+    serve: ServeConfig
+    cpu_devices: int
+    compile_cache: bool
+    flat: ml_collections.ConfigDict
+
+    @classmethod
+    def from_flat(cls, flat: ml_collections.ConfigDict) -> RunConfig:
+        run = cls(
+            data=_section(DataConfig, flat),
+            model=_section(ModelConfig, flat, vocab_size=0),
+            optim=_section(OptimConfig, flat),
+            train=_section(TrainConfig, flat),
+            use=_section(UseConfig, flat),
+            serve=_section(ServeConfig, flat),
+            cpu_devices=flat.get("cpu_devices", 0),
+            compile_cache=flat.get("compile_cache", True),
+            flat=flat,
+        )
+        run.check_across_sections()
+        return run
+
+    def check_across_sections(self) -> None:
+        check(
+            self.model,
+            {
+                "dtype": ("float32", "bfloat16"),
+                "init": ("seed", "gpt2"),
+                "position": ("learned", "rope"),
+                "mlp_activation": ("gelu", "relu2"),
+            },
+            positive=("d_model", "max_len", "n_heads", "n_layers"),
+            non_negative=("logit_softcap",),
+            half_open=("dropout",),
+        )
+        require(self.cpu_devices >= 0, f"config.cpu_devices must be >= 0, got {self.cpu_devices}")
+        require(
+            self.model.d_model % self.model.n_heads == 0,
+            f"config.d_model ({self.model.d_model}) must be divisible by config.n_heads "
+            f"({self.model.n_heads})",
+        )
+        require(
+            self.data.block_size <= self.model.max_len,
+            f"config.block_size ({self.data.block_size}) must not exceed config.max_len "
+            f"({self.model.max_len})",
+        )
+
+    def with_block_size(self, block_size: int) -> RunConfig:
+        """This run with the window length fitted to its data (recorded in `flat` too)."""
+        flat = self.flat.copy_and_resolve_references()
+        with flat.unlocked():
+            flat.block_size = block_size
+        data = dataclasses.replace(self.data, block_size=block_size)
+        return dataclasses.replace(self, data=data, flat=flat)
