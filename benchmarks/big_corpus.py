@@ -102,11 +102,17 @@ def synthetic_text(path: Path, megabytes: int) -> None:
 def start_up(text: Path, workdir: str, env: dict) -> tuple[float, float, int, float]:
     """One training run: seconds to the first step, whole wall, exit status, peak RSS MB."""
     command = [
-        sys.executable, "main.py", "--mode=train", "--config=configs/char_lm.py",
-        f"--config.data_path={text}", f"--workdir={workdir}", "--config.epochs=2",
-        f"--config.steps_per_epoch={_STEPS.value // 2}", "--config.eval_steps=50",
+        sys.executable,
+        "main.py",
+        "--mode=train",
+        "--config=configs/char_lm.py",
+        f"--config.data_path={text}",
+        f"--workdir={workdir}",
+        "--config.epochs=2",
+        f"--config.steps_per_epoch={_STEPS.value // 2}",
+        "--config.eval_steps=50",
         "--config.max_new_tokens=50",
-    ]  # fmt: skip
+    ]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     first_step = float("nan")

@@ -30,8 +30,12 @@ def train_figures(workdir: Path, *args: str) -> dict[str, float]:
     shutil.rmtree(workdir, ignore_errors=True)
     wall, out = main_py("--mode=train", f"--workdir={workdir}", *args)
     epoch, val_loss, val_acc = EPOCH.findall(out)[-1]
-    return {"wall s": wall, "epoch": int(epoch), "val_loss": float(val_loss),
-            "val_acc": float(val_acc)}  # fmt: skip
+    return {
+        "wall s": wall,
+        "epoch": int(epoch),
+        "val_loss": float(val_loss),
+        "val_acc": float(val_acc),
+    }
 
 
 def faq_figures(workdir: Path) -> dict[str, float]:

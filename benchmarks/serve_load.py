@@ -47,9 +47,12 @@ def start_server(workdir: str, env: dict) -> tuple[subprocess.Popen, str, float]
     start = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "main.py", "--mode=serve", f"--workdir={workdir}", "--port=0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
         env={**os.environ, **env},
-    )  # fmt: skip
+    )
     line = process.stdout.readline()
     return process, line.split("http://")[1].split()[0], time.perf_counter() - start
 
@@ -88,10 +91,13 @@ def load(address: str, questions: list[str], in_flight: int) -> dict:
         list(pool.map(client, shares))
     wall = time.perf_counter() - start
     return {
-        "in_flight": in_flight, "requests": len(questions), "per_s": len(questions) / wall,
+        "in_flight": in_flight,
+        "requests": len(questions),
+        "per_s": len(questions) / wall,
         "p50_ms": 1e3 * float(np.percentile(latencies, 50)),
-        "p99_ms": 1e3 * float(np.percentile(latencies, 99)), "outcomes": dict(outcomes),
-    }  # fmt: skip
+        "p99_ms": 1e3 * float(np.percentile(latencies, 99)),
+        "outcomes": dict(outcomes),
+    }
 
 
 def main(argv: list[str]) -> None:

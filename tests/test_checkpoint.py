@@ -282,6 +282,7 @@ def test_a_signal_mid_epoch_stops_within_seconds_and_resumes_bit_exact(tmp_path)
     resumed = run_main(*two, f"--workdir={tmp_path / 'cut'}")
     straight = run_main(*two, f"--workdir={tmp_path / 'straight'}")
     assert resumed.returncode == 0 and straight.returncode == 0, resumed.stderr + straight.stderr
-    epoch_lines = [[ln for ln in r.stdout.splitlines() if ln.startswith("Epoch ")] for r in
-                   (resumed, straight)]  # fmt: skip
+    epoch_lines = [
+        [ln for ln in r.stdout.splitlines() if ln.startswith("Epoch ")] for r in (resumed, straight)
+    ]
     assert epoch_lines[0] == epoch_lines[1][1:]  # epoch 2, to the last digit

@@ -167,8 +167,9 @@ def test_a_lone_request_steps_in_its_bucket_and_every_bucket_covers_its_slots():
     config = ModelConfig(vocab_size=11, d_model=16, max_len=32)
     model = TinyTransformer(config)
     params = model.init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
-    engine = DecodeSlots(model, params, vocabulary.Vocabulary("abcdefghijk"), slots=32,
-                         stop_texts=(), warm_up=True)  # fmt: skip
+    engine = DecodeSlots(
+        model, params, vocabulary.Vocabulary("abcdefghijk"), slots=32, stop_texts=(), warm_up=True
+    )
     programs = engine.programs
     assert programs.step_buckets() == [1, 2, 4, 8, 16, 32]
     assert all(programs.step_bucket(n) >= n for n in range(1, 33))

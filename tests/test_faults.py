@@ -75,11 +75,23 @@ def test_resume_on_other_data_needs_an_explicit_choice(trained_workdir, tmp_path
 
 def start_training(workdir, *extra):
     return subprocess.Popen(
-        [sys.executable, str(REPO / "main.py"), "--mode=train", FAST, f"--workdir={workdir}",
-         "--config.target_val_acc=0", "--config.target_exact_match=0", "--config.epochs=1000",
-         *extra],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=main_env(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "main.py"),
+            "--mode=train",
+            FAST,
+            f"--workdir={workdir}",
+            "--config.target_val_acc=0",
+            "--config.target_exact_match=0",
+            "--config.epochs=1000",
+            *extra,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=main_env(),
+    )
 
 
 def wait_for_epoch(process) -> None:
@@ -112,10 +124,20 @@ def test_ctrl_c_outside_the_epoch_loop_exits_130_in_one_line(
     shutil.copytree(trained_workdir, workdir)
     before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "main.py"), f"--mode={mode}", FAST, f"--workdir={workdir}",
-         "--config.resume=False" if mode == "train" else "--prompt=hi"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=main_env(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "main.py"),
+            f"--mode={mode}",
+            FAST,
+            f"--workdir={workdir}",
+            "--config.resume=False" if mode == "train" else "--prompt=hi",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=main_env(),
+    )
     time.sleep(delay)  # importing, compiling or loading the checkpoint
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
@@ -138,8 +160,9 @@ def test_damaged_latest_checkpoint_falls_back_in_one_line(trained_workdir, tmp_p
     for path in (latest / "state").rglob("*"):
         if path.is_file() and path.parent.name in ("d", "ocdbt.process_0"):
             path.write_bytes(b"\0" * 64)
-    result = run_main("--mode=chat", f"--workdir={workdir}", "--config.checkpoint=latest",
-                      "--prompt=hi")  # fmt: skip
+    result = run_main(
+        "--mode=chat", f"--workdir={workdir}", "--config.checkpoint=latest", "--prompt=hi"
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert f"Checkpoint at epoch {latest.name} is unreadable" in result.stderr
     assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 2  # that, "loaded"
@@ -164,13 +187,19 @@ def small_filesystem(tmp_path):
 
 def test_full_disk_and_read_only_workdir_in_one_line(small_filesystem):
     workdir = small_filesystem / "w"
-    full = run_main("--mode=train", FAST, f"--workdir={workdir}", "--config.checkpoint_every=1",
-                    "--config.compile_cache=False")  # fmt: skip
+    full = run_main(
+        "--mode=train",
+        FAST,
+        f"--workdir={workdir}",
+        "--config.checkpoint_every=1",
+        "--config.compile_cache=False",
+    )
     one_line(full, 2, "could not write the checkpoint of epoch")
     assert "the last committed checkpoint is kept" in full.stderr
     subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], check=True)
-    chat = run_main("--mode=chat", f"--workdir={workdir}", "--config.checkpoint=latest",
-                    "--prompt=hi")  # fmt: skip
+    chat = run_main(
+        "--mode=chat", f"--workdir={workdir}", "--config.checkpoint=latest", "--prompt=hi"
+    )
     assert chat.returncode == 0 and "Traceback" not in chat.stderr  # the committed one loads
     assert "WARNING" not in chat.stderr  # no compilation-cache warnings
     again = run_main("--mode=train", FAST, f"--workdir={workdir}")
@@ -179,8 +208,13 @@ def test_full_disk_and_read_only_workdir_in_one_line(small_filesystem):
 
 @pytest.mark.parametrize("mode", ["chat", "sample"])
 def test_a_huge_reply_length_is_refused_before_loading(mode, trained_workdir):
-    result = run_main(f"--mode={mode}", f"--workdir={trained_workdir}", "--prompt=hi",
-                      "--config.max_new_tokens=500000000", timeout=60)  # fmt: skip
+    result = run_main(
+        f"--mode={mode}",
+        f"--workdir={trained_workdir}",
+        "--prompt=hi",
+        "--config.max_new_tokens=500000000",
+        timeout=60,
+    )
     one_line(result, 2, "config.max_new_tokens must be at most")
 
 
@@ -188,20 +222,30 @@ def test_a_huge_reply_length_is_refused_before_loading(mode, trained_workdir):
 def test_a_fifo_or_a_directory_as_data_is_refused_without_opening_it(suffix, tmp_path):
     fifo = tmp_path / f"d{suffix}"
     os.mkfifo(fifo)  # no writer: opening it would block forever
-    result = run_main("--mode=train", f"--config.data_path={fifo}", f"--workdir={tmp_path / 'w'}",
-                      timeout=60)  # fmt: skip
+    result = run_main(
+        "--mode=train", f"--config.data_path={fifo}", f"--workdir={tmp_path / 'w'}", timeout=60
+    )
     one_line(result, 2, "is not a regular file")
     (tmp_path / f"dir{suffix}").mkdir()
-    result = run_main("--mode=train", f"--config.data_path={tmp_path / f'dir{suffix}'}",
-                      f"--workdir={tmp_path / 'w2'}", timeout=60)  # fmt: skip
+    result = run_main(
+        "--mode=train",
+        f"--config.data_path={tmp_path / f'dir{suffix}'}",
+        f"--workdir={tmp_path / 'w2'}",
+        timeout=60,
+    )
     one_line(result, 2, "is not a regular file")
 
 
 def test_the_dialogs_recipe_works_on_two_conversations(tmp_path):
     data = tmp_path / "two.jsonl"
     data.write_text('{"user": "hi", "assistant": "hello!"}\n{"user": "bye", "assistant": "ciao"}\n')
-    args = ["--config=configs/dialogs.py", f"--config.data_path={data}", "--config.epochs=1",
-            "--config.steps_per_epoch=5", f"--workdir={tmp_path / 'w'}"]  # fmt: skip
+    args = [
+        "--config=configs/dialogs.py",
+        f"--config.data_path={data}",
+        "--config.epochs=1",
+        "--config.steps_per_epoch=5",
+        f"--workdir={tmp_path / 'w'}",
+    ]
     result = run_main("--mode=train", *args)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -210,9 +254,14 @@ def test_the_dialogs_recipe_works_on_two_conversations(tmp_path):
 def test_a_text_without_new_lines_samples_after_training(tmp_path):
     data = tmp_path / "one_line.txt"
     data.write_text("abcd efgh " * 400)
-    args = [f"--config.data_path={data}", "--config.block_size=16", "--config.epochs=1",
-            "--config.steps_per_epoch=5", "--config.max_new_tokens=20",
-            f"--workdir={tmp_path / 'w'}"]  # fmt: skip
+    args = [
+        f"--config.data_path={data}",
+        "--config.block_size=16",
+        "--config.epochs=1",
+        "--config.steps_per_epoch=5",
+        "--config.max_new_tokens=20",
+        f"--workdir={tmp_path / 'w'}",
+    ]
     result = run_main("--mode=train_and_chat", *args)
     assert result.returncode == 0, result.stderr
     # The sample after training starts from the text's first character (" "), not "\n".
@@ -220,10 +269,13 @@ def test_a_text_without_new_lines_samples_after_training(tmp_path):
 
 
 def test_a_closed_stdout_is_named_as_such(tmp_path):
-    command = (f"{sys.executable} {REPO / 'main.py'} --mode=train {FAST} "
-               f"--workdir={tmp_path / 'w'} | head -3")  # fmt: skip
-    result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=240,
-                            env=main_env(), cwd=REPO)  # fmt: skip
+    command = (
+        f"{sys.executable} {REPO / 'main.py'} --mode=train {FAST} "
+        f"--workdir={tmp_path / 'w'} | head -3"
+    )
+    result = subprocess.run(
+        command, shell=True, capture_output=True, text=True, timeout=240, env=main_env(), cwd=REPO
+    )
     assert len(result.stdout.splitlines()) == 3
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert lines and "standard output was closed" in lines[-1] and "Traceback" not in result.stderr

@@ -72,9 +72,15 @@ def test_the_sample_after_training_finds_its_program_compiled_during_training(tm
     data = tmp_path / "text.txt"
     data.write_text("abcd efgh\n" * 300)
     workdir = tmp_path / "w"
-    args = [f"--config.data_path={data}", "--config.block_size=16", "--config.epochs=1",
-            "--config.steps_per_epoch=5", "--config.max_new_tokens=20",
-            "--config.compile_cache=False", f"--workdir={workdir}"]  # fmt: skip
+    args = [
+        f"--config.data_path={data}",
+        "--config.block_size=16",
+        "--config.epochs=1",
+        "--config.steps_per_epoch=5",
+        "--config.max_new_tokens=20",
+        "--config.compile_cache=False",
+        f"--workdir={workdir}",
+    ]
     assert run_main("--mode=train", *args).returncode == 0
     cache = tmp_path / "cache"
     cache.mkdir()

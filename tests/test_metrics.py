@@ -11,9 +11,11 @@ from tinytx_jax.training import metrics, train
 
 
 def read_events(directory):
-    """Scalar values by tag from TFRecord-framed event files (no TensorFlow needed)."""
+    """Scalar values by tag from TFRecord-framed event files (no TensorFlow needed), a
+    resumed run's files after the ones it resumed."""
     scalars = {}
-    for path in directory.glob("events.out.tfevents.*"):
+    files = sorted(directory.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    for path in files:
         raw = path.read_bytes()
         offset = 0
         while offset < len(raw):

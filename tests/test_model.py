@@ -101,9 +101,15 @@ def test_dropout_is_active_only_when_training():
 
 def test_gpt_style_options_shape_the_parameters():
     cfg = ModelConfig(
-        vocab_size=40, d_model=64, n_layers=4, mlp=True, pre_norm=True,
-        init="gpt2", tie_embeddings=True, bias=False,
-    )  # fmt: skip
+        vocab_size=40,
+        d_model=64,
+        n_layers=4,
+        mlp=True,
+        pre_norm=True,
+        init="gpt2",
+        tie_embeddings=True,
+        bias=False,
+    )
     model = TinyTransformer(cfg)
     params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     assert "head" not in params  # tied: the output layer is the token embedding

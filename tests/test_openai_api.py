@@ -104,9 +104,13 @@ def test_a_body_that_is_not_an_object_is_refused():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("tools", [{"type": "function"}]), ("response_format", {"type": "json_object"}),
-     ("logit_bias", {"1": 5}), ("frequency_penalty", 0.5)],
-)  # fmt: skip
+    [
+        ("tools", [{"type": "function"}]),
+        ("response_format", {"type": "json_object"}),
+        ("logit_bias", {"1": 5}),
+        ("frequency_penalty", 0.5),
+    ],
+)
 def test_what_the_server_cannot_honour_is_refused_naming_the_field(field, value):
     with pytest.raises(openai_api.ApiError) as refused:
         parse(**{field: value})
@@ -121,8 +125,11 @@ def test_logprobs_and_how_many_alternatives():
     assert parse().top_logprobs is None and parse(logprobs=False).top_logprobs is None
     assert parse(logprobs=True).top_logprobs == 0
     assert parse(logprobs=True, top_logprobs=20).top_logprobs == 20
-    for fields in ({"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 21},
-                   {"logprobs": "yes"}):  # fmt: skip
+    for fields in (
+        {"top_logprobs": 2},
+        {"logprobs": True, "top_logprobs": 21},
+        {"logprobs": "yes"},
+    ):
         with pytest.raises(openai_api.ApiError) as refused:
             parse(**fields)
         assert refused.value.param in ("top_logprobs", "logprobs")

@@ -120,9 +120,13 @@ def test_the_engine_rows_and_the_repl_draw_by_the_same_rule():
         cfg = sampling.SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         seeds, draws = jnp.arange(64, dtype=jnp.uint32), jnp.arange(64, dtype=jnp.int32) % 5
         rows = sampling.sample_rows(
-            jnp.tile(LOGITS, (64, 1)), seeds, draws, jnp.full(64, temperature),
-            jnp.full(64, top_p), top_k,
-        )  # fmt: skip
+            jnp.tile(LOGITS, (64, 1)),
+            seeds,
+            draws,
+            jnp.full(64, temperature),
+            jnp.full(64, top_p),
+            top_k,
+        )
         keys = jax.vmap(lambda s, d: jax.random.fold_in(jax.random.key(s), d))(seeds, draws)
         picked = jax.vmap(lambda k, c=cfg: sampling.pick(LOGITS, k, c))(keys)
         np.testing.assert_array_equal(np.asarray(rows), np.asarray(picked))

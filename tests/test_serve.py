@@ -310,6 +310,10 @@ def test_logprobs_over_http_whole_and_streamed(server):
     stream = client(server).chat.completions.create(
         model="m", messages=HI, stream=True, logprobs=True, top_logprobs=2
     )
-    streamed = [e for chunk in stream if chunk.choices and chunk.choices[0].logprobs
-                for e in chunk.choices[0].logprobs.content]  # fmt: skip
+    streamed = [
+        e
+        for chunk in stream
+        if chunk.choices and chunk.choices[0].logprobs
+        for e in chunk.choices[0].logprobs.content
+    ]
     assert [(e.token, e.logprob) for e in streamed] == [(e["token"], e["logprob"]) for e in content]

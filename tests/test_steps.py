@@ -66,12 +66,14 @@ def test_a_long_epoch_in_chunks_is_the_whole_epoch_bit_for_bit(small_config):
     epoch = chunks.ChunkedEpoch(task)
     assert epoch.sizes() == [128, 128, chunks.WHOLE_EPOCH_STEPS + 44 - 256]
     epoch.compile(task.initial_state(small_config.seed), *task.train_data(1))
-    chunked, _ = epoch.run(task.initial_state(small_config.seed), *task.train_data(1),
-                           stop=lambda: False)  # fmt: skip
+    chunked, _ = epoch.run(
+        task.initial_state(small_config.seed), *task.train_data(1), stop=lambda: False
+    )
     whole = task.make_train_epoch(small_config.steps_per_epoch)
     reference, _ = whole(task.initial_state(small_config.seed), *task.train_data(1))
     same = jax.tree.map(lambda a, b: bool((a == b).all()), chunked, reference)
     assert jax.tree.all(same)
-    stopped = epoch.run(task.initial_state(small_config.seed), *task.train_data(1),
-                        stop=lambda: True)  # fmt: skip
+    stopped = epoch.run(
+        task.initial_state(small_config.seed), *task.train_data(1), stop=lambda: True
+    )
     assert stopped is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import io
+import os
 import sys
 import tokenize
 from pathlib import Path
@@ -26,9 +27,12 @@ HELP_ARGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 
 
 def fail(message: str) -> NoReturn:
-    """Stop with one line on stderr, before anything was loaded or written."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    """Stop with one line on stderr (`error: ...`), the problem and what to do; exit 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # At once: background writer threads must not print into the interpreter's shutdown.
+    os._exit(2)
 
 
 def resolve_config_path(path: str) -> str:

@@ -1,7 +1,8 @@
 """What each `--mode` of main.py does, and how every expected failure becomes one line.
 
 main.py holds the flags; this module runs a mode and turns the project's errors into
-`error: ...` on stderr with exit status 2 (130/143 after a signal), never a traceback.
+`error: ...` on stderr with exit status 2 (cli.fail; 130/143 after a signal), never a
+traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ from absl import logging
 
 from tinytx_jax import configuration, parallel, run_config
 from tinytx_jax.checkpoints.store import CheckpointError, quiet_reader_callbacks
+from tinytx_jax.cli import fail
 from tinytx_jax.data import corpus, token_cache
 from tinytx_jax.inference import chat, decode_slots, evaluation, generation, trained
 from tinytx_jax.serving import openai_api, server, service
@@ -47,15 +48,6 @@ NO_USABLE_PROMPT = (
     "--prompt has no character of the model's vocabulary (or is empty, perhaps once "
     "normalised): give some text"
 )
-
-
-def fail(message: str) -> NoReturn:
-    """Stop with one line on stderr: the problem and what to do."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # At once: background writer threads must not print into the interpreter's shutdown.
-    os._exit(2)
 
 
 def describe_os_error(error: OSError) -> str:

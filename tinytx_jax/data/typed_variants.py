@@ -16,35 +16,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tinytx_jax.data.typing_words import COMMON_WORDS, CONTRACTIONS, FILLERS_AFTER, FILLERS_BEFORE
 from tinytx_jax.text import dialogs
 
 Retype = Callable[[str, np.random.Generator], str]
 
-FILLERS_BEFORE = (
-    "please, ", "please ", "hey, ", "hi, ", "hello, ", "so ", "ok ", "ok, so ", "um, ",
-    "quick question: ", "question: ", "can you tell me ", "tell me ", "do you know ",
-    "i wonder ", "excuse me, ", "sorry, ", "hey there, ", "yo ", "and ",
-)  # fmt: skip
-FILLERS_AFTER = (
-    " please", " thanks", " thank you", " pls", " thx", " exactly", " again", " then",
-    " by the way", " ?", " :)", " lol",
-)  # fmt: skip
-CONTRACTIONS = (
-    ("what is", "what's"), ("does not", "doesn't"), ("do not", "don't"), ("is not", "isn't"),
-    ("it is", "it's"), ("that is", "that's"), ("there is", "there's"), ("how is", "how's"),
-    ("who is", "who's"), ("where is", "where's"), ("i am", "i'm"), ("you are", "you're"),
-    ("cannot", "can't"), ("can not", "can't"), ("will not", "won't"), ("are not", "aren't"),
-    ("i have", "i've"), ("let us", "let's"),
-)  # fmt: skip
-# Words for fillers of no fixed form: a model that has seen arbitrary words around the
-# question learns to look past any, not only the listed fillers.
-COMMON_WORDS = (
-    "just", "really", "now", "here", "again", "actually", "maybe", "anyway", "today", "quickly",
-    "exactly", "basically", "honestly", "right", "you", "know", "i", "mean", "think", "guess",
-    "me", "for", "the", "a", "it", "this", "my", "friend", "buddy", "folks", "all", "then",
-    "still", "also", "too", "though", "literally", "kind", "of", "sort", "like", "well", "oh",
-    "yes", "no", "wait", "hmm", "great", "cool", "nice", "boss", "mate", "team", "quick", "one",
-)  # fmt: skip
 END_MARKS = ("", "?", "??", "!", ".", " ?", "?!")
 KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 _WORD = re.compile(r"\S+")
@@ -176,8 +152,14 @@ def extra_space(text: str, rng: np.random.Generator) -> str:
 
 
 PERTURBATIONS: tuple[Retype, ...] = (
-    recase, end_mark, typo, filler_before, filler_after, contraction, extra_space,
-)  # fmt: skip
+    recase,
+    end_mark,
+    typo,
+    filler_before,
+    filler_after,
+    contraction,
+    extra_space,
+)
 # Typos and fillers change what the model sees most; the rest normalisation may undo.
 WEIGHTS = np.asarray((1, 1, 3, 3, 3, 1, 1), float) / 13
 

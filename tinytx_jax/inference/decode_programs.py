@@ -149,8 +149,14 @@ class DecodePrograms:
 
     def idle_inputs(self, n: int) -> tuple[np.ndarray, ...]:
         """Inputs of a decode step of `n` idle slots (tokens, positions, sampling)."""
-        return (np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.uint32),
-                np.zeros(n, np.int32), np.zeros(n, np.float32), np.ones(n, np.float32))  # fmt: skip
+        return (
+            np.zeros(n, np.int32),
+            np.zeros(n, np.int32),
+            np.zeros(n, np.uint32),
+            np.zeros(n, np.int32),
+            np.zeros(n, np.float32),
+            np.ones(n, np.float32),
+        )
 
     def prefill(
         self, slots_K: np.ndarray, chunks_KxT: np.ndarray, lengths_K: np.ndarray, *sampling_K

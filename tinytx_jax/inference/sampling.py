@@ -55,8 +55,9 @@ def pick(logits_V: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
     """`sample_token` with a fixed config; a greedy one compiles to a plain argmax."""
     if cfg.greedy:
         return jnp.argmax(logits_V).astype(jnp.int32)
-    return sample_token(logits_V, key, jnp.float32(cfg.temperature), jnp.float32(cfg.top_p),
-                        cfg.top_k)  # fmt: skip
+    return sample_token(
+        logits_V, key, jnp.float32(cfg.temperature), jnp.float32(cfg.top_p), cfg.top_k
+    )
 
 
 def sample_rows(

@@ -25,25 +25,34 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter(
-            "tinytx_requests", "HTTP requests answered, by route and status code.",
-            ["route", "code"], registry=registry,
-        )  # fmt: skip
+            "tinytx_requests",
+            "HTTP requests answered, by route and status code.",
+            ["route", "code"],
+            registry=registry,
+        )
         self.prompt_tokens = Counter(
-            "tinytx_prompt_tokens", "Prompt tokens (characters) of chat completions.",
+            "tinytx_prompt_tokens",
+            "Prompt tokens (characters) of chat completions.",
             registry=registry,
-        )  # fmt: skip
+        )
         self.completion_tokens = Counter(
-            "tinytx_completion_tokens", "Tokens (characters) generated for chat completions.",
+            "tinytx_completion_tokens",
+            "Tokens (characters) generated for chat completions.",
             registry=registry,
-        )  # fmt: skip
+        )
         self.time_to_first_token = Histogram(
-            "tinytx_time_to_first_token_seconds", "From a chat request to its first piece.",
-            buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "tinytx_time_to_first_token_seconds",
+            "From a chat request to its first piece.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.latency = Histogram(
-            "tinytx_request_duration_seconds", "From a request to the end of its response.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "tinytx_request_duration_seconds",
+            "From a request to the end of its response.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         Gauge("tinytx_queue_depth", "Requests waiting for a slot.", registry=registry).set_function(
             queue_depth
         )

@@ -33,9 +33,12 @@ DISCONNECT_POLL_S = 0.25  # how often a reply that does not stream checks its cl
 def retry_later(message: str, status: int, kind: str, code: str) -> ApiError:
     """A refusal the client may retry: the status, and `Retry-After`."""
     return ApiError(
-        f"{message}: retry shortly", status=status, kind=kind, code=code,
+        f"{message}: retry shortly",
+        status=status,
+        kind=kind,
+        code=code,
         headers={"Retry-After": str(RETRY_AFTER_S)},
-    )  # fmt: skip
+    )
 
 
 class ClientGone(Exception):
@@ -138,13 +141,15 @@ class ChatService:
         try:
             self.engine.submit(decode)
         except EngineBusy as busy:
-            raise retry_later(f"the server is at capacity ({busy})", 429, "rate_limit_exceeded",
-                              "server_busy") from None  # fmt: skip
+            raise retry_later(
+                f"the server is at capacity ({busy})", 429, "rate_limit_exceeded", "server_busy"
+            ) from None
         except EngineFailed as failed:
             raise ApiError(str(failed), status=500, kind="server_error") from None
         except EngineStopping as stopping:
-            raise retry_later(f"{stopping}: retry on another server", 503, "server_error",
-                              "server_stopping") from None  # fmt: skip
+            raise retry_later(
+                f"{stopping}: retry on another server", 503, "server_error", "server_stopping"
+            ) from None
         return decode, pieces
 
     async def reply(
