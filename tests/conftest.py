@@ -66,6 +66,30 @@ def main_env(extra: dict | None = None) -> dict:
     return {**os.environ, **SUBPROCESS_ENV, "JAX_NUMPY_RANK_PROMOTION": "raise", **(extra or {})}
 
 
+# The quick tier (`pytest -m quick`, under a minute): these modules' tests of pure functions
+# and short in-process steps, except those that need a trained run.
+QUICK_MODULES = {
+    "test_data",
+    "test_golden",
+    "test_known_questions",
+    "test_model",
+    "test_openai_api",
+    "test_optim",
+    "test_sampling",
+    "test_steps",
+    "test_token_cache",
+    "test_user_text_bounds",
+}
+NEEDS_A_TRAINED_RUN = {"fast_run", "trained_workdir", "text_run", "server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in QUICK_MODULES and not NEEDS_A_TRAINED_RUN & set(item.fixturenames):
+            item.add_marker(pytest.mark.quick)
+
+
 @pytest.fixture
 def small_config():
     """The seed config cut down to a few quick epochs."""
