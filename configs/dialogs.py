@@ -3,25 +3,11 @@
     python main.py --mode=train --config=configs/dialogs.py --config.data_path=my.jsonl
     python main.py --mode=chat --workdir=./workdir
 
-Chosen on ../shared/data/faq_stdlib.jsonl (300 real Q/A pairs) on a 2-core CPU, one change at
-a time against the step budget (README, "Train on your own data"): conversation-aligned
-windows and a reply-only loss; one wide block (2 blocks, d_model 256 or 8 heads learned no
-faster per second); batch 16 (4 and 8 learned much less per second, even at higher rates).
-
-For questions as people type them (same data, Intel Xeon, 2 cores): the normalisation
-folds case, end marks, spaces and courtesy words, and its last step (`known`) matches what
-is left (a typo, words around the question) to the training turns. The model's one job is
-then to give every training turn back exactly, and the step budget is what that took:
-1,400 steps, 100% (a 1,200-step schedule ended at 99.0-99.7%). Retyping the training turns
-(`augment_user`) teaches the model alone some variants, at a price in steps: with every
-later turn retyped, 2,000 steps reached 97.7% exact, with 30% of them 1,400 steps 98.7%.
-Also no faster (exact match at the schedule's end): AdamW (85% at 2,000 steps), Muon at
-6e-3 (100% at 1,400, no sooner) or with 3 Newton-Schulz iterations (99.7% at 1,400), a
-warmup-stable-decay schedule (97.7-99.3% at 1,200), configs/char_lm.py's QK-norm, ReLU^2 and
-zero-initialised outputs (99.0-99.3% at 1,200-1,300), half of each batch from conversations
-the last check missed (99.0% at 1,400). Narrower is quicker per step but less sure: at
-1,400 steps, d_model 96 ended at 100% and 99.0% for seeds 0 and 1 (79-89 s), 112 at 99.7%;
-128 at 100% for both seeds.
+Conversation-aligned windows and a reply-only loss, as chat prompts the model; one wide
+block, batch 16, Muon; user turns normalised, and typed turns matched to the known ones
+(`known`), so that the model's one job is to give every training turn back exactly. The
+step budget is what that took on a FAQ of 300 pairs. How each choice was measured, and
+what else was tried: docs/own_data.md, "How configs/dialogs.py was chosen".
 """
 
 import ml_collections

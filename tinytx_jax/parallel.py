@@ -58,7 +58,7 @@ def to_global(host_array: np.ndarray, sharding: NamedSharding) -> jax.Array:
 def cpu_device_count(batch_size: int, requested: int, cores: int) -> int:
     """How many XLA devices a CPU run splits into: `requested`, or (0) the most cores that
     divide the batch. XLA:CPU runs a small model's matmuls on barely more than one core;
-    two devices on two cores each take half the batch (fast config: 8.1 vs 12.9 ms/step)."""
+    two devices on two cores each take half the batch (docs/measured.md)."""
     if requested:
         return requested
     return max(d for d in range(1, max(cores, 1) + 1) if batch_size % d == 0)

@@ -63,8 +63,7 @@ def conversation_chunks(
     return inputs, targets, mask
 
 
-# Positions scored per forward pass. Smaller groups stay in cache: against 32,768, the
-# FAQ's exact-match check took 0.36 vs 0.51 s and char_lm's full validation 2.24 vs 2.48 s.
+# Positions scored per forward pass: groups small enough to stay in cache (docs/measured.md).
 EVAL_TOKENS_PER_GROUP = 8_192
 
 

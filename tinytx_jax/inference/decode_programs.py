@@ -4,9 +4,8 @@
 prompts (padded to a power-of-two length, K a power of two) into K chosen slots, and a
 decode step that advances the first B slots by a token (B a power of two covering the
 busy slots: a lone request does not pay for 32). XLA:CPU's code for some B is slower than
-for a larger one (measured on an Intel Xeon: B=1 1.1 ms, B=2 0.31 ms, B=16 1.4 ms, B=32
-0.85 ms per step), so `compile_all` times each step and a step takes the fastest B that
-covers the busy slots. Each samples with `sampling.sample_rows`,
+for a larger one (docs/measured.md), so `compile_all` times each step and a step takes the
+fastest B that covers the busy slots. Each samples with `sampling.sample_rows`,
 so every slot has its own temperature, top-p, seed and draw number. Nothing here knows of
 requests, queues or text: the scheduler (decode_slots.py) decides what runs.
 """

@@ -70,8 +70,8 @@ def _attend_one_sequence(
     q_1xTx1xDh: jax.Array, k_1xSx1xDh: jax.Array, v_1xSx1xDh: jax.Array, mask_TxS: jax.Array
 ) -> jax.Array:
     """The XLA:CPU special case: one sequence and one head (the seed's training step) as
-    plain 2-D matmuls. XLA:CPU runs the 4-D batched form of size one markedly slower:
-    1.48 vs 1.29 ms per seed step on one core, side by side (`benchmarks/train_speed.py`)."""
+    plain 2-D matmuls, which XLA:CPU runs faster than the 4-D batched form of size one
+    (docs/measured.md)."""
     _, T, _, Dh = q_1xTx1xDh.shape
     q_TxDh, k_SxDh, v_SxDh = (x.reshape(-1, Dh) for x in (q_1xTx1xDh, k_1xSx1xDh, v_1xSx1xDh))
     scores_TxS = (q_TxDh @ k_SxDh.T) / jnp.sqrt(Dh).astype(q_TxDh.dtype)
@@ -88,10 +88,9 @@ def _attend_heads_major(
     causal: bool,
 ) -> jax.Array:
     """The XLA:CPU path: heads-major batched matmuls and, for a causal square, blocks of
-    CAUSAL_BLOCK queries that multiply only the keys up to their block's end. Forward and
-    backward, side by side (2-core Intel Xeon): 22 against 66 ms for
-    `jax.nn.dot_product_attention` at 16 x 224 positions x 4 heads, 2.4 against 5.5 ms at
-    char_lm's 12 x 64 x 4."""
+    CAUSAL_BLOCK queries that multiply only the keys up to their block's end, skipping the
+    masked half of the products (about 2-3x faster than `jax.nn.dot_product_attention`
+    there, forward and backward: docs/measured.md)."""
     _, T, _, Dh = q_BxTxHxDh.shape
     q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh = (
         x.transpose(0, 2, 1, 3) for x in (q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh)

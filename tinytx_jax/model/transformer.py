@@ -78,8 +78,8 @@ class Dense(nn.Module):
 
     XLA:CPU special case: the input is multiplied as `[rows, D]`, all leading axes
     flattened. A 3-D `[B, T, D]` product makes XLA:CPU compute the kernel gradient as a
-    dot contracting two axes, which ran the seed step slower (1.71 vs 1.60 ms per step
-    on one core, side by side); on other platforms the reshape is free.
+    dot contracting two axes, which is slower (docs/measured.md); on other platforms the
+    reshape is free.
     """
 
     features: int
