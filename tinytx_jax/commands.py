@@ -110,13 +110,15 @@ def run(
 
     try:
         settings = run_config.RunConfig.from_flat(config)  # checked once, here
-        if settings.compile_cache:
+        if settings.host.compile_cache:
             enable_compile_cache()
         forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
         if mode in ("train", "train_and_chat") and not distributed and not forced:
             cores = len(os.sched_getaffinity(0))
             parallel.use_cpu_devices(
-                parallel.cpu_device_count(settings.train.batch_size, settings.cpu_devices, cores)
+                parallel.cpu_device_count(
+                    settings.train.batch_size, settings.host.cpu_devices, cores
+                )
             )
         if distributed:
             if mode != "train":
@@ -132,7 +134,7 @@ def run(
             return
         text = corpus.data_kind(settings.data.data_path) == corpus.TEXT
         if mode in ("train", "train_and_chat"):
-            early = settings.compile_cache and text and parallel.is_primary()
+            early = settings.host.compile_cache and text and parallel.is_primary()
             train.train_run(
                 settings,
                 workdir,

@@ -233,6 +233,17 @@ class UseConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HostConfig:
+    """The process: how many XLA devices a CPU splits into, the compilation cache."""
+
+    cpu_devices: int = 0
+    compile_cache: bool = True
+
+    def __post_init__(self):
+        check(self, non_negative=("cpu_devices",))
+
+
+@dataclasses.dataclass(frozen=True)
 class ServeConfig:
     """`--mode=serve`: how many requests are decoded together, wait, and how long."""
 

@@ -16,6 +16,7 @@ import ml_collections
 
 from tinytx_jax.configuration import (
     DataConfig,
+    HostConfig,
     OptimConfig,
     ServeConfig,
     TrainConfig,
@@ -43,8 +44,7 @@ class RunConfig:
     train: TrainConfig
     use: UseConfig
     serve: ServeConfig
-    cpu_devices: int
-    compile_cache: bool
+    host: HostConfig
     flat: ml_collections.ConfigDict
 
     @classmethod
@@ -56,8 +56,7 @@ class RunConfig:
             train=_section(TrainConfig, flat),
             use=_section(UseConfig, flat),
             serve=_section(ServeConfig, flat),
-            cpu_devices=flat.get("cpu_devices", 0),
-            compile_cache=flat.get("compile_cache", True),
+            host=_section(HostConfig, flat),
             flat=flat,
         )
         run.check_across_sections()
@@ -76,7 +75,6 @@ class RunConfig:
             non_negative=("logit_softcap",),
             half_open=("dropout",),
         )
-        require(self.cpu_devices >= 0, f"config.cpu_devices must be >= 0, got {self.cpu_devices}")
         require(
             self.model.d_model % self.model.n_heads == 0,
             f"config.d_model ({self.model.d_model}) must be divisible by config.n_heads "

@@ -69,7 +69,7 @@ class ChatService:
         return {
             "status": "failed" if self.engine.failure else "ok",
             "model": self.name,
-            "data": meta["config"].get("data_path") or "built-in dialogs",
+            "data": self.trained.run.data.data_path or "built-in dialogs",
             "epoch": self.trained.epoch,
             "val_loss": round(float(meta["metrics"]["val_loss"]), 4),
             "max_len": self.max_len,
