@@ -75,6 +75,7 @@ QUICK_MODULES = {
     "test_model",
     "test_openai_api",
     "test_optim",
+    "test_run_config",
     "test_sampling",
     "test_steps",
     "test_token_cache",
