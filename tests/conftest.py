@@ -61,6 +61,18 @@ def run_main(
     )
 
 
+def short_text_run(data: Path, workdir: Path) -> list[str]:
+    """main.py flags for five steps on a small text file, then a sample of 20 characters."""
+    return [
+        f"--config.data_path={data}",
+        "--config.block_size=16",
+        "--config.epochs=1",
+        "--config.steps_per_epoch=5",
+        "--config.max_new_tokens=20",
+        f"--workdir={workdir}",
+    ]
+
+
 def main_env(extra: dict | None = None) -> dict:
     """The environment of a main.py subprocess: the shared compile cache, rank checks on."""
     return {**os.environ, **SUBPROCESS_ENV, "JAX_NUMPY_RANK_PROMOTION": "raise", **(extra or {})}

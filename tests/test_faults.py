@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, main_env, run_main
+from tests.conftest import REPO, main_env, run_main, short_text_run
 from tinytx_jax import commands
 
 pytestmark = pytest.mark.e2e
@@ -263,15 +263,7 @@ def test_the_dialogs_recipe_works_on_two_conversations(tmp_path):
 def test_a_text_without_new_lines_samples_after_training(tmp_path):
     data = tmp_path / "one_line.txt"
     data.write_text("abcd efgh " * 400)
-    args = [
-        f"--config.data_path={data}",
-        "--config.block_size=16",
-        "--config.epochs=1",
-        "--config.steps_per_epoch=5",
-        "--config.max_new_tokens=20",
-        f"--workdir={tmp_path / 'w'}",
-    ]
-    result = run_main("--mode=train_and_chat", *args)
+    result = run_main("--mode=train_and_chat", *short_text_run(data, tmp_path / "w"))
     assert result.returncode == 0, result.stderr
     # The sample after training starts from the text's first character (" "), not "\n".
     assert result.stdout.splitlines()[-1].startswith(" ")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, main_env, run_main
+from tests.conftest import REPO, main_env, run_main, short_text_run
 from tests.test_train import LINE
 
 pytestmark = pytest.mark.e2e
@@ -72,15 +72,7 @@ def test_the_sample_after_training_finds_its_program_compiled_during_training(tm
     data = tmp_path / "text.txt"
     data.write_text("abcd efgh\n" * 300)
     workdir = tmp_path / "w"
-    args = [
-        f"--config.data_path={data}",
-        "--config.block_size=16",
-        "--config.epochs=1",
-        "--config.steps_per_epoch=5",
-        "--config.max_new_tokens=20",
-        "--config.compile_cache=False",
-        f"--workdir={workdir}",
-    ]
+    args = [*short_text_run(data, workdir), "--config.compile_cache=False"]
     assert run_main("--mode=train", *args).returncode == 0
     cache = tmp_path / "cache"
     cache.mkdir()
