@@ -186,21 +186,26 @@ def test_hostile_texts_stall_nothing_and_sigterm_stops_cleanly(trained_workdir, 
     long_turn = " ".join(f"word{i:04d}" for i in range(170))[:1500]
     known = ["hi", "what is 2+2?", "color of sky?", long_turn]
     running = Server(matching_copy(trained_workdir, tmp_path / "w", known))
-    with ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(seconds_to_answer, running.url, "x" + " ,thanks" * 34)
-        seconds, status, reply = seconds_to_answer(running.url, "hi")
-        assert status == 200 and reply["choices"][0]["message"]["content"] == "hello!"
-        assert seconds < 1.0 and slow.result()[0] < 1.0
-    near = "so " * 400 + long_turn[:700] + long_turn[701:] + " thanks" * 300
-    assert len(near) > 4_400
-    for text in (near, "," * 100_000, "hi " * 350_000):
-        seconds, status, _ = seconds_to_answer(running.url, text)
-        assert status in (200, 400, 413) and seconds < 2.0, (len(text), status, seconds)
-    for body, _ in BAD_REQUESTS:
-        post(running.url, body)
-    status, out, err = running.stop(signal.SIGTERM)
-    assert status == 0 and "Server stopped (SIGTERM)" in out, out
-    assert "Traceback" not in err and "Error" not in err
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(seconds_to_answer, running.url, "x" + " ,thanks" * 34)
+            seconds, status, reply = seconds_to_answer(running.url, "hi")
+            assert status == 200 and reply["choices"][0]["message"]["content"] == "hello!"
+            assert seconds < 1.0 and slow.result()[0] < 1.0
+        near = "so " * 400 + long_turn[:700] + long_turn[701:] + " thanks" * 300
+        assert len(near) > 4_400
+        for text in (near, "," * 100_000, "hi " * 350_000):
+            seconds, status, _ = seconds_to_answer(running.url, text)
+            assert status in (200, 400, 413) and seconds < 2.0, (len(text), status, seconds)
+        for body, _ in BAD_REQUESTS:
+            post(running.url, body)
+        status, out, err = running.stop(signal.SIGTERM)
+        assert status == 0 and "Server stopped (SIGTERM)" in out, out
+        assert "Traceback" not in err and "Error" not in err
+    finally:  # a failed check must not leave the server running
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
 
 
 def test_an_api_key_is_required_when_set(trained_workdir):
