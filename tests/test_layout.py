@@ -1,4 +1,4 @@
-"""The house rules: which part of the package may import which, and module sizes."""
+"""The house rules: which part of the package may import which; module and function sizes."""
 
 import ast
 import subprocess
@@ -68,6 +68,17 @@ def test_chat_eval_and_serve_load_no_optax_at_run_time():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_every_function_fits_on_a_screen_and_nothing_is_hand_packed():
+    """No function over 80 lines, and no `# fmt: skip` to pass a line count by packing."""
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        assert "fmt: skip" not in text and "fmt: off" not in text, path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 80, f"{path}:{node.lineno} {node.name} has {length} lines"
 
 
 def test_no_module_over_300_lines_and_main_py_under_80():
