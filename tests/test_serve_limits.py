@@ -200,3 +200,27 @@ def test_winding_down_ends_every_stream_whole_and_refuses_new_requests(running):
     status, headers, refused = call(running.url, "/v1/chat/completions", HI)
     assert status == 503 and refused["error"]["code"] == "server_stopping"
     assert headers["retry-after"] == "1"
+
+
+def test_a_request_whose_cpu_work_blocks_stalls_neither_health_nor_other_requests(running):
+    """The request's own CPU work (normalising, matching, encoding) runs off the event
+    loop: while one request's is held up, /health and another request are answered."""
+    started, release = threading.Event(), threading.Event()
+    real_prompt = running.service.prompt
+
+    def held_prompt(request):
+        if request.user == "held":
+            started.set()
+            release.wait(30)
+        return real_prompt(request)
+
+    running.service.prompt = held_prompt
+    held = {"messages": [{"role": "user", "content": "held"}], "max_tokens": 2}
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(call, running.url, "/v1/chat/completions", held)
+        assert started.wait(30)
+        health = call(running.url, "/health")
+        other = call(running.url, "/v1/chat/completions", {**HI, "max_tokens": 2})
+        assert health[0] == 200 and other[0] == 200 and not waiting.done()
+        release.set()
+        assert waiting.result()[0] == 200
