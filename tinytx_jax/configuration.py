@@ -163,12 +163,9 @@ class TrainConfig:
     profile_steps: int = 0
 
     def __post_init__(self):
-        check(
-            self,
-            positive=("epochs", "steps_per_epoch", "batch_size", "early_stop_patience"),
-            non_negative=("exact_match_every", "profile_steps"),
-        )
-        check(self, positive=("checkpoint_every", "keep_checkpoints", "print_every"))
+        positive = ("epochs", "steps_per_epoch", "batch_size", "early_stop_patience")
+        positive += ("checkpoint_every", "keep_checkpoints", "print_every")
+        check(self, positive=positive, non_negative=("exact_match_every", "profile_steps"))
         require(
             0 <= self.seed <= MAX_INT32, f"config.seed must be in [0, {MAX_INT32}], got {self.seed}"
         )

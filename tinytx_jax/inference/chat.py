@@ -106,14 +106,14 @@ class ChatSession:
     def answer(self, line: str) -> str | None:
         """The reply to one user line, or None (with a notice) if nothing usable is left:
         an empty line, or one of characters that normalising drops or the model lacks."""
-        vocab, original = self.generator.vocab, line
-        line = self.normalize(line.strip())
+        vocab, typed = self.generator.vocab, line.strip()
+        line = self.normalize(typed)
         unknown = vocab.unknown_chars(line)
         kept = "".join(c for c in line if c not in unknown)
         if not kept.strip():
             if unknown:
                 self.notice(f"none of these characters are in the vocabulary: {quoted(unknown)}")
-            elif line != original.strip():
+            elif typed:
                 self.notice("nothing is left of the line once normalised")
             return None
         if unknown:

@@ -138,11 +138,11 @@ def make_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizers(
-    optim: OptimConfig, total_steps: int
+    optim: OptimConfig, schedule: optax.Schedule
 ) -> tuple[optax.GradientTransformation, optax.GradientTransformationExtraArgs]:
-    """The per-step chain and the per-epoch plateau transform."""
+    """The per-step chain on `schedule` (make_schedule's) and the per-epoch plateau transform."""
     tx = make_optimizer(
-        make_schedule(optim, total_steps),
+        schedule,
         optim.clip_norm,
         optim.weight_decay,
         optim.adam_b1,

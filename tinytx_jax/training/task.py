@@ -97,8 +97,11 @@ def build_task(run: RunConfig, log: Callable[[str], None] = print) -> Task:
     check_data_kind(run.data, run.train, text)
     if not run.data.block_size:  # resolved here, so checkpoints and eval record the real size
         run = run.with_block_size(fitted_block_size(text, run.model.max_len))
-    vocab = vocabulary.Vocabulary(text.encoded.chars) if text.encoded else None
-    vocab = vocab or vocabulary.Vocabulary.from_text(text.text)
+    vocab = (
+        vocabulary.Vocabulary(text.encoded.chars)
+        if text.encoded
+        else vocabulary.Vocabulary.from_text(text.text)
+    )
     source = None
     if run.train.init_from:
         source = init_from.read_source(run.train.init_from, run.use.checkpoint, log)
@@ -109,8 +112,8 @@ def build_task(run: RunConfig, log: Callable[[str], None] = print) -> Task:
         init_from.check_shape(source, model.config)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(run.train.batch_size, mesh)
-    tx, plateau = optim.make_optimizers(run.optim, run.train.total_steps)
     schedule = optim.make_schedule(run.optim, run.train.total_steps)
+    tx, plateau = optim.make_optimizers(run.optim, schedule)
     data = build_data(run, text, vocab, model, mesh)
     return Task(run, model, tx, plateau, schedule, vocab, text, data, source, mesh)
 
