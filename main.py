@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
         distributed = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     api_key = _API_KEY.value or os.environ.get("TINYTX_API_KEY") or None
     listen = commands.Listen(_HOST.value, _PORT.value, api_key)
-    config = flags.FLAGS["config"].value
+    config = commands.resolved(flags.FLAGS["config"].value)
     commands.run(_MODE.value, config, _WORKDIR.value, _PROMPT.value, distributed, listen)
 
 

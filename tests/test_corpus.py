@@ -8,7 +8,7 @@ import pytest
 from configs import default
 from tests.conftest import run_main
 from tinytx_jax import configuration
-from tinytx_jax.data import corpus, windows
+from tinytx_jax.data import corpus, split
 from tinytx_jax.inference import chat, generation, sampling, trained
 from tinytx_jax.run_config import RunConfig
 from tinytx_jax.text import dialogs
@@ -66,7 +66,7 @@ def test_jsonl_trains_with_either_loss_and_schedule(tmp_path, tiny_config):
     tiny_config.lr_schedule = "cosine"
     tiny_config.warmup_steps = 2
     task = build_task(RunConfig.from_flat(tiny_config))
-    val_split = windows.split_tokens(task.corpus.reply_mask, tiny_config.validation_fraction)[1]
+    val_split = split.split_tokens(task.corpus.reply_mask, tiny_config.validation_fraction)[1]
     assert task.data.val_targets == int(val_split[1:].sum()) < len(val_split) - 1
     _, history = train.train_and_evaluate(tiny_config, str(tmp_path / "run"), log=lambda _: None)
     assert len(history) == 2 and all(np.isfinite(m.train_loss) for m in history)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tinytx_jax.data import windows
+from tinytx_jax.data import split, windows
 from tinytx_jax.text import dialogs, vocabulary
 
 
@@ -12,7 +12,7 @@ def test_corpus_numbers_match_the_seed():
     assert len(corpus) == 81_600
     vocab = vocabulary.Vocabulary.from_text(corpus)
     assert vocab.size == 31
-    train, val = windows.split_tokens(vocab.encode(corpus))
+    train, val = split.split_tokens(vocab.encode(corpus))
     assert (len(train), len(val)) == (73_440, 8_160)
 
 
@@ -35,7 +35,7 @@ def test_vocabulary_round_trip_and_unknowns():
 
 
 def test_split_keeps_at_least_two_training_tokens():
-    train, val = windows.split_tokens(np.arange(2))
+    train, val = split.split_tokens(np.arange(2))
     assert len(train) == 2 and len(val) == 0
 
 

@@ -50,10 +50,11 @@ HEAD_START = """
 import sys
 from pathlib import Path
 from configs import default
-from tinytx_jax import commands
+from tinytx_jax import commands, parallel
+from tinytx_jax.data import token_cache
 from tinytx_jax.run_config import RunConfig
 from tinytx_jax.training.task import build_task
-commands.enable_compile_cache()
+parallel.enable_compile_cache(token_cache.cache_root() / "jax_cache")
 config = default.get_config()
 config.data_path, config.block_size, config.max_new_tokens = sys.argv[1], 16, 20
 cache = Path(sys.argv[3])

@@ -8,7 +8,7 @@ import pytest
 
 from configs import default
 from tinytx_jax.run_config import RunConfig
-from tinytx_jax.training import optim, train
+from tinytx_jax.training import optim, stopping
 from tinytx_jax.training.metrics import EpochMetrics
 from tinytx_jax.training.steps import make_end_epoch
 from tinytx_jax.training.task import build_task
@@ -66,8 +66,8 @@ def test_plateau_halves_after_50_epochs_and_stops_after_150():
     assert float(states[-1].best_val_loss) == pytest.approx(0.9)
     metrics = EpochMetrics(152, 0.1, 0.95, 0.5, 8159, rates[-1])
     settings = RunConfig.from_flat(config).train
-    assert train.stop_reason(metrics, states[-2], settings) is None
-    assert "Early stopping at epoch 152" in train.stop_reason(metrics, states[-1], settings)
+    assert stopping.stop_reason(metrics, states[-2], settings) is None
+    assert "Early stopping at epoch 152" in stopping.stop_reason(metrics, states[-1], settings)
 
 
 def test_improvement_resets_the_plateau_count():

@@ -57,6 +57,7 @@ def test_a_bad_value_is_refused_when_its_section_is_built_naming_the_flag():
 
 
 def test_a_fitted_block_size_is_recorded_in_the_flat_config_too():
-    run = RunConfig.from_flat(default.get_config()).with_block_size(64)
-    assert run.data.block_size == 64 and run.flat.block_size == 64
+    run = RunConfig.from_flat(default.get_config()).fitted_to(longest=60)
+    assert run.data.block_size == 64 and run.flat.block_size == 64  # 59 targets, up to 16s
+    assert RunConfig.from_flat(default.get_config()).fitted_to(10_000).data.block_size == 512
     assert default.get_config().block_size == 256  # the given config is left alone

@@ -65,7 +65,7 @@ def test_a_long_epoch_in_chunks_is_the_whole_epoch_bit_for_bit(small_config):
     task = build_task(RunConfig.from_flat(small_config))
     epoch = chunks.ChunkedEpoch(task)
     assert epoch.sizes() == [128, 128, chunks.WHOLE_EPOCH_STEPS + 44 - 256]
-    epoch.compile(task.initial_state(small_config.seed), *task.train_data(1))
+    epoch.compile_programs(task.initial_state(small_config.seed), *task.train_data(1))
     chunked, _ = epoch.run(
         task.initial_state(small_config.seed), *task.train_data(1), stop=lambda: False
     )

@@ -195,7 +195,7 @@ def test_init_from_grows_the_vocabulary_and_keeps_the_trained_rows(tmp_path, tex
     source = task.init_source
     assert set(source.vocab.chars) < set(task.vocab.chars) and "\u20ac" in task.vocab.chars
     fresh = task.initial_state(tune.seed).params
-    params = init_from.initial_params(source, fresh, task.vocab, task.mesh)
+    params = init_from.initial_params(source, fresh, task.vocab)
     loaded = trained.load_trained(source_dir, log=lambda _: None).params
     for c in task.vocab.chars:
         new = task.vocab.chars.index(c)

@@ -68,23 +68,6 @@ def quiet(message: str) -> None:
     del message
 
 
-def enable_compile_cache() -> None:
-    """Persist compiled XLA programs in the user's cache (`$TINYTX_CACHE_DIR/jax_cache`, by
-    default `~/.cache/tinytx_jax/jax_cache`, or $JAX_COMPILATION_CACHE_DIR when set): any
-    later run of the same shapes, in any workdir, skips most compiling."""
-    if not jax.config.jax_compilation_cache_dir:
-        cache = token_cache.cache_root().expanduser().absolute() / "jax_cache"
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return  # an unwritable cache: none, rather than a warning per compilation
-        if not os.access(cache, os.W_OK):
-            return
-        jax.config.update("jax_compilation_cache_dir", str(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 @dataclasses.dataclass(frozen=True)
 class Listen:
     """Where --mode=serve listens, and the API key it requires (None: none)."""
@@ -94,9 +77,17 @@ class Listen:
     api_key: str | None = None
 
 
+def resolved(flat: ml_collections.ConfigDict) -> run_config.RunConfig:
+    """The run's settings by part, checked once at start (a bad value: one line, exit 2)."""
+    try:
+        return run_config.RunConfig.from_flat(flat)
+    except configuration.ConfigError as error:
+        fail(str(error))
+
+
 def run(
     mode: str,
-    config: ml_collections.ConfigDict,
+    config: run_config.RunConfig,
     workdir: str,
     prompt: str | None,
     distributed: tuple[str, int, int] | None = None,
@@ -107,45 +98,17 @@ def run(
     # project reports every failure itself, in one line.
     logging.set_verbosity(logging.FATAL)
     quiet_reader_callbacks()
-
     try:
-        settings = run_config.RunConfig.from_flat(config)  # checked once, here
-        if settings.host.compile_cache:
-            enable_compile_cache()
-        forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-        if mode in ("train", "train_and_chat") and not distributed and not forced:
-            cores = len(os.sched_getaffinity(0))
-            parallel.use_cpu_devices(
-                parallel.cpu_device_count(
-                    settings.train.batch_size, settings.host.cpu_devices, cores
-                )
-            )
-        if distributed:
-            if mode != "train":
-                fail(
-                    "a multi-process run trains only (--mode=train); chat afterwards in one process"
-                )
-            parallel.initialize_distributed(*distributed)
+        if config.host.compile_cache:
+            parallel.enable_compile_cache(token_cache.cache_root() / "jax_cache")
+        if distributed and mode != "train":
+            fail("a multi-process run trains only (--mode=train); chat afterwards in one process")
         if mode == "plot":
             print(f"Wrote {metrics.plot_curves(workdir)}")
-            return
-        if mode == "serve":
-            serve_checkpoint(settings, workdir, listen)
-            return
-        text = corpus.data_kind(settings.data.data_path) == corpus.TEXT
-        if mode in ("train", "train_and_chat"):
-            early = settings.host.compile_cache and text and parallel.is_primary()
-            train.train_run(
-                settings,
-                workdir,
-                log=print if parallel.is_primary() else quiet,
-                on_task=compile_sample_early(settings.use, prompt) if early else None,
-            )
-        if mode != "train":
-            use_checkpoint(settings.use, workdir, mode, prompt)
-        elif parallel.is_primary() and text:
-            print("Sample:")  # as nanoGPT's sample.py: what the text model writes now
-            use_checkpoint(settings.use, workdir, "sample", prompt)
+        elif mode == "serve":
+            serve_checkpoint(config.use, config.serve, workdir, listen)
+        else:
+            train_then_use(mode, config, workdir, prompt, distributed)
     except epoch_loop.Interrupted as interrupted:
         print(interrupted, flush=True)
         sys.exit(128 + interrupted.signum)
@@ -158,6 +121,34 @@ def run(
         )
     except OSError as error:
         fail(describe_os_error(error))
+
+
+def train_then_use(
+    mode: str,
+    config: run_config.RunConfig,
+    workdir: str,
+    prompt: str | None,
+    distributed: tuple[str, int, int] | None,
+) -> None:
+    """Train (the training modes), then use the checkpoint as `mode` says; a text model's
+    training run ends with a sample, as nanoGPT's sample.py."""
+    text = config.data.kind == configuration.TEXT
+    if mode in ("train", "train_and_chat"):
+        if distributed:
+            parallel.initialize_distributed(*distributed)
+        elif "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+            cores = len(os.sched_getaffinity(0))
+            batch_size, devices = config.train.batch_size, config.host.cpu_devices
+            parallel.use_cpu_devices(parallel.cpu_device_count(batch_size, devices, cores))
+        early = config.host.compile_cache and text and parallel.is_primary()
+        on_task = compile_sample_early(config.use, prompt) if early else None
+        train.train_run(config, workdir, print if parallel.is_primary() else quiet, on_task)
+    if mode == "train":
+        if not (parallel.is_primary() and text):
+            return
+        print("Sample:")
+        mode = "sample"
+    use_checkpoint(config.use, workdir, mode, prompt)
 
 
 def use_checkpoint(
@@ -195,10 +186,11 @@ def use_checkpoint(
         chat.run_repl(session)
 
 
-def serve_checkpoint(settings: run_config.RunConfig, workdir: str, listen: Listen) -> None:
+def serve_checkpoint(
+    use: configuration.UseConfig, serving: configuration.ServeConfig, workdir: str, listen: Listen
+) -> None:
     """Load the workdir's chat model, compile its decoding, and serve it over HTTP."""
     sock = server.bound_socket(listen.host, listen.port)
-    use, serving = settings.use, settings.serve
     model = trained.load_trained(workdir, use.checkpoint, log=to_stderr)
     if model.meta["data"]["kind"] == corpus.TEXT:
         fail(f"{workdir} holds a model of plain text, not dialogs: serve a dialog model")

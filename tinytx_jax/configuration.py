@@ -9,11 +9,19 @@ configs' own defaults are in configs/default.py); run_config.py builds them all 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from tinytx_jax.text import user_text
 
 MAX_INT32 = 2**31 - 1  # seeds and the step counter are int32 on the device
 MAX_NEW_TOKENS = 100_000  # a reply or sample is decoded in one device call: bounded
+DIALOGS, TEXT = "dialogs", "text"
+TEXT_SUFFIXES = (".txt",)
+
+
+def data_kind(data_path: str) -> str:
+    """DIALOGS or TEXT, from the path alone (empty: the built-in dialogs)."""
+    return TEXT if data_path and Path(data_path).suffix in TEXT_SUFFIXES else DIALOGS
 
 
 class ConfigError(ValueError):
@@ -87,6 +95,10 @@ class DataConfig:
             raise ConfigError(str(error)) from None
 
     @property
+    def kind(self) -> str:
+        return data_kind(self.data_path)
+
+    @property
     def user_steps(self) -> tuple[str, ...]:
         return user_text.parse_steps(self.normalize_user)
 
@@ -95,20 +107,20 @@ class DataConfig:
 class OptimConfig:
     """The per-step optimiser, its rate schedule and the per-epoch plateau halving."""
 
-    lr: float = 5e-4
-    optimizer: str = "adamw"
-    muon_ns_steps: int = 5
-    lr_schedule: str = "constant"
-    decay_fraction: float = 0.3
-    weight_decay: float = 0.0
+    lr: float = 5e-4  # peak rate, after warm-up
+    optimizer: str = "adamw"  # or "muon" for hidden matrices
+    muon_ns_steps: int = 5  # Newton-Schulz iterations per Muon update
+    lr_schedule: str = "constant"  # with plateau halving; or "cosine", "wsd"
+    decay_fraction: float = 0.3  # wsd: the decayed share of the steps
+    weight_decay: float = 0.0  # decoupled (AdamW)
     weight_decay_on: str = "all"
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    clip_norm: float = 1.0
-    warmup_steps: int = 200
-    plateau_patience: int = 50
-    plateau_factor: float = 0.5
-    min_lr: float = 1e-5
+    adam_b1: float = 0.9  # first-moment decay
+    adam_b2: float = 0.999  # second-moment decay
+    clip_norm: float = 1.0  # global gradient norm
+    warmup_steps: int = 200  # linear, from lr / warmup_steps
+    plateau_patience: int = 50  # epochs without a better val_loss
+    plateau_factor: float = 0.5  # the rate's multiplier at a plateau
+    min_lr: float = 1e-5  # the floor of every schedule
 
     def __post_init__(self):
         check(
@@ -145,17 +157,17 @@ TARGETS = ("val_acc", "exact_match", "typed_match")
 class TrainConfig:
     """The training loop: its budget, batches, stops, checkpoints and logging."""
 
-    epochs: int = 400
-    steps_per_epoch: int = 200
+    epochs: int = 400  # the budget; validated after each
+    steps_per_epoch: int = 200  # one device call, or a few chunks
     batch_size: int = 1
-    seed: int = 7
-    early_stop_patience: int = 150
-    target_val_acc: float = 0.0
-    exact_match_every: int = 0
+    seed: int = 7  # parameters, windows, dropout, retyping
+    early_stop_patience: int = 150  # epochs without a better val_loss
+    target_val_acc: float = 0.0  # stop once reached (0: off)
+    exact_match_every: int = 0  # epochs between reply checks (0: never)
     target_exact_match: float = 0.0
     target_typed_match: float = 0.0
-    checkpoint_every: int = 10
-    keep_checkpoints: int = 3
+    checkpoint_every: int = 10  # epochs; also at every stop
+    keep_checkpoints: int = 3  # the latest kept, beside the best
     resume: bool = True
     resume_on_new_data: bool = False
     init_from: str = ""

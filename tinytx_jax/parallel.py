@@ -8,8 +8,10 @@ dimension without touching the training loop.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import jax
@@ -115,3 +117,21 @@ def agreed_signal(received: int | None) -> int | None:
     # A host sync: one small all-gather per epoch, only in multi-process runs.
     gathered = multihost_utils.process_allgather(np.int32(received or 0))
     return int(np.max(gathered)) or None
+
+
+def enable_compile_cache(default_dir: Path) -> None:
+    """Persist compiled XLA programs in `default_dir` (the project's passes
+    `$TINYTX_CACHE_DIR/jax_cache`, by default `~/.cache/tinytx_jax/jax_cache`), or in
+    $JAX_COMPILATION_CACHE_DIR when set: any later run of the same shapes, in any workdir,
+    skips most compiling."""
+    if not jax.config.jax_compilation_cache_dir:
+        cache = default_dir.expanduser().absolute()
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return  # an unwritable cache: none, rather than a warning per compilation
+        if not os.access(cache, os.W_OK):
+            return
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

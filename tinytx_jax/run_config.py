@@ -15,6 +15,8 @@ from typing import Any
 import ml_collections
 
 from tinytx_jax.configuration import (
+    DIALOGS,
+    ConfigError,
     DataConfig,
     HostConfig,
     OptimConfig,
@@ -85,9 +87,26 @@ class RunConfig:
             f"config.block_size ({self.data.block_size}) must not exceed config.max_len "
             f"({self.model.max_len})",
         )
+        needs_dialogs = [
+            f"config.{name}={value!r}"
+            for name, value, plain in (
+                ("loss_on", self.data.loss_on, "all"),
+                ("window_start", self.data.window_start, "any"),
+                ("exact_match_every", self.train.exact_match_every, 0),
+            )
+            if value != plain
+        ]
+        if needs_dialogs and self.data.kind != DIALOGS:
+            raise ConfigError(
+                f"{needs_dialogs[0]} needs dialog data, and {self.data.data_path} is plain "
+                "text: leave it at its default"
+            )
 
-    def with_block_size(self, block_size: int) -> RunConfig:
-        """This run with the window length fitted to its data (recorded in `flat` too)."""
+    def fitted_to(self, longest: int) -> RunConfig:
+        """This run with a window that holds its longest conversation (`longest` characters,
+        as rendered) whole: rounded up to 16, at most max_len (recorded in `flat` too). With
+        conversation-aligned windows, a longer one is wasted compute."""
+        block_size = min(self.model.max_len, -(-(longest - 1) // 16) * 16)
         flat = self.flat.copy_and_resolve_references()
         with flat.unlocked():
             flat.block_size = block_size

@@ -17,14 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytx_jax.configuration import DataConfig
+from tinytx_jax.configuration import DIALOGS, TEXT, TEXT_SUFFIXES, DataConfig
 from tinytx_jax.data import token_cache, typed_variants
 from tinytx_jax.text import dialogs, user_text, vocabulary
 from tinytx_jax.text.known_questions import KnownTurns
 
-DIALOGS, TEXT = "dialogs", "text"
 DIALOG_SUFFIXES = (".jsonl", ".json")
-TEXT_SUFFIXES = (".txt",)
 
 
 class DataError(ValueError):
@@ -56,17 +54,13 @@ class UserTyping:
     ) -> tuple[str, np.ndarray, np.ndarray]:
         """Text, reply mask and conversation starts of `repeat` passes over `conversations`
         (normalised already): the first pass as written, the others retyped."""
-        if not self.augment_rate:
-            text, mask = dialogs.render_conversations(conversations, repeat)
-            return text, mask, dialogs.conversation_offsets(conversations, repeat)
-        passes = list(conversations)
-        for k in range(1, repeat):
-            for i, conversation in enumerate(conversations):
-                rng = typed_variants.variant_rng(self.seed, k, i)
-                retyped = typed_variants.retyped_conversation(conversation, self.augment_rate, rng)
-                passes.append(dialogs.map_user_turns(retyped, self.normalize))
-        text, mask = dialogs.render_conversations(tuple(passes))
-        return text, mask, dialogs.conversation_offsets(tuple(passes))
+        if self.augment_rate:
+            conversations = typed_variants.retyped_passes(
+                conversations, repeat, self.augment_rate, self.seed, self.steps
+            )
+            repeat = 1
+        text, mask = dialogs.render_conversations(conversations, repeat)
+        return text, mask, dialogs.conversation_offsets(conversations, repeat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +87,24 @@ class Corpus:
         return len(self.encoded.tokens) if self.encoded else len(self.text)
 
     @functools.cached_property
+    def vocabulary(self) -> vocabulary.Vocabulary:
+        """Its distinct characters, sorted (no more than uint16 tokens can name)."""
+        chars = self.encoded.chars if self.encoded else "".join(sorted(set(self.text)))
+        check_vocabulary_size(len(chars), self.source)
+        return vocabulary.Vocabulary(chars)
+
+    @property
+    def longest_conversation(self) -> int:
+        """Characters of its longest rendered conversation (retyped ones included)."""
+        return int(np.diff(np.append(self.starts, len(self.text))).max())
+
+    @functools.cached_property
     def fingerprint(self) -> str:
         """The text's hash, computed once per run (checkpoints and resume compare it)."""
         return self.encoded.fingerprint if self.encoded else dialogs.corpus_fingerprint(self.text)
 
+
+BUILTIN = (dialogs.BUILTIN_CONVERSATIONS, "builtin dialogs")
 
 # Peak host memory per corpus character while a run is built: the text, its UTF-32 copy
 # and search indices while encoding, tokens, reply mask and loss weights, the split copies.
@@ -134,39 +142,40 @@ def check_fits_in_memory(characters: int, repeat: int, source: str) -> None:
 def _dialog_corpus(
     conversations: tuple[dialogs.Conversation, ...], repeat: int, source: str, typing: UserTyping
 ) -> Corpus:
-    conversations = tuple(dialogs.map_user_turns(c, typing.normalize) for c in conversations)
-    once = sum(dialogs.conversation_length(c) for c in conversations)
-    check_fits_in_memory(once, repeat, source)
+    check_fits_in_memory(sum(map(dialogs.conversation_length, conversations)), repeat, source)
+    conversations = tuple(
+        dialogs.Conversation(tuple((typing.normalize(u), a) for u, a in c.turns), c.system)
+        for c in conversations
+    )
     text, mask, starts = typing.render(conversations, repeat)
     return Corpus(
         text, mask, DIALOGS, f"{source} x {repeat}", conversations, starts=starts, typing=typing
     )
 
 
-def data_kind(data_path: str) -> str:
-    """DIALOGS or TEXT, from the path alone (empty: the built-in dialogs)."""
-    return TEXT if data_path and Path(data_path).suffix in TEXT_SUFFIXES else DIALOGS
-
-
 def load_corpus(data_path: str, repeat: int, typing: UserTyping = UserTyping()) -> Corpus:
     """The built-in dialogs (empty path) or a file's; dialogs are repeated `repeat` times,
     their user turns as `typing` says."""
-    if not data_path:
-        return _dialog_corpus(dialogs.BUILTIN_CONVERSATIONS, repeat, "builtin dialogs", typing)
     path = Path(data_path)
-    if path.exists() and not path.is_file():  # a directory, a FIFO, a device: never opened
+    if data_path and path.exists() and not path.is_file():  # a directory, a FIFO: never opened
         raise DataError(f"{path} is not a regular file: give the path of a .jsonl or .txt file")
-    if path.suffix not in DIALOG_SUFFIXES + TEXT_SUFFIXES:
+    if data_path and path.suffix not in DIALOG_SUFFIXES + TEXT_SUFFIXES:
         raise DataError(
             f"{path}: unknown data format {path.suffix!r}: use .jsonl for dialogs or .txt "
             "for plain text"
         )
-    if data_kind(data_path) == TEXT:
+    if data_path and path.suffix in TEXT_SUFFIXES:
         return load_text(path)
+    conversations, source = read_dialogs(path) if data_path else BUILTIN
+    return _dialog_corpus(conversations, repeat, source, typing)
+
+
+def read_dialogs(path: Path) -> tuple[tuple[dialogs.Conversation, ...], str]:
+    """A dialog file's conversations, and the file's name."""
     content = read_utf8(path)
     if not content.strip():
         raise DataError(f"{path}: the file is empty")
-    return _dialog_corpus(parse_dialogs(content, path), repeat, str(path), typing)
+    return parse_dialogs(content, path), str(path)
 
 
 def load_text(path: Path) -> Corpus:

@@ -19,6 +19,20 @@ from tinytx_jax.data.corpus import DIALOGS, Corpus
 from tinytx_jax.text import dialogs, vocabulary
 
 HELDOUT_PERMUTATION_SEED = 0
+VALIDATION_FRACTION = 0.1
+
+
+def split_tokens(
+    tokens: np.ndarray, validation_fraction: float = VALIDATION_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's split: train before `seed_cutoff`, validation after."""
+    cutoff = seed_cutoff(len(tokens), validation_fraction)
+    return tokens[:cutoff], tokens[cutoff:]
+
+
+def seed_cutoff(length: int, validation_fraction: float = VALIDATION_FRACTION) -> int:
+    """Where the seed's split cuts `length` tokens: `max(floor(n * 0.9), 2)`."""
+    return max(int(np.floor(length * (1.0 - validation_fraction))), 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,54 +78,55 @@ def split_corpus(
     repeat: int,
 ) -> Split:
     """Split `corpus` (already rendered with `repeat`) as `validation_split` says."""
-    if validation_split == "tail":
-        tokens = corpus.encoded.tokens if corpus.encoded else vocab.encode(corpus.text)
-        if corpus.encoded and corpus.encoded.chars != vocab.chars:  # a grown vocabulary
-            tokens = vocab.encode(corpus.encoded.chars)[tokens]
-        cutoff = len(windows.split_tokens(tokens, validation_fraction)[0])
-        starts = corpus.starts if corpus.starts is not None else np.zeros(0, np.int64)
-        if corpus.kind == DIALOGS and not (starts >= cutoff).any():
-            # A few short dialogs: the tail holds no conversation's start, so validation
-            # starts at the last one (chat and exact match see conversations from there).
-            if len(starts) < 2:
-                raise ConfigError(
-                    f"{corpus.source}: one conversation, not repeated, cannot be split into "
-                    "training and validation: add dialogs or raise config.data_repeat"
-                )
-            cutoff = int(starts[-1])
+    if validation_split == "conversations":
+        if corpus.kind != DIALOGS:
+            raise ConfigError(
+                "config.validation_split='conversations' needs dialog data, and "
+                f"{corpus.source} is plain text: use validation_split='tail'"
+            )
+        count = len(corpus.conversations)
+        if count < 2:
+            raise ConfigError(
+                f"{corpus.source}: config.validation_split='conversations' needs at least 2 "
+                f"conversations, found {count}: add dialogs or use validation_split='tail'"
+            )
+        held = set(heldout_indices(count, validation_fraction).tolist())
+        train = tuple(c for i, c in enumerate(corpus.conversations) if i not in held)
+        heldout = tuple(c for i, c in enumerate(corpus.conversations) if i in held)
+        train_text, train_mask, train_starts = corpus.typing.render(train, repeat)
+        val_text, val_mask = dialogs.render_conversations(heldout)
+        val_starts = dialogs.conversation_offsets(heldout)
         return Split(
-            tokens[:cutoff],
-            corpus.reply_mask[:cutoff],
-            starts[starts < cutoff],
-            tokens[cutoff:],
-            corpus.reply_mask[cutoff:],
-            starts[starts >= cutoff] - cutoff,
-            corpus.conversations,
-            (),
+            vocab.encode(train_text),
+            train_mask,
+            train_starts,
+            vocab.encode(val_text),
+            val_mask,
+            val_starts,
+            train,
+            heldout,
         )
-    if corpus.kind != DIALOGS:
-        raise ConfigError(
-            f"config.validation_split='conversations' needs dialog data, and {corpus.source} is "
-            "plain text: use validation_split='tail'"
-        )
-    count = len(corpus.conversations)
-    if count < 2:
-        raise ConfigError(
-            f"{corpus.source}: config.validation_split='conversations' needs at least 2 "
-            f"conversations, found {count}: add dialogs or use validation_split='tail'"
-        )
-    held = set(heldout_indices(count, validation_fraction).tolist())
-    train = tuple(c for i, c in enumerate(corpus.conversations) if i not in held)
-    heldout = tuple(c for i, c in enumerate(corpus.conversations) if i in held)
-    train_text, train_mask, train_starts = corpus.typing.render(train, repeat)
-    val_text, val_mask = dialogs.render_conversations(heldout)
+    cutoff = seed_cutoff(corpus.length, validation_fraction)
+    tokens = corpus.encoded.tokens if corpus.encoded else vocab.encode(corpus.text)
+    if corpus.encoded and corpus.encoded.chars != vocab.chars:  # a grown vocabulary
+        tokens = vocab.encode(corpus.encoded.chars)[tokens]
+    starts = corpus.starts if corpus.starts is not None else np.zeros(0, np.int64)
+    if corpus.kind == DIALOGS and not (starts >= cutoff).any():
+        # A few short dialogs: the tail holds no conversation's start, so validation
+        # starts at the last one (chat and exact match see conversations from there).
+        if len(starts) < 2:
+            raise ConfigError(
+                f"{corpus.source}: one conversation, not repeated, cannot be split into "
+                "training and validation: add dialogs or raise config.data_repeat"
+            )
+        cutoff = int(starts[-1])
     return Split(
-        vocab.encode(train_text),
-        train_mask,
-        train_starts,
-        vocab.encode(val_text),
-        val_mask,
-        dialogs.conversation_offsets(heldout),
-        train,
-        heldout,
+        tokens[:cutoff],
+        corpus.reply_mask[:cutoff],
+        starts[starts < cutoff],
+        tokens[cutoff:],
+        corpus.reply_mask[cutoff:],
+        starts[starts >= cutoff] - cutoff,
+        corpus.conversations,
+        (),
     )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tinytx_jax.data.typing_words import COMMON_WORDS, CONTRACTIONS, FILLERS_AFTER, FILLERS_BEFORE
-from tinytx_jax.text import dialogs
+from tinytx_jax.text import dialogs, user_text
 
 Retype = Callable[[str, np.random.Generator], str]
 
@@ -212,13 +212,26 @@ def variant_rng(seed: int, *where: int) -> np.random.Generator:
     return np.random.default_rng([seed, *where])
 
 
-def retyped_conversation(
-    conversation: dialogs.Conversation, rate: float, rng: np.random.Generator
-) -> dialogs.Conversation:
-    """`conversation` with each user turn retyped with probability `rate`."""
-    return dialogs.map_user_turns(
-        conversation, lambda user: retype(user, rng) if rng.random() < rate else user
-    )
+def retyped_passes(
+    conversations: tuple[dialogs.Conversation, ...],
+    repeat: int,
+    rate: float,
+    seed: int,
+    steps: tuple[str, ...],
+) -> tuple[dialogs.Conversation, ...]:
+    """`repeat` passes over `conversations` (normalised already): the first as written, in
+    the others each user turn retyped with probability `rate`, then normalised by `steps`."""
+    passes = list(conversations)
+    for k in range(1, repeat):
+        for i, conversation in enumerate(conversations):
+            rng = variant_rng(seed, k, i)
+            users = [retype(u, rng) if rng.random() < rate else u for u, _ in conversation.turns]
+            replies = [a for _, a in conversation.turns]
+            turns = tuple(
+                (user_text.normalize(u, steps), a) for u, a in zip(users, replies, strict=True)
+            )
+            passes.append(dialogs.Conversation(turns, conversation.system))
+    return tuple(passes)
 
 
 def variant_conversations(
@@ -238,5 +251,6 @@ def variant_conversations(
     out = []
     for i, conversation in enumerate(conversations):
         rng = variant_rng(seed, i)
-        out.append(dialogs.map_user_turns(conversation, lambda user, rng=rng: typed(user, rng)))
+        turns = tuple((typed(user, rng), reply) for user, reply in conversation.turns)
+        out.append(dialogs.Conversation(turns, conversation.system))
     return tuple(out)

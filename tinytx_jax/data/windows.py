@@ -1,4 +1,4 @@
-"""Token arrays into model rows: the seed's split, validation chunks, grouped rows, windows.
+"""Token arrays into model rows: validation chunks, grouped rows, windows.
 
 Plain numpy on the host; the training loop moves the arrays to the device once.
 """
@@ -6,16 +6,6 @@ Plain numpy on the host; the training loop moves the arrays to the device once.
 from __future__ import annotations
 
 import numpy as np
-
-VALIDATION_FRACTION = 0.1
-
-
-def split_tokens(
-    tokens: np.ndarray, validation_fraction: float = VALIDATION_FRACTION
-) -> tuple[np.ndarray, np.ndarray]:
-    """The seed's split: `cutoff = max(floor(n * 0.9), 2)`, train before, validation after."""
-    cutoff = max(int(np.floor(len(tokens) * (1.0 - validation_fraction))), 2)
-    return tokens[:cutoff], tokens[cutoff:]
 
 
 def validation_chunks(

@@ -179,8 +179,9 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BxTxD: jax.Array, deterministic: bool, decode_start: jax.Array | None = None
+        self, x_BxTxD: jax.Array, deterministic: bool, decode_start: jax.Array | None
     ) -> jax.Array:
+        """Only attention sees `decode_start` (it keeps the KV cache); the MLP is per position."""
         cfg = self.config
         attention = CausalSelfAttention(cfg, name="attention")
         sublayers = [lambda x, det: attention(x, det, decode_start)]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
 
 import numpy as np
 
@@ -35,12 +34,6 @@ class Conversation:
 
     turns: tuple[Turn, ...]
     system: str = SYSTEM_PROMPT
-
-
-def map_user_turns(conversation: Conversation, edit: Callable[[str], str]) -> Conversation:
-    """`conversation` with `edit` applied to each user turn; replies stay as they are."""
-    turns = tuple((edit(user), reply) for user, reply in conversation.turns)
-    return Conversation(turns, conversation.system)
 
 
 BUILTIN_CONVERSATIONS = tuple(Conversation((dialog,)) for dialog in BUILTIN_DIALOGS)

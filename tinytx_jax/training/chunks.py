@@ -57,7 +57,7 @@ class ChunkedEpoch:
         full, rest = divmod(self.steps, CHUNK_STEPS)
         return [CHUNK_STEPS] * full + ([rest] if rest else [])
 
-    def compile(self, state: TrainState, *data) -> None:
+    def compile_programs(self, state: TrainState, *data) -> None:
         """Compile every program of an epoch ahead of time (no epoch's timing holds it)."""
         if len(self.sizes()) == 1:
             self.whole = self.whole.lower(state, *data).compile()

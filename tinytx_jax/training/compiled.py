@@ -16,7 +16,7 @@ from tinytx_jax.training import optim
 from tinytx_jax.training.chunks import ChunkedEpoch
 from tinytx_jax.training.state import TrainState
 from tinytx_jax.training.steps import make_end_epoch
-from tinytx_jax.training.task import Task, rows_on_devices
+from tinytx_jax.training.task import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,37 +39,27 @@ class TurnCheck:
     arrays: tuple[jax.Array, ...]
 
 
-def _compile_turn_check(task: Task, params, batch: exact_match.TurnBatch) -> TurnCheck:
-    arrays = rows_on_devices(batch.arrays, task.mesh)
-    check = exact_match.make_turn_check(task.model, batch.num_turns)
-    return TurnCheck(check.lower(params, *arrays).compile(), batch, arrays)
-
-
 def compile_steps(task: Task, state: TrainState) -> CompiledSteps:
     """Compile ahead of time, so that no epoch's timing includes compilation."""
-    train_epoch = ChunkedEpoch(task)
-    train_epoch.compile(state, *task.train_data(1))
     end_epoch = make_end_epoch(
         task.plateau, task.run.optim.plateau_enabled, task.schedule, optim.PLATEAU_MIN_DELTA
     )
+    train_epoch = ChunkedEpoch(task)
+    train_epoch.compile_programs(state, *task.train_data(1))
     val_loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(task.mesh))
-    batches = {
-        "exact_match": task.data.turns,
-        "val_exact_match": task.data.heldout_turns,
-        "typed_match": task.data.typed_turns,
-    }
+    evaluate = make_evaluate(task.model)
+    check_turns = {}
+    for name, (batch, arrays) in task.data.turn_rows.items():
+        check = exact_match.make_turn_check(task.model, batch.num_turns)
+        check_turns[name] = TurnCheck(check.lower(state.params, *arrays).compile(), batch, arrays)
     return CompiledSteps(
         train_epoch,
-        make_evaluate(task.model).lower(state.params, *task.data.val_chunks).compile(),
-        make_evaluate(task.model).lower(state.params, *task.data.full_val_chunks).compile()
+        evaluate.lower(state.params, *task.data.val_chunks).compile(),
+        evaluate.lower(state.params, *task.data.full_val_chunks).compile()
         if task.data.full_val_chunks
         else None,
         end_epoch.lower(state, val_loss).compile(),
-        {
-            name: _compile_turn_check(task, state.params, batch)
-            for name, batch in batches.items()
-            if batch is not None
-        },
+        check_turns,
     )
 
 

@@ -14,12 +14,14 @@ import numpy as np
 from tinytx_jax import interrupt, parallel
 from tinytx_jax.checkpoints.store import CheckpointStore
 from tinytx_jax.data import corpus
+from tinytx_jax.text.dialogs import conversation_length
 from tinytx_jax.training import metrics, progress
 from tinytx_jax.training import resume as resuming
 from tinytx_jax.training.chunks import ChunkedEpoch
 from tinytx_jax.training.compiled import CompiledSteps, measure_exact_match
 from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
-from tinytx_jax.training.state import TrainState
+from tinytx_jax.training.state import TrainState, count_params
+from tinytx_jax.training.stopping import stop_reason
 from tinytx_jax.training.task import Task
 
 
@@ -60,6 +62,23 @@ class EpochLoop:
         self.bar = progress.Progress(
             epochs, first_epoch - 1, self.log, progress.Progress.wanted(self.log)
         )
+
+    def run_epoch(self, epoch: int, signals: interrupt.SignalCatcher) -> bool:
+        """Train an epoch, evaluate, record, decide, checkpoint; False when the run stops
+        here (raises Interrupted after a signal, once the checkpoint is saved)."""
+        train = self.task.run.train
+        seconds = self.train_epoch(epoch, signals)
+        measured = self.evaluate(epoch)
+        self.record(measured, seconds)
+        reason = stop_reason(measured, self.state, train)
+        signal = parallel.agreed_signal(signals.received)
+        if epoch % train.checkpoint_every == 0 or reason or signal or epoch == train.epochs:
+            self.save(epoch, self.state, measured)
+        if signal:
+            raise self.interrupted_after(epoch, signal)
+        if reason:
+            self.bar.log(reason)
+        return not reason
 
     def train_epoch(self, epoch: int, signals: interrupt.SignalCatcher) -> float:
         """Run one epoch; its seconds of training alone. A signal between two chunks saves
@@ -164,9 +183,37 @@ class EpochLoop:
             f"(epoch {epoch} runs again from its start)",
         )
 
-    def close(self) -> None:
+    def __enter__(self) -> EpochLoop:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
         self.bar.close()
         self.metrics_log.close()
+
+    def announce(self, compile_s: float) -> None:
+        """The run's first line (devices, sizes, data, compile time), and what it cannot train."""
+        task, devices = self.task, jax.device_count()
+        train_tokens = task.data.train_tokens.shape[0]
+        cached = " (tokens from the cache)" if task.corpus.from_cache else ""
+        self.log(
+            f"Training with JAX on {jax.devices()[0].platform}"
+            f"{f' x {devices}' if devices > 1 else ''} "
+            f"({count_params(self.state.params):,} "
+            f"params, vocab {task.vocab.size}, {train_tokens:,} train / "
+            f"{task.corpus.length - train_tokens:,} val tokens, "
+            f"data: {task.corpus.source}{cached}"
+            f"{'; windows fed from host memory' if task.data.host_feed else ''}; "
+            f"compiled in {compile_s:.1f} s)"
+        )
+        block_size = task.run.data.block_size
+        if task.run.data.window_start == "conversation":
+            # Conversations past a conversation-aligned window: their ends never train.
+            cut = sum(conversation_length(c) - 1 > block_size for c in task.corpus.conversations)
+            if cut:
+                self.log(
+                    f"({cut} conversations are longer than config.block_size={block_size}: "
+                    "their later characters are never trained; raise block_size)"
+                )
 
     def summarise(self) -> None:
         """The last epoch's line if it was not printed, the run's speed, the curves."""

@@ -17,11 +17,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from tinytx_jax import configuration, parallel
+from tinytx_jax import configuration
 from tinytx_jax.checkpoints.store import CheckpointError
 from tinytx_jax.inference import trained
 from tinytx_jax.model.transformer import ModelConfig
-from tinytx_jax.text.vocabulary import Vocabulary
+from tinytx_jax.text.vocabulary import MAX_VOCABULARY, Vocabulary
 
 # Fields that only say how a model is initialised or trained, not what its parameters are.
 NOT_SHAPE = ("vocab_size", "dropout", "dtype", "init", "zero_init_outputs")
@@ -33,6 +33,7 @@ class Source:
 
     workdir: str
     model: trained.TrainedModel
+    grown_vocab: Vocabulary  # the checkpoint's characters and the data's, sorted
 
     @property
     def vocab(self) -> Vocabulary:
@@ -42,33 +43,27 @@ class Source:
     def epoch(self) -> int:
         return self.model.epoch
 
-    @property
-    def meta(self) -> dict:
-        return self.model.meta
 
-
-def read_source(workdir: str, which: str, log: Callable[[str], None]) -> Source:
+def read_source(
+    workdir: str,
+    which: str,
+    model_config: ModelConfig,
+    data_vocab: Vocabulary,
+    log: Callable[[str], None],
+) -> Source:
     """The parameters of the `which` (best or latest) checkpoint of `workdir`, or of the
-    newest readable one after it, as chat loads them; one line if there is none."""
+    newest readable one after it, as chat loads them; one line if there is none, or if
+    its architecture differs from `model_config`."""
     if not Path(workdir).expanduser().is_dir():
         raise configuration.ConfigError(
             f"config.init_from={workdir!r} is not a directory: give the workdir of a trained run"
         )
     try:
         remedy = "start from another run, or without config.init_from"
-        return Source(workdir, trained.load_trained(workdir, which, log, remedy))
+        loaded = trained.load_trained(workdir, which, log, remedy)
     except CheckpointError as error:
         raise configuration.ConfigError(f"config.init_from={workdir!r}: {error}") from None
-
-
-def grown_vocabulary(source: Source, data: Vocabulary) -> Vocabulary:
-    """The checkpoint's characters and the data's, sorted."""
-    return Vocabulary("".join(sorted(set(source.vocab.chars) | set(data.chars))))
-
-
-def check_shape(source: Source, model_config: ModelConfig) -> None:
-    """One line naming every architecture field that differs from the checkpoint's."""
-    saved = {**dataclasses.asdict(ModelConfig(vocab_size=0)), **source.meta["model"]}
+    saved = {**dataclasses.asdict(ModelConfig(vocab_size=0)), **loaded.meta["model"]}
     differences = [
         f"{name}={saved[name]!r} there, {value!r} here"
         for name, value in dataclasses.asdict(model_config).items()
@@ -76,14 +71,22 @@ def check_shape(source: Source, model_config: ModelConfig) -> None:
     ]
     if differences:
         raise configuration.ConfigError(
-            f"config.init_from={source.workdir!r}: the model differs ({'; '.join(differences)}): "
+            f"config.init_from={workdir!r}: the model differs ({'; '.join(differences)}): "
             "set the same architecture, or train from scratch"
         )
+    grown = Vocabulary("".join(sorted(set(loaded.vocab.chars) | set(data_vocab.chars))))
+    if grown.size > MAX_VOCABULARY:
+        raise configuration.ConfigError(
+            f"config.init_from={workdir!r}: its characters and the data's are {grown.size:,}, "
+            f"more than the {MAX_VOCABULARY:,} a character model here takes"
+        )
+    return Source(workdir, loaded, grown)
 
 
-def initial_params(source: Source, fresh: Any, vocab: Vocabulary, mesh: jax.sharding.Mesh) -> Any:
+def initial_params(source: Source, fresh: Any, vocab: Vocabulary) -> Any:
     """The checkpoint's parameters, laid out for `vocab`: rows (and output columns) of the
-    checkpoint's characters come from it, those of new characters from `fresh`."""
+    checkpoint's characters come from it, those of new characters from `fresh`; each laid
+    out on the devices as its fresh counterpart is."""
     loaded = source.model.params
     old_index = {c: i for i, c in enumerate(source.vocab.chars)}
     new_ids = np.asarray([i for i, c in enumerate(vocab.chars) if c in old_index])
@@ -104,4 +107,4 @@ def initial_params(source: Source, fresh: Any, vocab: Vocabulary, mesh: jax.shar
         return new
 
     params = jax.tree_util.tree_map_with_path(place, loaded, jax.device_get(fresh))
-    return jax.device_put(params, parallel.replicated(mesh))
+    return jax.tree.map(lambda p, f: jax.device_put(p, f.sharding), params, fresh)

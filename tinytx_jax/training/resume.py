@@ -9,8 +9,10 @@ from tinytx_jax import parallel
 from tinytx_jax.checkpoints.meta import make_meta
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstract_like
 from tinytx_jax.model.transformer import ModelConfig
+from tinytx_jax.training import init_from
 from tinytx_jax.training.metrics import EpochMetrics
 from tinytx_jax.training.state import TrainState
+from tinytx_jax.training.stopping import stop_reason
 from tinytx_jax.training.task import Task
 
 
@@ -92,3 +94,27 @@ def restore_for_resume(
         f"(step {int(state.step):,}, best val_loss {float(state.best_val_loss):.4f})"
     )
     return state, EpochMetrics(**meta["metrics"])
+
+
+def starting_state(
+    task: Task, store: CheckpointStore, log: Callable[[str], None]
+) -> tuple[TrainState, bool]:
+    """The state to train from: a resumed checkpoint's, another run's parameters
+    (`init_from`), or fresh; and whether the resumed run has nothing left to train."""
+    train = task.run.train
+    state = task.initial_state(train.seed)
+    if store.steps():
+        state, last = restore_for_resume(store, state, task, log, train.resume_on_new_data)
+        if last.epoch >= train.epochs or stop_reason(last, state, train):
+            log(f"Nothing to train: the run in {store.directory} finished at epoch {last.epoch}")
+            return state, True
+    elif task.init_source:
+        source = task.init_source
+        params = init_from.initial_params(source, state.params, task.vocab)
+        state = state.replace(params=params)
+        added = task.vocab.size - source.vocab.size
+        log(
+            f"Starting from the parameters of {source.workdir} (epoch {source.epoch}), with a "
+            f"fresh optimiser and schedule; {added} new characters in the vocabulary"
+        )
+    return state, False
