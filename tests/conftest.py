@@ -8,6 +8,8 @@ subprocess.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -118,6 +120,20 @@ def small_config():
 MARGIN_EPOCHS = 10
 
 
+@contextlib.contextmanager
+def built_once(tmp_path_factory, name: str):
+    """A directory shared by every pytest-xdist worker of the session, and whether this
+    worker must build what goes in it: the first to take the lock builds, the others wait
+    for it and reuse the result (a session fixture would otherwise be built per worker)."""
+    shared = tmp_path_factory.getbasetemp().parent / name
+    shared.mkdir(exist_ok=True)
+    done = shared / "built"
+    with open(shared.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield shared, not done.exists()
+        done.touch()
+
+
 @pytest.fixture(scope="session")
 def fast_run(tmp_path_factory) -> tuple[Path, list[str]]:
     """`configs/fast.py` trained once per session, in-process: its workdir and log lines.
@@ -128,29 +144,33 @@ def fast_run(tmp_path_factory) -> tuple[Path, list[str]]:
     its replies first come back exact may still be a rounding away from a typo in one of
     them ('blue</asistant>' under fast math), and the tests chat with it on any CPU.
     """
-    workdir = tmp_path_factory.mktemp("fast_run")
-    lines: list[str] = []
-    _, history = train.train_and_evaluate(fast.get_config(), str(workdir), log=lines.append)
-    assert history[-1].exact_match == 1.0 and history[-1].val_acc >= 0.99, lines[-6:]
-    more = fast.get_config()
-    more.target_val_acc = more.target_exact_match = 0.0
-    more.epochs = history[-1].epoch + MARGIN_EPOCHS
-    train.train_and_evaluate(more, str(workdir), log=lambda _: None)
-    return workdir, lines
+    with built_once(tmp_path_factory, "fast_run") as (directory, build):
+        workdir, log = directory / "workdir", directory / "lines.json"
+        if build:
+            lines: list[str] = []
+            _, history = train.train_and_evaluate(fast.get_config(), str(workdir), lines.append)
+            assert history[-1].exact_match == 1.0 and history[-1].val_acc >= 0.99, lines[-6:]
+            more = fast.get_config()
+            more.target_val_acc = more.target_exact_match = 0.0
+            more.epochs = history[-1].epoch + MARGIN_EPOCHS
+            train.train_and_evaluate(more, str(workdir), log=lambda _: None)
+            log.write_text(json.dumps(lines))
+    return workdir, json.loads(log.read_text())
 
 
 @pytest.fixture(scope="session")
 def text_run(tmp_path_factory) -> tuple[Path, ml_collections.ConfigDict]:
     """A small plain-text run of two epochs (a checkpoint each): its workdir and config."""
-    directory = tmp_path_factory.mktemp("pretrained")
-    text = directory / "pretrain.txt"
-    text.write_text("what does it do? it does what it says. " * 200)
-    config = default.get_config()
-    config.data_path, config.block_size = str(text), 32
-    config.epochs, config.steps_per_epoch, config.batch_size = 2, 25, 4
-    config.checkpoint_every = 1
-    config.lr, config.warmup_steps = 1e-2, 10
-    train.train_and_evaluate(config, str(directory / "run"), log=lambda _: None)
+    with built_once(tmp_path_factory, "pretrained") as (directory, build):
+        text = directory / "pretrain.txt"
+        config = default.get_config()
+        config.data_path, config.block_size = str(text), 32
+        config.epochs, config.steps_per_epoch, config.batch_size = 2, 25, 4
+        config.checkpoint_every = 1
+        config.lr, config.warmup_steps = 1e-2, 10
+        if build:
+            text.write_text("what does it do? it does what it says. " * 200)
+            train.train_and_evaluate(config, str(directory / "run"), log=lambda _: None)
     return directory / "run", config
 
 

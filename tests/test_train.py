@@ -9,9 +9,9 @@ import pytest
 
 from configs import default
 from tinytx_jax import configuration, run_config
+from tinytx_jax.data import train_data
 from tinytx_jax.run_config import RunConfig
 from tinytx_jax.scoring.loss import make_evaluate
-from tinytx_jax.training import task as task_module
 from tinytx_jax.training import train
 from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.training.steps import make_train_epoch
@@ -130,7 +130,7 @@ def test_a_split_over_the_limit_is_never_scored_whole(small_config, tmp_path, mo
     text = tmp_path / "t.txt"
     text.write_text("".join(f"word{i % 37} " for i in range(4000)))
     small_config.update(data_path=str(text), block_size=32, eval_steps=2, epochs=2)
-    monkeypatch.setattr(task_module, "FULL_FINAL_VALIDATION_LIMIT", 1000)
+    monkeypatch.setattr(train_data, "FULL_FINAL_VALIDATION_LIMIT", 1000)
     assert build_task(RunConfig.from_flat(small_config)).data.full_val_chunks is None
-    monkeypatch.setattr(task_module, "FULL_FINAL_VALIDATION_LIMIT", 10**9)
+    monkeypatch.setattr(train_data, "FULL_FINAL_VALIDATION_LIMIT", 10**9)
     assert build_task(RunConfig.from_flat(small_config)).data.full_val_chunks is not None
