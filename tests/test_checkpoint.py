@@ -250,8 +250,9 @@ def test_sigkill_during_training_then_resume_completes(tmp_path):
 @pytest.mark.e2e
 def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
     process = start_training(tmp_path, "--config.epochs=400", "--config.checkpoint_every=1000")
-    wait_for_checkpoints(tmp_path, 0)
-    time.sleep(4)
+    for line in process.stdout:  # in the loop: an epoch has been printed
+        if line.startswith("Epoch 2,"):
+            break
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
