@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,13 +69,23 @@ print("new cache entries:", len(list(cache.iterdir())) - before)
 """
 
 
-@pytest.mark.parametrize("head_start", ["head_start", "none"])
-def test_the_sample_after_training_finds_its_program_compiled_during_training(tmp_path, head_start):
-    data = tmp_path / "text.txt"
+@pytest.fixture(scope="module")
+def short_text_workdir(tmp_path_factory) -> tuple[Path, Path]:
+    """A short plain-text run trained without the compilation cache: its data and workdir."""
+    directory = tmp_path_factory.mktemp("short_text")
+    data = directory / "text.txt"
     data.write_text("abcd efgh\n" * 300)
-    workdir = tmp_path / "w"
+    workdir = directory / "w"
     args = [*short_text_run(data, workdir), "--config.compile_cache=False"]
     assert run_main("--mode=train", *args).returncode == 0
+    return data, workdir
+
+
+@pytest.mark.parametrize("head_start", ["head_start", "none"])
+def test_the_sample_after_training_finds_its_program_compiled_during_training(
+    short_text_workdir, tmp_path, head_start
+):
+    data, workdir = short_text_workdir
     cache = tmp_path / "cache"
     cache.mkdir()
     result = subprocess.run(
