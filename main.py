@@ -5,6 +5,7 @@ python main.py --mode=train --config=configs/fast.py --config.lr=1e-3
 python main.py --mode=chat [--prompt="hi"]
 python main.py --mode=eval
 python main.py --mode=serve [--port=8000]   # OpenAI-compatible API and web chat
+python main.py --mode=inspect --prompt="what is 2+2?"  # attention and odds, as HTML and PNG
 python main.py --help                       # every flag and config field
 """
 
@@ -27,10 +28,14 @@ _MODE = flags.DEFINE_enum(
     commands.MODES,
     "train_and_chat: train, then chat (plain-text data: then sample); train; chat; eval: "
     "validation figures and exact matches of a checkpoint; sample: continue --prompt; plot: "
-    "WORKDIR/curves.png from metrics.jsonl; serve: an OpenAI-compatible API and a web chat.",
+    "WORKDIR/curves.png from metrics.jsonl; serve: an OpenAI-compatible API and a web chat; "
+    "inspect: WORKDIR/inspect/inspect.html and a PNG of the model's attention and odds.",
 )
 _PROMPT = flags.DEFINE_string(
     "prompt", None, "chat: answer this one line and exit; sample: the text to continue."
+)
+_TEXT = flags.DEFINE_string(
+    "text", None, "inspect: a text model's loss on this file (default: its validation split)."
 )
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: the address to listen on.")
 _PORT = flags.DEFINE_integer(
@@ -60,7 +65,9 @@ def main(argv: list[str]) -> None:
     api_key = _API_KEY.value or os.environ.get("TINYTX_API_KEY") or None
     listen = commands.Listen(_HOST.value, _PORT.value, api_key)
     config = commands.resolved(flags.FLAGS["config"].value)
-    commands.run(_MODE.value, config, _WORKDIR.value, _PROMPT.value, distributed, listen)
+    commands.run(
+        _MODE.value, config, _WORKDIR.value, _PROMPT.value, distributed, listen, _TEXT.value
+    )
 
 
 if __name__ == "__main__":

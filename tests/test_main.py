@@ -51,9 +51,11 @@ HEAD_START = """
 import sys
 from pathlib import Path
 from configs import default
-from tinytx_jax import commands, parallel
+from tinytx_jax import parallel
 from tinytx_jax.data import token_cache
+from tinytx_jax.inference import text_sample, trained
 from tinytx_jax.run_config import RunConfig
+from tinytx_jax.training import head_start
 from tinytx_jax.training.task import build_task
 parallel.enable_compile_cache(token_cache.cache_root() / "jax_cache")
 config = default.get_config()
@@ -61,10 +63,10 @@ config.data_path, config.block_size, config.max_new_tokens = sys.argv[1], 16, 20
 cache = Path(sys.argv[3])
 if sys.argv[4] == "head_start":
     run = RunConfig.from_flat(config)
-    commands.compile_sample_early(run.use, None)(build_task(run)).join()
+    head_start.compile_sample_early(run.use, None)(build_task(run)).join()
 before = len(list(cache.iterdir()))
-model = commands.trained.load_trained(sys.argv[2], log=lambda _: None)
-commands.sample(model, RunConfig.from_flat(config).use, None)
+model = trained.load_trained(sys.argv[2], log=lambda _: None)
+print(text_sample.sample(model, RunConfig.from_flat(config).use, None, print))
 print("new cache entries:", len(list(cache.iterdir())) - before)
 """
 

@@ -131,3 +131,45 @@ def test_seed_model_keeps_its_parameters():
     model = TinyTransformer(ModelConfig(vocab_size=31))
     params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     assert "bias" in params["head"] and float(jnp.abs(params["token_embed"]).max()) <= 0.02
+
+
+CAPTURED = {
+    "seed": ModelConfig(vocab_size=23),
+    "gpt": ModelConfig(vocab_size=23, n_layers=3, n_heads=4, mlp=True, pre_norm=True),
+    "modern": ModelConfig(
+        vocab_size=23, n_layers=2, n_heads=2, position="rope", qk_norm=True, logit_softcap=15.0
+    ),
+}
+
+
+@pytest.mark.parametrize("name", CAPTURED)
+def test_sown_attention_is_a_causal_distribution_and_changes_no_logit(name):
+    config = CAPTURED[name]
+    model = TinyTransformer(config)
+    tokens = jax.random.randint(jax.random.key(3), (2, 21), 0, config.vocab_size)
+    params = model.init(jax.random.key(0), tokens)["params"]
+    plain = model.apply({"params": params}, tokens)
+    captured, state = model.apply({"params": params}, tokens, mutable=["intermediates"])
+    np.testing.assert_allclose(captured, plain, rtol=1e-6, atol=1e-6)
+    found = state["intermediates"]
+    for i in range(config.n_layers):
+        weights = np.asarray(found[f"block_{i}"]["attention"]["attention"][0])
+        assert weights.shape == (2, config.n_heads, 21, 21)
+        np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+        assert not np.triu(weights, k=1).any()  # nothing above the diagonal: the future
+    lens = sorted(k for k in found if k.startswith("lens_"))
+    assert lens == [f"lens_{i}" for i in range(config.n_layers - 1)]
+
+
+def test_the_last_blocks_lens_would_be_the_logits():
+    """The logit lens reads a residual stream out as the model reads its last one: fed the
+    last block's output, it gives the model's logits (checked by sowing one block fewer)."""
+    config = CAPTURED["gpt"]
+    tokens = jax.random.randint(jax.random.key(4), (1, 12), 0, config.vocab_size)
+    model = TinyTransformer(config)
+    params = model.init(jax.random.key(0), tokens)["params"]
+    shallow_config = ModelConfig(**{**config.__dict__, "n_layers": 2})
+    shallow = {k: v for k, v in params.items() if k != "block_2"}
+    logits = TinyTransformer(shallow_config).apply({"params": shallow}, tokens)
+    _, state = model.apply({"params": params}, tokens, mutable=["intermediates"])
+    np.testing.assert_allclose(state["intermediates"]["lens_1"][0], logits, rtol=1e-5, atol=1e-5)

@@ -7,31 +7,34 @@ traceback.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
 from tinytx_jax import configuration, parallel, run_config
 from tinytx_jax.checkpoints.store import CheckpointError, quiet_reader_callbacks
 from tinytx_jax.cli import fail
-from tinytx_jax.data import corpus, token_cache
-from tinytx_jax.inference import chat, decode_slots, evaluation, generation, trained
+from tinytx_jax.data import corpus, split, token_cache
+from tinytx_jax.inference import (
+    chat,
+    decode_slots,
+    evaluation,
+    generation,
+    inspect_page,
+    inspection,
+    text_sample,
+    trained,
+)
 from tinytx_jax.serving import openai_api, server, service
-from tinytx_jax.text.vocabulary import Vocabulary
-from tinytx_jax.training import epoch_loop, metrics, train, workdir
-from tinytx_jax.training.task import Task
+from tinytx_jax.text import dialogs
+from tinytx_jax.training import epoch_loop, head_start, metrics, train, workdir
 
-MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot", "serve")
+MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot", "serve", "inspect")
 EXPECTED_ERRORS = (
     configuration.ConfigError,
     corpus.DataError,
@@ -92,8 +95,10 @@ def run(
     prompt: str | None,
     distributed: tuple[str, int, int] | None = None,
     listen: Listen = Listen(),
+    text_file: str | None = None,
 ) -> None:
-    """Run `mode`; `distributed` is (coordinator, processes, this process) for multi-process."""
+    """Run `mode`; `distributed` is (coordinator, processes, this process) for multi-process;
+    `text_file`: the text --mode=inspect scores (a text model's)."""
     # Library errors (orbax's writer threads, asyncio) would repeat ours as tracebacks: the
     # project reports every failure itself, in one line.
     logging.set_verbosity(logging.FATAL)
@@ -107,6 +112,8 @@ def run(
             print(f"Wrote {metrics.plot_curves(workdir)}")
         elif mode == "serve":
             serve_checkpoint(config.use, config.serve, workdir, listen)
+        elif mode == "inspect":
+            inspect_checkpoint(config.use, workdir, prompt, text_file)
         else:
             train_then_use(mode, config, workdir, prompt, distributed)
     except epoch_loop.Interrupted as interrupted:
@@ -141,7 +148,7 @@ def train_then_use(
             batch_size, devices = config.train.batch_size, config.host.cpu_devices
             parallel.use_cpu_devices(parallel.cpu_device_count(batch_size, devices, cores))
         early = config.host.compile_cache and text and parallel.is_primary()
-        on_task = compile_sample_early(config.use, prompt) if early else None
+        on_task = head_start.compile_sample_early(config.use, prompt) if early else None
         train.train_run(config, workdir, print if parallel.is_primary() else quiet, on_task)
     if mode == "train":
         if not (parallel.is_primary() and text):
@@ -162,7 +169,10 @@ def use_checkpoint(
     )
     plain_text = model.meta["data"]["kind"] == corpus.TEXT
     if mode == "sample" or (plain_text and mode == "train_and_chat"):
-        sample(model, use, prompt)
+        written = text_sample.sample(model, use, prompt, to_stderr)
+        if written is None:
+            fail(NO_USABLE_PROMPT)
+        print(written)
         return
     if plain_text and mode == "chat":
         fail(f"{workdir} holds a model of plain text, not dialogs: use --mode=sample")
@@ -230,56 +240,54 @@ def serve_checkpoint(
         os._exit(status)  # the engine failed: a supervisor restarts the server
 
 
-def compile_sample_early(
-    use: configuration.UseConfig, prompt: str | None
-) -> Callable[[Task], threading.Thread]:
-    """An `on_task` that compiles the end-of-run sample's decode loop in a thread while the
-    run trains. The compilation cache keeps the program, and the sample after training
-    finds it there: about 4 s of a text run's first wall on a machine. The parameters are
-    zeros placed as a restored checkpoint's are, or the program would not be the same."""
-
-    def compile_decode(task: Task) -> None:
-        params = jax.tree.map(
-            lambda s: jax.device_put(jnp.zeros(s.shape, s.dtype), s.sharding),
-            trained.model_abstract_params(task.model),
+def inspect_checkpoint(
+    use: configuration.UseConfig, workdir: str, prompt: str | None, text_file: str | None
+) -> None:
+    """Write WORKDIR/inspect/inspect.html and a PNG: a dialogs model's greedy reply to
+    `prompt` with its attention and odds, or a text model's loss on every character."""
+    model = trained.load_trained(workdir, use.checkpoint, log=to_stderr)
+    plain_text = model.meta["data"]["kind"] == corpus.TEXT
+    if plain_text:
+        text = prompt if prompt is not None else inspected_text(model, text_file)
+        if len(model.vocab.encode(text)) < 2:
+            fail("the text to inspect needs at least 2 characters of the model's vocabulary")
+        view = inspection.text_view(model, text)
+        note = f"{workdir}, epoch {model.epoch}: the loss of every character of the text."
+    else:
+        if text_file is not None:
+            fail(f"{workdir} holds a dialogs model: --text is for a text model; give --prompt")
+        user = model.normalize_user(prompt.strip()) if prompt is not None else ""
+        user = "".join(c for c in user if c not in model.vocab.unknown_chars(user))
+        if not user.strip():
+            fail(
+                "--mode=inspect on a dialogs model needs --prompt with some text of its vocabulary"
+            )
+        sampling = dataclasses.replace(chat.sampling_config(use), temperature=0.0)
+        generator = generation.Generator(model.model, model.params, model.vocab, sampling)
+        prompt_text = dialogs.render_prompt(user, use.system_prompt)
+        written, _ = generator.generate_tokens(model.vocab.encode(prompt_text))
+        written = model.vocab.decode(written)  # the reply and the tag that ended it
+        reply = dialogs.cut_at_tag(written)
+        view = inspection.reply_view(model, user, written, use.system_prompt)
+        note = f"{workdir}, epoch {model.epoch}: the greedy reply to {user!r}: {reply!r}."
+        print(reply)
+    if view.cut:
+        to_stderr(
+            f"(the text is longer than max_len={model.model.config.max_len}: its first "
+            f"{view.cut} characters were cut, as chat does)"
         )
-        sampling = chat.sampling_config(use, plain_text=True)
-        generator = generation.Generator(task.model, params, task.vocab, sampling, stop_texts=())
-        generator.warm_up(prompt if prompt is not None else default_prompt(task.vocab))
-
-    def start(task: Task) -> threading.Thread:
-        def head_start() -> None:
-            with contextlib.suppress(Exception):  # only a head start: the sample compiles anyway
-                compile_decode(task)
-
-        thread = threading.Thread(target=head_start, daemon=True)
-        thread.start()
-        return thread
-
-    return start
+    for path in inspect_page.write(view, Path(workdir) / "inspect", note):
+        print(f"Wrote {path}")
 
 
-def default_prompt(vocab: Vocabulary) -> str:
-    """A new line where the text has them; else its first character."""
-    return "\n" if "\n" in vocab.chars else vocab.chars[0]
-
-
-def sample(model: trained.TrainedModel, use: configuration.UseConfig, prompt: str | None) -> None:
-    """Print `prompt` and its free-running continuation of max_new_tokens characters."""
-    if prompt is None:
-        prompt = default_prompt(model.vocab)
-    unknown = model.vocab.unknown_chars(prompt)
-    if unknown:
-        to_stderr(f"(dropped characters not in the vocabulary: {chat.quoted(unknown)})")
-    tokens = model.vocab.encode(prompt)
-    if not len(tokens):
-        fail(NO_USABLE_PROMPT)
-    generator = generation.Generator(
-        model.model,
-        model.params,
-        model.vocab,
-        chat.sampling_config(use, model.meta["data"]["kind"] == corpus.TEXT),
-        stop_texts=(),
-    )
-    continuation, _ = generator.generate_tokens(tokens)
-    print(model.vocab.decode(tokens) + model.vocab.decode(continuation))
+def inspected_text(model: trained.TrainedModel, text_file: str | None) -> str:
+    """`text_file`'s text, or an excerpt of the validation split of the model's own data."""
+    path = Path(text_file or model.meta["data"]["source"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        fail(f"cannot read {path} ({error}): give --text=FILE or --prompt=TEXT")
+    if text_file:
+        return text
+    validation = text[split.seed_cutoff(len(text), model.run.data.validation_fraction) :]
+    return validation[: model.model.config.max_len]

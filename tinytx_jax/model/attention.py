@@ -35,6 +35,17 @@ def rms_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
+def attention_weights(
+    q_BxTxHxDh: jax.Array, k_BxSxHxDh: jax.Array, mask_TxS: jax.Array
+) -> jax.Array:
+    """`[B, H, T, S]` float32: how much each query attends to each key, the softmax every
+    path of `attend` computes (masked keys get exactly 0)."""
+    Dh = q_BxTxHxDh.shape[-1]
+    scores_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxDh, k_BxSxHxDh).astype(jnp.float32)
+    scores_BxHxTxS = jnp.where(mask_TxS[None, None], scores_BxHxTxS / jnp.sqrt(Dh), -jnp.inf)
+    return jax.nn.softmax(scores_BxHxTxS, axis=-1)
+
+
 def attend(
     q_BxTxHxDh: jax.Array,
     k_BxSxHxDh: jax.Array,

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tinytx_jax.model.attention import attend, rms_normalize, rotate
+from tinytx_jax.model.attention import attend, attention_weights, rms_normalize, rotate
 
 INIT_RANGE = 0.02
 LAYER_NORM_EPS = 1e-5  # LibTorch's default; Flax's is 1e-6.
@@ -139,6 +139,10 @@ class CausalSelfAttention(nn.Module):
         use_dropout = cfg.dropout > 0 and not deterministic
         dropout = nn.Dropout(cfg.dropout, deterministic=False) if use_dropout else None
         causal = decode_start is None  # the full forward: the mask is the causal square
+        if self.is_mutable_collection("intermediates"):  # asked for (inspect): else no cost
+            self.sow(
+                "intermediates", "attention", attention_weights(q_BxTxHxDh, k_BxSxHxDh, mask_TxS)
+            )
         out_BxTxHxDh = attend(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask_TxS, dropout, causal)
         return project("out", out_BxTxHxDh.reshape(B, T, D))
 
@@ -233,19 +237,39 @@ class TinyTransformer(nn.Module):
             x_BxTxD = x_BxTxD + positions_TxD[None]
         x_BxTxD = x_BxTxD.astype(cfg.dtype)
         x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
+        residuals = []
         for i in range(cfg.n_layers):
             x_BxTxD = Block(cfg, name=f"block_{i}")(x_BxTxD, deterministic, decode_start)
-        if cfg.pre_norm:
-            x_BxTxD = nn.LayerNorm(
+            residuals.append(x_BxTxD)
+        final_norm = (
+            nn.LayerNorm(
                 epsilon=LAYER_NORM_EPS, dtype=jnp.float32, use_bias=cfg.bias, name="final_norm"
-            )(x_BxTxD)
-        if cfg.tie_embeddings:
-            rows_RxD = x_BxTxD.reshape(-1, D).astype(cfg.dtype)
-            logits_RxV = rows_RxD @ token_embed_VxD.T.astype(cfg.dtype)
-            logits_BxTxV = logits_RxV.reshape(*x_BxTxD.shape[:-1], V).astype(jnp.float32)
-        else:
-            head = Dense(V, cfg.bias, cfg.dtype, weight_init(cfg), name="head")
-            logits_BxTxV = head(x_BxTxD).astype(jnp.float32)
-        if cfg.logit_softcap:
-            logits_BxTxV = cfg.logit_softcap * jnp.tanh(logits_BxTxV / cfg.logit_softcap)
+            )
+            if cfg.pre_norm
+            else None
+        )
+        head = (
+            None
+            if cfg.tie_embeddings
+            else Dense(V, cfg.bias, cfg.dtype, weight_init(cfg), name="head")
+        )
+
+        def readout(x_BxTxD: jax.Array) -> jax.Array:
+            if final_norm is not None:
+                x_BxTxD = final_norm(x_BxTxD)
+            if head is None:
+                rows_RxD = x_BxTxD.reshape(-1, D).astype(cfg.dtype)
+                logits_RxV = rows_RxD @ token_embed_VxD.T.astype(cfg.dtype)
+                logits_BxTxV = logits_RxV.reshape(*x_BxTxD.shape[:-1], V).astype(jnp.float32)
+            else:
+                logits_BxTxV = head(x_BxTxD).astype(jnp.float32)
+            if cfg.logit_softcap:
+                logits_BxTxV = cfg.logit_softcap * jnp.tanh(logits_BxTxV / cfg.logit_softcap)
+            return logits_BxTxV
+
+        logits_BxTxV = readout(x_BxTxD)
+        if self.is_mutable_collection("intermediates") and cfg.n_layers > 1:
+            # The logit lens: what each earlier block's residual stream would predict.
+            for i, residual_BxTxD in enumerate(residuals[:-1]):
+                self.sow("intermediates", f"lens_{i}", readout(residual_BxTxD))
         return logits_BxTxV[0] if unbatched else logits_BxTxV

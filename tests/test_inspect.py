@@ -1,0 +1,97 @@
+"""Inspection: the attention the model sows is its own, and `--mode=inspect` writes what it
+shows from the model's own forward pass."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import run_main
+from tinytx_jax.inference import inspection, trained
+from tinytx_jax.text import dialogs
+
+
+def test_a_reply_view_holds_the_models_own_odds_and_losses(trained_workdir):
+    model = trained.load_trained(trained_workdir, log=lambda _: None)
+    view = inspection.reply_view(model, "what is 2+2?", "4</assistant>", dialogs.SYSTEM_PROMPT)
+    text = dialogs.render_prompt("what is 2+2?") + "4</assistant>"
+    assert "".join(view.chars) == text and "".join(view.chars[view.first :]) == "4</assistant>"
+    logits = np.asarray(model.model.apply({"params": model.params}, model.vocab.encode(text)))
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+    for i, char in enumerate(view.chars[view.first :]):
+        row = probs[view.first + i - 1]  # the position that wrote this character
+        best = int(row.argmax())
+        assert view.top[i][0][0] == model.vocab.chars[best]
+        assert view.top[i][0][1] == pytest.approx(row[best], rel=1e-5)
+        expected = -np.log(row[model.vocab.chars.index(char)])
+        assert view.loss[i] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+        for head in view.attention[0]:
+            assert len(head[i]) == view.first + i  # every key up to the query, none after
+            assert sum(head[i]) == pytest.approx(1.0, rel=1e-5)
+    assert view.top[0][0][0] == "4"  # the trained model's answer, from its own odds
+
+
+@pytest.mark.e2e
+def test_inspect_writes_the_page_and_the_picture_of_a_reply(trained_workdir, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(trained_workdir, workdir)
+    result = run_main("--mode=inspect", f"--workdir={workdir}", "--prompt=what is 2+2?")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "4"
+    assert lines[1:] == [
+        f"Wrote {workdir / 'inspect' / 'inspect.html'}",
+        f"Wrote {workdir / 'inspect' / 'attention.png'}",
+    ]
+    page = (workdir / "inspect" / "inspect.html").read_text()
+    assert "<script src" not in page and "http" not in page.split("<script")[1]  # no network
+    data = json.loads(re.search(r'type="application/json">(.*?)</script>', page, re.S)[1])
+    assert "".join(data["chars"][data["first"] :]).startswith("4</assistant>")
+    assert data["top"][0][0][0] == "4" and len(data["top"][0]) == inspection.TOP
+    png = (workdir / "inspect" / "attention.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+@pytest.mark.e2e
+def test_inspect_of_a_text_model_shows_the_loss_of_every_character(text_run, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(text_run[0], workdir)
+    long_text = "what does it say? " * 40  # longer than max_len: cut as chat cuts
+    result = run_main("--mode=inspect", f"--workdir={workdir}", f"--prompt={long_text}")
+    assert result.returncode == 0, result.stderr
+    assert "its first" in result.stderr and "characters were cut, as chat does" in result.stderr
+    page = (workdir / "inspect" / "inspect.html").read_text()
+    data = json.loads(re.search(r'type="application/json">(.*?)</script>', page, re.S)[1])
+    assert data["kind"] == "text" and len(data["loss"]) == len(data["chars"]) - 1
+    assert len(data["worst"]) == inspection.WORST
+    assert (workdir / "inspect" / "loss.png").read_bytes().startswith(b"\x89PNG")
+    default = run_main("--mode=inspect", f"--workdir={workdir}")  # its validation split
+    assert default.returncode == 0, default.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt=   "], "needs --prompt with some text of its vocabulary"),
+        (["--prompt=hi", "--text=/etc/hostname"], "--text is for a text model"),
+    ],
+)
+def test_inspect_refuses_what_it_cannot_show_in_one_line(trained_workdir, args, message):
+    result = run_main("--mode=inspect", f"--workdir={trained_workdir}", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_inspect_of_a_workdir_without_a_checkpoint_is_one_line(tmp_path):
+    result = run_main("--mode=inspect", f"--workdir={tmp_path}", "--prompt=hi")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
