@@ -19,7 +19,7 @@ from tinytx_jax.text import dialogs
 
 def test_a_reply_view_holds_the_models_own_odds_and_losses(trained_workdir):
     model = trained.load_trained(trained_workdir, log=lambda _: None)
-    view = inspection.reply_view(model, "what is 2+2?", "4</assistant>", dialogs.SYSTEM_PROMPT)
+    view = inspection.reply_view(model, dialogs.render_prompt("what is 2+2?"), "4</assistant>")
     text = dialogs.render_prompt("what is 2+2?") + "4</assistant>"
     assert "".join(view.chars) == text and "".join(view.chars[view.first :]) == "4</assistant>"
     logits = np.asarray(model.model.apply({"params": model.params}, model.vocab.encode(text)))
@@ -95,3 +95,63 @@ def test_inspect_of_a_workdir_without_a_checkpoint_is_one_line(tmp_path):
     result = run_main("--mode=inspect", f"--workdir={tmp_path}", "--prompt=hi")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.e2e
+def test_the_inspect_endpoint_shows_one_reply_and_refuses_the_rest(server):
+    from tests.test_serve import post
+
+    asked = [{"role": "user", "content": "what is 2+2?"}]
+    status, view = post(server.url, {"messages": asked, "reply": "4"}, path="/v1/inspect")
+    assert status == 200, view
+    assert "".join(view["chars"][view["first"] :]) == "4</assistant>"
+    assert view["top"][0][0][0] == "4" and len(view["top"][0]) == inspection.TOP
+    assert all(abs(sum(row) - 1) < 1e-4 for row in view["attention"][0][0])
+    for body, param in [
+        ({"messages": asked, "reply": "4", "stream": True}, "stream"),
+        ({"messages": asked, "reply": "4", "n": 2}, "n"),
+        ({"messages": asked, "reply": 4}, "reply"),
+        ({"messages": asked, "reply": "x" * 100_000}, "reply"),
+        ({"messages": [], "reply": "4"}, "messages"),
+        ([1, 2], None),
+    ]:
+        status, error = post(server.url, body, path="/v1/inspect")
+        assert status == 400, (body, error)
+        assert error["error"]["param"] == param and error["error"]["message"]
+
+
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    not (CHROMEDRIVER and CHROMIUM), reason="needs chromium and chromium-driver (apt)"
+)
+def test_the_web_pages_toggle_shows_inside_a_reply(server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_web_page import open_browser
+
+    browser = open_browser()
+    try:
+        browser.get(server.url + "/")
+        wait = WebDriverWait(browser, 30)
+        browser.find_element(By.ID, "prompt").send_keys("what is 2+2?", Keys.ENTER)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".inside-toggle"))
+        assert browser.find_element(By.CSS_SELECTOR, ".message.assistant").text == "4"
+        browser.find_element(By.CSS_SELECTOR, ".inside-toggle").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".inside table tr"))
+        rows = browser.find_elements(By.CSS_SELECTOR, ".inside table tr")
+        assert len(rows) == inspection.TOP and rows[0].text.startswith('"4"')
+        picks = browser.find_elements(By.CSS_SELECTOR, ".inside .pick span")
+        assert "".join(p.text for p in picks) == "4</assistant>"
+        picks[1].click()  # "<": what it writes after the reply
+        wait.until(
+            lambda b: b.find_elements(By.CSS_SELECTOR, ".inside .pick span.on")[0].text == "<"
+        )
+        assert browser.find_elements(By.CSS_SELECTOR, ".inside table tr")[0].text.startswith('"<"')
+    finally:
+        browser.quit()

@@ -22,10 +22,12 @@ pytestmark = pytest.mark.e2e
 HI = [{"role": "user", "content": "hi"}]
 
 
-def post(url: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
+def post(
+    url: str, body: bytes | dict, headers: dict | None = None, path: str = "/v1/chat/completions"
+) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(
-        url + "/v1/chat/completions", data, {"Content-Type": "application/json", **(headers or {})}
+        url + path, data, {"Content-Type": "application/json", **(headers or {})}
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:

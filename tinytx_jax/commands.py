@@ -268,7 +268,7 @@ def inspect_checkpoint(
         written, _ = generator.generate_tokens(model.vocab.encode(prompt_text))
         written = model.vocab.decode(written)  # the reply and the tag that ended it
         reply = dialogs.cut_at_tag(written)
-        view = inspection.reply_view(model, user, written, use.system_prompt)
+        view = inspection.reply_view(model, prompt_text, written)
         note = f"{workdir}, epoch {model.epoch}: the greedy reply to {user!r}: {reply!r}."
         print(reply)
     if view.cut:

@@ -14,7 +14,6 @@ import jax
 import numpy as np
 
 from tinytx_jax.inference.trained import TrainedModel
-from tinytx_jax.text import dialogs
 
 TOP = 5  # next-character odds shown per position
 WORST = 10  # characters listed as the hardest of a text
@@ -111,11 +110,10 @@ def view_of(model: TrainedModel, text: str, first: int, kind: str) -> View:
     )
 
 
-def reply_view(model: TrainedModel, user: str, reply: str, system: str) -> View:
-    """A dialogs model's `reply` to `user` (both as the model sees them; the reply with
-    the tag that ended it)."""
-    prompt = dialogs.render_prompt(user, system)
-    return view_of(model, prompt + reply, len(prompt), "reply")
+def reply_view(model: TrainedModel, prompt: str, reply: str) -> View:
+    """A dialogs model's `reply` after the rendered `prompt` (the reply with the tag that
+    ended it, when it was written by the model)."""
+    return view_of(model, prompt + reply, len(model.vocab.encode(prompt)), "reply")
 
 
 def text_view(model: TrainedModel, text: str) -> View:

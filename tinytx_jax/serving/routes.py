@@ -90,6 +90,31 @@ class Routes:
             )
         return await self.whole_reply(prompt, notices, ident, decode, timed)
 
+    async def inspect(self, request: Request) -> Response:
+        """Inside one reply: `{"messages": [...], "reply": "..."}` (the conversation up to its
+        last user message, and the assistant's reply to it) -> every head's attention,
+        the top odds and the loss of each character of the reply."""
+        self.check_key(request)
+        body = await self.read_json(request)
+        if not isinstance(body, dict):
+            raise ApiError("the request body must be a JSON object")
+        unsupported = sorted(set(body) - {"model", "messages", "reply"})
+        if unsupported:
+            raise ApiError(
+                f"unsupported field {unsupported[0]!r}: /v1/inspect takes one reply, as "
+                "'messages' and 'reply'",
+                unsupported[0],
+            )
+        reply, limit = body.get("reply"), self.service.max_len
+        if not isinstance(reply, str) or len(reply) > limit:
+            raise ApiError(
+                f"'reply' must be the text of one assistant reply, at most {limit} characters",
+                "reply",
+            )
+        system, history, user = openai_api.conversation(body.get("messages"))
+        view = await asyncio.to_thread(self.service.inspect, system, history, user, reply)
+        return JSONResponse(view)
+
     async def whole_reply(
         self,
         prompt: np.ndarray,

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
-from tinytx_jax.inference import chat
+from tinytx_jax.inference import chat, inspection
 from tinytx_jax.inference.decode_slots import (
     DecodeSlots,
     EngineBusy,
@@ -87,10 +87,28 @@ class ChatService:
 
     def prompt(self, request: openai_api.ChatRequest) -> tuple[np.ndarray, list[str]]:
         """The REPL's prompt for this conversation (unknown characters dropped), and notices."""
+        text, unknown = self.rendered(request.system, request.history, request.user)
+        # Encoding drops the unknown characters, as the REPL does before rendering.
+        tokens = self.trained.vocab.encode(text)
+        notices = []
+        if unknown:
+            notices.append(f"dropped characters not in the vocabulary: {chat.quoted(unknown)}")
+        if len(tokens) > self.max_len:
+            notices.append(
+                f"the prompt has {len(tokens)} tokens, over max_len={self.max_len}: "
+                f"kept the most recent {self.max_len}"
+            )
+        return tokens, notices
+
+    def rendered(
+        self, system: str | None, history: tuple[dialogs.Turn, ...], user: str
+    ) -> tuple[str, str]:
+        """The rendered prompt of a conversation, each user turn normalised as the REPL
+        does, and the characters the vocabulary lacks (a 400 when nothing usable is left)."""
         vocab, normalize = self.trained.vocab, self.trained.normalize_user
-        system = self.settings.system_prompt if request.system is None else request.system
-        user = normalize(request.user)  # as the REPL normalises each line
-        history = tuple((normalize(asked), answered) for asked, answered in request.history)
+        system = self.settings.system_prompt if system is None else system
+        user = normalize(user)
+        history = tuple((normalize(asked), answered) for asked, answered in history)
         texts = [system, user, *(text for turn in history for text in turn)]
         unknown = vocab.unknown_chars("".join(texts))
         if not user.strip():
@@ -107,17 +125,16 @@ class ChatService:
                 "messages",
                 code="unsupported_characters",
             )
-        # Encoding drops the unknown characters, as the REPL does before rendering.
-        tokens = vocab.encode(dialogs.render_prompt(user, system, history))
-        notices = []
-        if unknown:
-            notices.append(f"dropped characters not in the vocabulary: {chat.quoted(unknown)}")
-        if len(tokens) > self.max_len:
-            notices.append(
-                f"the prompt has {len(tokens)} tokens, over max_len={self.max_len}: "
-                f"kept the most recent {self.max_len}"
-            )
-        return tokens, notices
+        return dialogs.render_prompt(user, system, history), unknown
+
+    def inspect(
+        self, system: str | None, history: tuple[dialogs.Turn, ...], user: str, reply: str
+    ) -> dict:
+        """What the model does while writing `reply` to this conversation (and the end tag
+        after it): every head's attention, the top odds and the loss per character."""
+        prompt, _ = self.rendered(system, history, user)
+        view = inspection.reply_view(self.trained, prompt, reply + dialogs.ASSISTANT_END)
+        return {**dataclasses.asdict(view), "worst": view.worst}
 
     def submit(
         self, request: openai_api.ChatRequest, prompt: np.ndarray
