@@ -151,8 +151,30 @@ def test_a_prompt_over_max_len_is_trimmed_with_a_notice(server):
     assert "kept the most recent 512" in body["notices"][0]
 
 
-def test_a_client_leaving_mid_stream_frees_its_slot(server):
-    body = {"messages": HI, "stream": True, "max_tokens": 4000, "temperature": 2.0, "seed": 9}
+def long_reply_seed(workdir, system: str, tokens: int = 1000) -> int:
+    """A seed whose reply at temperature 2 to `hi` after `system` runs `tokens` or more (the
+    REPL's reply with seed s is the server's): one that takes its slot for a while."""
+    from tinytx_jax.inference import generation, sampling, trained
+    from tinytx_jax.text import dialogs
+
+    model = trained.load_trained(workdir, log=lambda _: None)
+    prompt = model.vocab.encode(dialogs.render_prompt("hi", system))
+    for seed in range(10):
+        settings = sampling.SamplingConfig(temperature=2.0, seed=seed, max_new_tokens=tokens)
+        generator = generation.Generator(model.model, model.params, model.vocab, settings)
+        if len(generator.generate_tokens(prompt)[0]) >= tokens:
+            return seed
+    raise AssertionError(
+        f"no reply of {tokens} tokens in 10 seeds: the test cannot leave mid-reply"
+    )
+
+
+def test_a_client_leaving_mid_stream_frees_its_slot(server, trained_workdir):
+    system = "?" * 200  # far from any training text: the replies rarely find their end tag
+    seed = long_reply_seed(trained_workdir, system)
+    messages = [{"role": "system", "content": system}, *HI]
+    body = {"messages": messages, "stream": True, "max_tokens": 4000, "temperature": 2.0}
+    body["seed"] = seed
     cancelled = get(server.url + "/health")["cancelled"]
     sock = socket.create_connection(server.url.removeprefix("http://").split(":"), timeout=60)
     payload = json.dumps(body).encode()
