@@ -66,7 +66,8 @@ def test_jsonl_trains_with_either_loss_and_schedule(tmp_path, tiny_config):
     tiny_config.lr_schedule = "cosine"
     tiny_config.warmup_steps = 2
     task = build_task(RunConfig.from_flat(tiny_config))
-    val_split = split.split_tokens(task.corpus.reply_mask, tiny_config.validation_fraction)[1]
+    mask = task.corpus.reply_mask
+    val_split = mask[split.seed_cutoff(len(mask), tiny_config.validation_fraction) :]
     assert task.data.val_targets == int(val_split[1:].sum()) < len(val_split) - 1
     _, history = train.train_and_evaluate(tiny_config, str(tmp_path / "run"), log=lambda _: None)
     assert len(history) == 2 and all(np.isfinite(m.train_loss) for m in history)

@@ -12,8 +12,8 @@ def test_corpus_numbers_match_the_seed():
     assert len(corpus) == 81_600
     vocab = vocabulary.Vocabulary.from_text(corpus)
     assert vocab.size == 31
-    train, val = split.split_tokens(vocab.encode(corpus))
-    assert (len(train), len(val)) == (73_440, 8_160)
+    cutoff = split.seed_cutoff(len(vocab.encode(corpus)))
+    assert (cutoff, len(corpus) - cutoff) == (73_440, 8_160)
 
 
 def test_dialog_rendering_is_the_seeds():
@@ -35,8 +35,7 @@ def test_vocabulary_round_trip_and_unknowns():
 
 
 def test_split_keeps_at_least_two_training_tokens():
-    train, val = split.split_tokens(np.arange(2))
-    assert len(train) == 2 and len(val) == 0
+    assert split.seed_cutoff(2) == 2 and split.seed_cutoff(3) == 2
 
 
 def test_validation_chunks_cover_every_target_once():

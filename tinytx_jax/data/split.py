@@ -22,14 +22,6 @@ HELDOUT_PERMUTATION_SEED = 0
 VALIDATION_FRACTION = 0.1
 
 
-def split_tokens(
-    tokens: np.ndarray, validation_fraction: float = VALIDATION_FRACTION
-) -> tuple[np.ndarray, np.ndarray]:
-    """The seed's split: train before `seed_cutoff`, validation after."""
-    cutoff = seed_cutoff(len(tokens), validation_fraction)
-    return tokens[:cutoff], tokens[cutoff:]
-
-
 def seed_cutoff(length: int, validation_fraction: float = VALIDATION_FRACTION) -> int:
     """Where the seed's split cuts `length` tokens: `max(floor(n * 0.9), 2)`."""
     return max(int(np.floor(length * (1.0 - validation_fraction))), 2)
