@@ -155,3 +155,31 @@ def test_the_web_pages_toggle_shows_inside_a_reply(server):
         assert browser.find_elements(By.CSS_SELECTOR, ".inside table tr")[0].text.startswith('"<"')
     finally:
         browser.quit()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    not (CHROMEDRIVER and CHROMIUM), reason="needs chromium and chromium-driver (apt)"
+)
+def test_the_inspect_page_works_opened_from_disk(trained_workdir, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from tests.test_web_page import open_browser
+
+    workdir = tmp_path / "w"
+    shutil.copytree(trained_workdir, workdir)
+    result = run_main("--mode=inspect", f"--workdir={workdir}", "--prompt=what is 2+2?")
+    assert result.returncode == 0, result.stderr
+    browser = open_browser()
+    try:
+        browser.get((workdir / "inspect" / "inspect.html").as_uri())
+        odds = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "table tr")][1:]
+        assert len(odds) == inspection.TOP and odds[0].startswith('"4"')
+        picks = browser.find_elements(By.CSS_SELECTOR, ".reply span")
+        assert "".join(p.text for p in picks) == "4</assistant>"
+        picks[1].click()
+        odds = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "table tr")][1:]
+        assert odds[0].startswith('"<"')
+        assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    finally:
+        browser.quit()
