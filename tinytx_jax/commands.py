@@ -167,7 +167,7 @@ def use_checkpoint(
         f"(loaded the {use.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
         f"val_loss {model.meta['metrics']['val_loss']:.4f})"
     )
-    plain_text = model.meta["data"]["kind"] == corpus.TEXT
+    plain_text = model.plain_text
     if mode == "sample" or (plain_text and mode == "train_and_chat"):
         written = text_sample.sample(model, use, prompt, to_stderr)
         if written is None:
@@ -202,7 +202,7 @@ def serve_checkpoint(
     """Load the workdir's chat model, compile its decoding, and serve it over HTTP."""
     sock = server.bound_socket(listen.host, listen.port)
     model = trained.load_trained(workdir, use.checkpoint, log=to_stderr)
-    if model.meta["data"]["kind"] == corpus.TEXT:
+    if model.plain_text:
         fail(f"{workdir} holds a model of plain text, not dialogs: serve a dialog model")
     to_stderr(
         f"(loaded the {use.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
@@ -246,8 +246,7 @@ def inspect_checkpoint(
     """Write WORKDIR/inspect/inspect.html and a PNG: a dialogs model's greedy reply to
     `prompt` with its attention and odds, or a text model's loss on every character."""
     model = trained.load_trained(workdir, use.checkpoint, log=to_stderr)
-    plain_text = model.meta["data"]["kind"] == corpus.TEXT
-    if plain_text:
+    if model.plain_text:
         text = prompt if prompt is not None else inspected_text(model, text_file)
         if len(model.vocab.encode(text)) < 2:
             fail("the text to inspect needs at least 2 characters of the model's vocabulary")
@@ -256,8 +255,7 @@ def inspect_checkpoint(
     else:
         if text_file is not None:
             fail(f"{workdir} holds a dialogs model: --text is for a text model; give --prompt")
-        user = model.normalize_user(prompt.strip()) if prompt is not None else ""
-        user = "".join(c for c in user if c not in model.vocab.unknown_chars(user))
+        user, _ = chat.kept_line(prompt or "", model.normalize_user, model.vocab)
         if not user.strip():
             fail(
                 "--mode=inspect on a dialogs model needs --prompt with some text of its vocabulary"

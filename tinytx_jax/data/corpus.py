@@ -143,10 +143,8 @@ def _dialog_corpus(
     conversations: tuple[dialogs.Conversation, ...], repeat: int, source: str, typing: UserTyping
 ) -> Corpus:
     check_fits_in_memory(sum(map(dialogs.conversation_length, conversations)), repeat, source)
-    conversations = tuple(
-        dialogs.Conversation(tuple((typing.normalize(u), a) for u, a in c.turns), c.system)
-        for c in conversations
-    )
+    normalized = [[typing.normalize(u) for u in c.users] for c in conversations]
+    conversations = tuple(c.with_users(u) for c, u in zip(conversations, normalized, strict=True))
     text, mask, starts = typing.render(conversations, repeat)
     return Corpus(
         text, mask, DIALOGS, f"{source} x {repeat}", conversations, starts=starts, typing=typing

@@ -58,8 +58,6 @@ def build_train_data(
     parts = split.split_corpus(
         text, vocab, data.validation_split, data.validation_fraction, data.data_repeat
     )
-    train_arrays = training_arrays(run, parts, text.source, mesh)
-    validation = validation_rows(run, parts, text.source, mesh)
     known_turns = ()
     if "known" in text.typing.steps:
         known_turns = known_questions.user_turns(parts.train_conversations)
@@ -69,6 +67,8 @@ def build_train_data(
         typed_variants.CHECK_SEED,
         functools.partial(text.typing.normalize, known=known_questions.KnownTurns(known_turns)),
     )
+    train_arrays = training_arrays(run, parts, text.source, mesh)
+    validation = validation_rows(run, parts, text.source, mesh)
     checked = functools.partial(_turns, vocab=vocab, max_len=run.model.max_len, run=run)
     return TrainData(
         *train_arrays,

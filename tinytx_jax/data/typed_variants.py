@@ -225,12 +225,9 @@ def retyped_passes(
     for k in range(1, repeat):
         for i, conversation in enumerate(conversations):
             rng = variant_rng(seed, k, i)
-            users = [retype(u, rng) if rng.random() < rate else u for u, _ in conversation.turns]
-            replies = [a for _, a in conversation.turns]
-            turns = tuple(
-                (user_text.normalize(u, steps), a) for u, a in zip(users, replies, strict=True)
-            )
-            passes.append(dialogs.Conversation(turns, conversation.system))
+            users = [retype(u, rng) if rng.random() < rate else u for u in conversation.users]
+            normalized = [user_text.normalize(u, steps) for u in users]
+            passes.append(conversation.with_users(normalized))
     return tuple(passes)
 
 
@@ -251,6 +248,6 @@ def variant_conversations(
     out = []
     for i, conversation in enumerate(conversations):
         rng = variant_rng(seed, i)
-        turns = tuple((typed(user, rng), reply) for user, reply in conversation.turns)
-        out.append(dialogs.Conversation(turns, conversation.system))
+        typed_users = [typed(user, rng) for user in conversation.users]
+        out.append(conversation.with_users(typed_users))
     return tuple(out)

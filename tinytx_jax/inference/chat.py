@@ -17,6 +17,7 @@ from tinytx_jax.configuration import UseConfig
 from tinytx_jax.inference.generation import Generator
 from tinytx_jax.inference.sampling import SamplingConfig
 from tinytx_jax.text import dialogs
+from tinytx_jax.text.vocabulary import Vocabulary
 
 with contextlib.suppress(ImportError):  # not on every platform; input() works without it
     import readline  # noqa: F401 - line editing for input(), which then prompts on stdout
@@ -41,6 +42,14 @@ def sampling_config(use: UseConfig, plain_text: bool = False) -> SamplingConfig:
         seed=use.sample_seed,
         max_new_tokens=use.max_new_tokens,
     )
+
+
+def kept_line(line: str, normalize: Callable[[str], str], vocab: Vocabulary) -> tuple[str, str]:
+    """A user line as the model gets it: normalised, then without the characters the
+    vocabulary lacks; and those characters."""
+    line = normalize(line.strip())
+    unknown = vocab.unknown_chars(line)
+    return "".join(c for c in line if c not in unknown), unknown
 
 
 def quoted(chars: str) -> str:
@@ -106,10 +115,8 @@ class ChatSession:
     def answer(self, line: str) -> str | None:
         """The reply to one user line, or None (with a notice) if nothing usable is left:
         an empty line, or one of characters that normalising drops or the model lacks."""
-        vocab, typed = self.generator.vocab, line.strip()
-        line = self.normalize(typed)
-        unknown = vocab.unknown_chars(line)
-        kept = "".join(c for c in line if c not in unknown)
+        typed = line.strip()
+        kept, unknown = kept_line(typed, self.normalize, self.generator.vocab)
         if not kept.strip():
             if unknown:
                 self.notice(f"none of these characters are in the vocabulary: {quoted(unknown)}")

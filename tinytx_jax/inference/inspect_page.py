@@ -114,8 +114,7 @@ if (v.kind === "reply") {
 
 def page(view: View, note: str) -> str:
     """The HTML of `view`, everything inline."""
-    data = {**view.__dict__, "worst": view.worst}
-    payload = json.dumps(data).replace("</", "<\\/")  # no "</script>" inside the data
+    payload = json.dumps(view.as_json()).replace("</", "<\\/")  # no "</script>" inside the data
     return PAGE.replace("__NOTE__", html.escape(note)).replace("__DATA__", payload)
 
 

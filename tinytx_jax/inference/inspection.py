@@ -9,11 +9,13 @@ residual stream would give. Nothing here recomputes the model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
 
 from tinytx_jax.inference.trained import TrainedModel
+from tinytx_jax.model.transformer import TinyTransformer
 
 TOP = 5  # next-character odds shown per position
 WORST = 10  # characters listed as the hardest of a text
@@ -21,9 +23,9 @@ WORST = 10  # characters listed as the hardest of a text
 
 @dataclasses.dataclass(frozen=True)
 class Capture:
-    """One forward pass over `chars` (at most max_len of them)."""
+    """One forward pass over `tokens` (at most max_len of them)."""
 
-    chars: list[str]
+    tokens: np.ndarray
     logits_TxV: np.ndarray
     attention_LxHxTxT: np.ndarray  # per block and head: rows sum to 1, zero above the diagonal
     lens_KxTxV: np.ndarray  # blocks before the last: the logits their residual gives (K=L-1)
@@ -52,6 +54,16 @@ class View:
         order = np.argsort(-np.asarray(self.loss))[:WORST]
         return [(self.first + int(i), self.chars[self.first + int(i)], self.loss[i]) for i in order]
 
+    def as_json(self) -> dict:
+        """The view as the page's script and `/v1/inspect` read it."""
+        return {**dataclasses.asdict(self), "worst": self.worst}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_capturing(model: TinyTransformer, params, tokens: jax.Array):
+    """The model's forward with `intermediates` mutable: compiled once per model and length."""
+    return model.apply({"params": params}, tokens, mutable=["intermediates"])
+
 
 def capture(model: TrainedModel, text: str) -> tuple[Capture, int]:
     """The forward pass over `text`'s last max_len characters (and how many were cut)."""
@@ -59,15 +71,13 @@ def capture(model: TrainedModel, text: str) -> tuple[Capture, int]:
     max_len = model.model.config.max_len
     cut = max(0, len(tokens) - max_len)
     tokens = tokens[cut:]
-    logits_TxV, state = jax.jit(
-        lambda p, t: model.model.apply({"params": p}, t, mutable=["intermediates"])
-    )(model.params, tokens)
+    logits_TxV, state = _apply_capturing(model.model, model.params, tokens)
     found = state["intermediates"]
     layers = model.model.config.n_layers
     attention = [found[f"block_{i}"]["attention"]["attention"][0][0] for i in range(layers)]
     lens = [found[f"lens_{i}"][0][0] for i in range(layers - 1)]
     return Capture(
-        [model.vocab.chars[int(t)] for t in tokens],
+        tokens,
         np.asarray(logits_TxV, np.float32),
         np.asarray(attention, np.float32),
         np.asarray(lens, np.float32).reshape(len(lens), len(tokens), model.vocab.size),
@@ -78,14 +88,14 @@ def view_of(model: TrainedModel, text: str, first: int, kind: str) -> View:
     """The view of `text` from character `first` on (counted before any cut)."""
     seen, cut = capture(model, text)
     first = max(1, first - cut)
-    positions = np.arange(first - 1, len(seen.chars) - 1)  # the queries that predicted them
+    positions = np.arange(first - 1, len(seen.tokens) - 1)  # the queries that predicted them
     log_probs_TxV = np.asarray(jax.nn.log_softmax(seen.logits_TxV, axis=-1))
-    came = np.asarray([model.vocab.chars.index(c) for c in seen.chars[first:]], np.int64)
+    came = seen.tokens[first:]
     top = np.argsort(-log_probs_TxV[positions], axis=-1)[:, :TOP]
     layers, heads = seen.attention_LxHxTxT.shape[:2]
     return View(
         kind=kind,
-        chars=seen.chars,
+        chars=[model.vocab.chars[int(t)] for t in seen.tokens],
         first=first,
         attention=[
             [

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tinytx_jax import configuration
-from tinytx_jax.data import corpus
 from tinytx_jax.inference import chat, generation, trained
 from tinytx_jax.text.vocabulary import Vocabulary
 
@@ -36,7 +35,7 @@ def sample(
         model.model,
         model.params,
         model.vocab,
-        chat.sampling_config(use, model.meta["data"]["kind"] == corpus.TEXT),
+        chat.sampling_config(use, model.plain_text),
         stop_texts=(),
     )
     continuation, _ = generator.generate_tokens(tokens)

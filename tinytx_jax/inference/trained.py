@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore
+from tinytx_jax.configuration import TEXT
 from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
 from tinytx_jax.run_config import RunConfig
 from tinytx_jax.text import user_text
@@ -39,6 +40,11 @@ class TrainedModel:
     def run(self) -> RunConfig:
         """The settings the checkpoint was trained with (fields it predates: defaults)."""
         return RunConfig.from_flat(ml_collections.ConfigDict(self.meta["config"]))
+
+    @property
+    def plain_text(self) -> bool:
+        """A model of plain text (sampled, scored), not of dialogs (chatted with, served)."""
+        return self.meta["data"]["kind"] == TEXT
 
     @functools.cached_property
     def known_turns(self) -> KnownTurns:

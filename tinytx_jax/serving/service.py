@@ -134,7 +134,7 @@ class ChatService:
         after it): every head's attention, the top odds and the loss per character."""
         prompt, _ = self.rendered(system, history, user)
         view = inspection.reply_view(self.trained, prompt, reply + dialogs.ASSISTANT_END)
-        return {**dataclasses.asdict(view), "worst": view.worst}
+        return view.as_json()
 
     def submit(
         self, request: openai_api.ChatRequest, prompt: np.ndarray

@@ -35,6 +35,16 @@ class Conversation:
     turns: tuple[Turn, ...]
     system: str = SYSTEM_PROMPT
 
+    @property
+    def users(self) -> tuple[str, ...]:
+        """Its user turns, in order."""
+        return tuple(user for user, _ in self.turns)
+
+    def with_users(self, users: list[str]) -> Conversation:
+        """This conversation with `users` as its user turns; the replies stay as they are."""
+        turns = tuple(zip(users, (reply for _, reply in self.turns), strict=True))
+        return Conversation(turns, self.system)
+
 
 BUILTIN_CONVERSATIONS = tuple(Conversation((dialog,)) for dialog in BUILTIN_DIALOGS)
 
