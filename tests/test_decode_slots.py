@@ -99,19 +99,24 @@ def test_a_cancelled_request_frees_its_slot(model, engine):
     assert engine.in_flight == 0
 
 
-def test_any_prompt_length_and_setting_gives_the_repls_reply():
+@pytest.mark.parametrize("programs", ["each_compiled_when_asked", "only_the_ready_two"])
+def test_any_prompt_length_and_setting_gives_the_repls_reply(programs):
     """A property over random prompt lengths (within and beyond max_len), temperatures,
-    top-p and seeds: the engine's reply is the REPL generator's, token for token."""
-    config = ModelConfig(vocab_size=11, d_model=16, max_len=32)
+    top-p and seeds: the engine's reply is the REPL generator's, token for token; also
+    when it has only the two programs a cold server starts with (every prompt padded to
+    max_len and prefilled alone, every step over all slots)."""
+    config = ModelConfig(vocab_size=11, d_model=16, max_len=64)
     model = TinyTransformer(config)
     params = model.init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
     vocab = vocabulary.Vocabulary("abcdefghijk")
     engine = DecodeSlots(model, params, vocab, slots=4, stop_texts=())
+    if programs == "only_the_ready_two":
+        assert engine.programs.compile_ready() == 2
     rng = np.random.default_rng(0)
     try:
         cases = []
         for _ in range(12):
-            prompt = rng.integers(0, 11, rng.integers(1, 80))
+            prompt = rng.integers(0, 11, rng.integers(1, 150))
             temperature = float(rng.choice([0.0, 0.7, 1.3]))
             top_p, seed = float(rng.choice([0.0, 0.5, 1.0])), int(rng.integers(0, 1000))
             cfg = SamplingConfig(temperature, 0, top_p, seed, max_new_tokens=40)
@@ -120,6 +125,8 @@ def test_any_prompt_length_and_setting_gives_the_repls_reply():
             cases.append((submit(engine, prompt, 40, **sampling)[1], vocab.decode(want)))
         for reply, want in cases:
             assert reply.done.wait(60) and reply.text == want
+        if programs == "only_the_ready_two":
+            assert engine.programs.compiled_count == 2 and engine.programs.compiled_late == 0
     finally:
         engine.close()
 
@@ -171,6 +178,7 @@ def test_a_lone_request_steps_in_its_bucket_and_every_bucket_covers_its_slots():
         model, params, vocabulary.Vocabulary("abcdefghijk"), slots=32, stop_texts=(), warm_up=True
     )
     programs = engine.programs
+    assert programs.wait_compiled(300)  # in the background: then each step is timed
     assert programs.step_buckets() == [1, 2, 4, 8, 16, 32]
     assert all(programs.step_bucket(n) >= n for n in range(1, 33))
     sizes, step = [], programs.step

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import signal
 import socket
 import time
@@ -16,6 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import Server, matching_copy, repl_reply, run_main
+from tinytx_jax.serving import stored_programs
 
 pytestmark = pytest.mark.e2e
 
@@ -268,12 +270,22 @@ def test_a_prompt_longer_than_max_len_gets_the_repls_reply(server, trained_workd
     assert answer["choices"][0]["message"]["content"] == repl_reply(trained_workdir, user)
 
 
-def test_a_cold_start_is_ready_when_it_says_so(trained_workdir, tmp_path):
-    """With an empty compilation cache, the first requests after `Serving` meet nothing
-    left to compile: every program was compiled before the server listened."""
-    cold = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "empty_cache")}
-    running = Server(trained_workdir, "--config.serve_slots=2", env=cold)
+def test_a_cold_start_serves_at_once_and_stores_its_programs_beside_the_checkpoint(
+    trained_workdir, tmp_path
+):
+    """A workdir whose stored programs were made elsewhere (another JAX): one line, then a
+    cold start that serves once two programs are compiled; the first requests meet
+    nothing left to compile on their path, and the programs land in WORKDIR/compiled."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(trained_workdir, workdir, ignore=shutil.ignore_patterns("compiled"))
+    (workdir / "compiled").mkdir()
+    elsewhere = {**stored_programs.this_machine(), "jax": "0.0.1"}
+    (workdir / "compiled" / "manifest.json").write_text(json.dumps(elsewhere))
+    cold = {"JAX_COMPILATION_CACHE_DIR": "", "TINYTX_CACHE_DIR": str(tmp_path / "cache")}
+    running = Server(workdir, "--config.serve_slots=2", env=cold)
     try:
+        health = get(running.url + "/health")
+        assert health["programs_compiled"] == 2 and health["programs_compiling"] > 0
         questions = [
             ("hi", "what is 2+2?", "color of sky?")[i % 3] + " " * (i % 9) for i in range(32)
         ]
@@ -285,10 +297,22 @@ def test_a_cold_start_is_ready_when_it_says_so(trained_workdir, tmp_path):
                 )
             )
         assert [status for status, _ in replies] == [200] * 32
-        health = get(running.url + "/health")
-        assert health["compiled_after_ready"] == 0 and health["programs_compiled"] > 8
+        answers = {
+            q.strip(): r["choices"][0]["message"]["content"]
+            for q, (_, r) in zip(questions, replies, strict=True)
+        }
+        assert answers == {"hi": "hello!", "what is 2+2?": "4", "color of sky?": "blue"}
+        assert get(running.url + "/health")["compiled_after_ready"] == 0
     finally:
-        running.stop()
+        _, _, err = running.stop()
+    assert [line for line in err.splitlines() if "were made by jax 0.0.1" in line] == [
+        f"(the compiled programs in {workdir / 'compiled'} were made by "
+        f"{stored_programs.describe(elsewhere)}; this is "
+        f"{stored_programs.describe(stored_programs.this_machine())}: compiling anew)"
+    ]
+    manifest = json.loads((workdir / "compiled" / "manifest.json").read_text())
+    assert manifest == stored_programs.this_machine()
+    assert len(list((workdir / "compiled").iterdir())) > 2  # the manifest and programs
 
 
 def stream_bytes(url: str, body: dict) -> bytes:

@@ -30,7 +30,7 @@ from tinytx_jax.inference import (
     text_sample,
     trained,
 )
-from tinytx_jax.serving import openai_api, server, service
+from tinytx_jax.serving import openai_api, server, service, stored_programs
 from tinytx_jax.text import dialogs
 from tinytx_jax.training import epoch_loop, head_start, metrics, train, workdir
 
@@ -105,6 +105,8 @@ def run(
     quiet_reader_callbacks()
     try:
         if config.host.compile_cache:
+            if mode == "serve":
+                stored_programs.use_beside(workdir, log=to_stderr)
             parallel.enable_compile_cache(token_cache.cache_root() / "jax_cache")
         if distributed and mode != "train":
             fail("a multi-process run trains only (--mode=train); chat afterwards in one process")
@@ -221,8 +223,9 @@ def serve_checkpoint(
         max_waiting=serving.serve_queue,
     )
     to_stderr(
-        f"(compiled {engine.programs_compiled} programs in {time.perf_counter() - start:.1f} s: "
-        "ready)"
+        f"(compiled {engine.programs.compiled_count} programs in "
+        f"{time.perf_counter() - start:.1f} s: ready; {engine.programs.left_to_compile} more "
+        "compile in the background, /health counts them)"
     )
     defaults = openai_api.Defaults(
         max_tokens=use.max_new_tokens,

@@ -3,11 +3,16 @@
 `DecodePrograms` owns the slots' caches and two kinds of compiled programs: a prefill of K
 prompts (padded to a power-of-two length, K a power of two) into K chosen slots, and a
 decode step that advances the first B slots by a token (B a power of two covering the
-busy slots: a lone request does not pay for 32). XLA:CPU's code for some B is slower than
-for a larger one (docs/measured.md), so `compile_all` times each step and a step takes the
-fastest B that covers the busy slots. Each samples with `sampling.sample_rows`,
+busy slots: a lone request does not pay for 32). Each samples with `sampling.sample_rows`,
 so every slot has its own temperature, top-p, seed and draw number. Nothing here knows of
 requests, queues or text: the scheduler (decode_slots.py) decides what runs.
+
+A cold start compiles the two programs that can serve anything (`compile_ready`: one
+prompt of any length, a step of every slot) and the rest in the background
+(`compile_in_background`), so a server answers within seconds; meanwhile the scheduler
+asks `prefill_shape` and `step_bucket` for the best compiled program that fits. XLA:CPU's
+code for some B is slower than for a larger one (docs/measured.md), so once every step is
+compiled each is timed and a step takes the fastest B that covers the busy slots.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from tinytx_jax.model.transformer import TinyTransformer
 
 MIN_PREFILL = 32
 TOP_LOGPROBS = 20  # OpenAI's largest top_logprobs: every step reports this many
+Program = Callable[..., tuple[jax.Array, Any]]
+PrefillKey = tuple[str, int, int]  # ("prefill", length, rows)
+StepKey = tuple[str, int]  # ("step", slots)
 
 
 def picked_with_logprobs(logits_RxV: jax.Array, tokens_R: jax.Array, top: int):
@@ -53,7 +61,10 @@ def _abstract(tree: Any) -> Any:
 
 
 class DecodePrograms:
-    """Caches for `slots` sequences and the compiled programs that fill and advance them."""
+    """Caches for `slots` sequences and the compiled programs that fill and advance them.
+
+    Before `compile_ready`, a program is compiled the first time it is asked for (tests,
+    one-off use); after it, the scheduler is given compiled programs only."""
 
     def __init__(self, model: TinyTransformer, params: Any, slots: int, top_k: int = 0):
         self.model, self.params, self.slots, self.top_k = model, params, slots, top_k
@@ -61,12 +72,13 @@ class DecodePrograms:
         self.top = min(TOP_LOGPROBS, model.config.vocab_size)
         self._prefill_jit = jax.jit(self._prefill_fn, donate_argnums=1)
         self._step_jit = jax.jit(self._step_fn, donate_argnums=1)
-        self._prefills: dict[tuple[int, int], Callable[..., tuple[jax.Array, Any]]] = {}
-        self._steps: dict[int, Callable[..., tuple[jax.Array, Any]]] = {}
-        self._lock = threading.Lock()  # one compilation at a time, whichever thread asks
+        self._compiled: dict[PrefillKey | StepKey, Program] = {}  # grows from any thread
         self.cache = self._empty_cache()
-        self.compiled_late = 0  # programs compiled after `compile_all`: stalls for requests
+        self.compiled_late = 0  # programs a request had to wait for: stalls
         self._fastest: dict[int, int] = {}  # busy slots -> the fastest step covering them
+        self._only_compiled = False  # set by `compile_ready`
+        self._background: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every (length, rows) a prefill can take, lone prompts first."""
@@ -80,63 +92,128 @@ class DecodePrograms:
         """The slot counts a decode step is compiled for: powers of two, and all slots."""
         return sorted({min(prefill_rows(n), self.slots) for n in range(1, self.slots + 1)})
 
-    def step_bucket(self, busy_up_to: int) -> int:
-        """The step for slots [0, busy_up_to): the fastest measured one that covers them
-        (before `compile_all` has timed them, the smallest)."""
-        if busy_up_to in self._fastest:
-            return self._fastest[busy_up_to]
-        return next(b for b in self.step_buckets() if b >= busy_up_to)
+    def every_program(self) -> list[PrefillKey | StepKey]:
+        """Every program serving can run: the ready set first, then the steps and the
+        prefills in the order a request would miss them most."""
+        ready = [("prefill", self.max_len, 1), ("step", self.slots)]
+        steps = [("step", bucket) for bucket in self.step_buckets()]
+        prefills = [("prefill", length, rows) for length, rows in self.shapes()]
+        return list(dict.fromkeys([*ready, *steps, *prefills]))
+
+    @property
+    def compiled_count(self) -> int:
+        return len(self._compiled)
+
+    @property
+    def left_to_compile(self) -> int:
+        return len(self.every_program()) - len(self._compiled)
+
+    def compile_ready(self) -> int:
+        """Compile the programs that can serve any request (a prefill of one prompt of any
+        length, the step of every slot); from now on the scheduler is only given compiled
+        programs. How many there are. (Compiling them in threads of their own was no
+        faster on a 2-core CPU.)"""
+        for key in self.every_program()[:2]:
+            self._ensure(key)
+        self._only_compiled = True
+        return len(self._compiled)
+
+    def compile_in_background(self, timing_runs: int = 20) -> None:
+        """Compile every other program in a thread of its own, then time the steps."""
+        self._background = threading.Thread(
+            target=self.compile_rest, args=(timing_runs,), name="compile-rest", daemon=True
+        )
+        self._background.start()
+
+    def compile_rest(self, timing_runs: int = 20) -> None:
+        """Compile every program not compiled yet, then time each decode step on idle
+        slots of a cache of its own, so that a step takes the fastest that covers."""
+        for key in self.every_program():
+            if self._stopping.is_set():
+                return
+            self._ensure(key)
+        cache, seconds = self._empty_cache(), {}
+        for bucket in self.step_buckets():
+            program, inputs, runs = self._ensure(("step", bucket)), self.idle_inputs(bucket), []
+            for _ in range(timing_runs + 1):  # the first run is not counted
+                start = time.perf_counter()
+                picked, cache = program(self.params, cache, *inputs)
+                jax.block_until_ready(picked)
+                runs.append(time.perf_counter() - start)
+            seconds[bucket] = float(np.median(runs[1:]))
+        self._fastest = {
+            busy: min((b for b in seconds if b >= busy), key=lambda b: (seconds[b], b))
+            for busy in range(1, self.slots + 1)
+        }
+
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Whether every program is compiled and timed (waiting up to `timeout` s)."""
+        if self._background is not None:
+            self._background.join(timeout)
+        return bool(self._fastest)
+
+    def stop_compiling(self) -> None:
+        """Stop the background compiling after the program it is on."""
+        self._stopping.set()
+        if self._background is not None:
+            self._background.join(timeout=30)
 
     def compile_all(self, timing_runs: int = 20) -> int:
-        """Compile every program serving can run, before it serves, and time each decode
-        step on idle slots; how many programs there are."""
-        for shape in self.shapes():
-            self.prefill_program(*shape)
-        seconds = {}
-        for bucket in self.step_buckets():
-            self.step_program(bucket)
-            inputs = self.idle_inputs(bucket)  # idle slots: overwritten by any prefill
-            self.step(*inputs)
-            runs = []
-            for _ in range(timing_runs):
-                start = time.perf_counter()
-                self.step(*inputs)
-                runs.append(time.perf_counter() - start)
-            seconds[bucket] = float(np.median(runs))
-        for busy in range(1, self.slots + 1):
-            covering = [b for b in self.step_buckets() if b >= busy]
-            self._fastest[busy] = min(covering, key=lambda b: (seconds[b], b))
-        self.compiled_late = 0
-        return len(self._prefills) + len(self._steps)
+        """Compile and time every program now; how many there are."""
+        self.compile_ready()
+        self.compile_rest(timing_runs)
+        return len(self._compiled)
 
-    def prefill_program(self, length: int, rows: int) -> Callable[..., tuple[jax.Array, Any]]:
-        """The compiled prefill of `rows` prompts padded to `length` tokens."""
-        with self._lock:
-            if (length, rows) not in self._prefills:
-                self.compiled_late += 1
-                rows_of = lambda dtype: jax.ShapeDtypeStruct((rows,), dtype)  # noqa: E731
-                self._prefills[length, rows] = self._prefill_jit.lower(
-                    *_abstract((self.params, self.cache)),
-                    rows_of(np.int32),
-                    jax.ShapeDtypeStruct((rows, length), np.int32),
-                    rows_of(np.int32),
-                    *self._sampling_shapes(rows),
-                ).compile()
-            return self._prefills[length, rows]
+    def prefill_shape(self, longest: int, count: int) -> tuple[int, int]:
+        """The (length, rows) of the prefill for `count` prompts, the longest `longest`
+        tokens: their own bucket if compiled, else the compiled one that covers them with
+        the fewest rows, else the one with the most rows (the rest wait for the next)."""
+        wanted = (prefill_length(longest, self.max_len), prefill_rows(count))
+        if not self._only_compiled or ("prefill", *wanted) in self._compiled:
+            return wanted
+        fitting = [key[1:] for key in list(self._compiled) if key[0] == "prefill"]
+        fitting = [shape for shape in fitting if shape[0] >= wanted[0]]
+        covering = [shape for shape in fitting if shape[1] >= count]
+        if covering:
+            return min(covering, key=lambda shape: (shape[1], shape[0]))
+        return max(fitting, key=lambda shape: (shape[1], -shape[0]))
 
-    def step_program(self, bucket: int) -> Callable[..., tuple[jax.Array, Any]]:
-        """The compiled decode step of the first `bucket` slots."""
-        with self._lock:
-            if bucket not in self._steps:
-                self.compiled_late += 1
-                rows_of = lambda dtype: jax.ShapeDtypeStruct((bucket,), dtype)  # noqa: E731
-                self._steps[bucket] = self._step_jit.lower(
-                    *_abstract((self.params, self.cache)),
-                    rows_of(np.int32),
-                    rows_of(np.int32),
-                    *self._sampling_shapes(bucket),
-                ).compile()
-            return self._steps[bucket]
+    def step_bucket(self, busy_up_to: int) -> int:
+        """The step for slots [0, busy_up_to): the fastest measured one that covers them;
+        before the steps are timed, the smallest compiled one."""
+        if self._fastest:
+            return self._fastest[busy_up_to]
+        covering = [b for b in self.step_buckets() if b >= busy_up_to]
+        if self._only_compiled:
+            covering = [b for b in covering if ("step", b) in self._compiled]
+        return covering[0]
+
+    def _ensure(self, key: PrefillKey | StepKey) -> Program:
+        """The compiled program of `key`, compiled now if it is not yet. Two threads may
+        compile the same one at once; the first to finish is kept."""
+        program = self._compiled.get(key)
+        if program is None:
+            kind, *shape = key
+            program = self._compiled.setdefault(key, self._lower(kind, *shape).compile())
+        return program
+
+    def _lower(self, kind: str, *shape: int) -> jax.stages.Lowered:
+        rows = shape[-1]
+        rows_of = lambda dtype: jax.ShapeDtypeStruct((rows,), dtype)  # noqa: E731
+        caches = _abstract((self.params, self.cache))
+        sampling = self._sampling_shapes(rows)
+        if kind == "step":
+            return self._step_jit.lower(*caches, rows_of(np.int32), rows_of(np.int32), *sampling)
+        chunks = jax.ShapeDtypeStruct((rows, shape[0]), np.int32)
+        return self._prefill_jit.lower(
+            *caches, rows_of(np.int32), chunks, rows_of(np.int32), *sampling
+        )
+
+    def _program(self, key: PrefillKey | StepKey) -> Program:
+        """The program a request runs: compiled on the spot (a stall, counted) if need be."""
+        if key not in self._compiled:
+            self.compiled_late += 1
+        return self._ensure(key)
 
     @staticmethod
     def _sampling_shapes(rows: int) -> tuple[jax.ShapeDtypeStruct, ...]:
@@ -163,7 +240,7 @@ class DecodePrograms:
         """Fill the caches of `slots_K` from position 0 with `chunks_KxT` (each real for
         `lengths_K` tokens) and sample each row's next token: (tokens, their logprobs,
         top token ids, top logprobs), per row."""
-        program = self.prefill_program(chunks_KxT.shape[1], chunks_KxT.shape[0])
+        program = self._program(("prefill", *chunks_KxT.shape[::-1]))
         picked, self.cache = program(
             self.params, self.cache, slots_K, chunks_KxT, lengths_K, *sampling_K
         )
@@ -174,18 +251,23 @@ class DecodePrograms:
     ) -> tuple[np.ndarray, ...]:
         """Feed each of the first B slots its last token at its position and sample each
         one's next token (B: a step bucket), with logprobs as `prefill` gives them."""
-        program = self.step_program(len(tokens_B))
+        program = self._program(("step", len(tokens_B)))
         picked, self.cache = program(
             self.params, self.cache, tokens_B, positions_B, seeds_B, draws_B, temps_B, top_p_B
         )
         return tuple(np.asarray(a) for a in picked)  # the one host sync per step
 
     def _empty_cache(self) -> Any:
-        _, variables = self.model.apply(
-            {"params": self.params}, jnp.zeros((1, 1), jnp.int32), decode_start=0, mutable=["cache"]
+        """Zeros for every slot's cache, from shapes alone: running the model eagerly
+        here would compile each of its operations on its own (seconds at start-up)."""
+        variables = jax.eval_shape(
+            lambda params: self.model.apply(
+                {"params": params}, jnp.zeros((1, 1), jnp.int32), decode_start=0, mutable=["cache"]
+            )[1],
+            self.params,
         )
         return jax.tree.map(
-            lambda c: jnp.zeros((self.slots, *c.shape), c.dtype), variables["cache"]
+            lambda c: jax.device_put(np.zeros((self.slots, *c.shape), c.dtype)), variables["cache"]
         )
 
     def _forward(self, params, cache_1, tokens_T, start):

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tinytx_jax.inference.decode_programs import DecodePrograms, prefill_length, prefill_rows
+from tinytx_jax.inference.decode_programs import DecodePrograms
 from tinytx_jax.inference.sampling import usable_stop_texts
 from tinytx_jax.model.transformer import TinyTransformer
 from tinytx_jax.text.dialogs import TAGS, cut_at_tag
@@ -88,8 +88,8 @@ def held_back(text: str, prefixes: frozenset[str]) -> int:
 class DecodeSlots:
     """The scheduler: `submit` a Request from any thread; `close` stops it.
 
-    With `warm_up`, every program it can run compiles before the engine starts, so that
-    no request ever waits on a compilation."""
+    With `warm_up`, the programs that can serve any request compile before the engine
+    starts and the others in the background, so that no request waits on a compilation."""
 
     def __init__(
         self,
@@ -118,7 +118,9 @@ class DecodeSlots:
         self.cancelled = 0  # requests whose client left before the end
         self.ended_early = 0  # requests ended by `wind_down`, with finish "length"
         self._winding_down = False
-        self.programs_compiled = self.programs.compile_all() if warm_up else 0
+        if warm_up:
+            self.programs.compile_ready()
+            self.programs.compile_in_background()
         self._thread = threading.Thread(target=self._loop, name="decode-slots", daemon=True)
         self._thread.start()
 
@@ -151,16 +153,22 @@ class DecodeSlots:
         self._waiting.put(None)  # wakes an idle engine
 
     def close(self) -> None:
+        self.programs.stop_compiling()
         self._closed = True
         self._waiting.put(None)
         self._thread.join(timeout=10)
 
     def _prefill(self, fills: list[tuple[int, list[int]]]) -> None:
-        """Refill the caches of slots from position 0, all in one batch, and advance each
-        by its next token. `fills` holds (slot index, context tokens to keep)."""
-        # Powers of two, for lengths and rows alike: few compilations, all made at start-up.
-        length = prefill_length(max(len(tokens) for _, tokens in fills), self.max_len)
-        rows = prefill_rows(len(fills))
+        """Refill the caches of slots from position 0, in as few compiled batches as fit,
+        and advance each by its next token. `fills` holds (slot index, context tokens)."""
+        while fills:
+            longest = max(len(tokens) for _, tokens in fills)
+            length, rows = self.programs.prefill_shape(longest, len(fills))
+            self._prefill_batch(fills[:rows], length, rows)
+            fills = fills[rows:]
+
+    def _prefill_batch(self, fills: list[tuple[int, list[int]]], length: int, rows: int) -> None:
+        """Prefill up to `rows` slots in one compiled program of (`length`, `rows`)."""
         padded = fills + [fills[0]] * (rows - len(fills))  # twins write the same values
         chunks = np.zeros((rows, length), np.int32)
         for row, (_, tokens) in enumerate(padded):
