@@ -8,15 +8,19 @@ subprocess.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -51,7 +55,12 @@ def run_main(
     env: dict | None = None,
     cwd: Path = REPO,
 ) -> subprocess.CompletedProcess:
-    """Run `python REPO/main.py ARGS` (from the repository root by default), capturing output."""
+    """Run `python REPO/main.py ARGS` (from the repository root by default), capturing
+    output: forked from this worker's zygote (tests/main_zygote.py) when the environment
+    lets it, else in a fresh interpreter."""
+    full_env = main_env(env)
+    if ZYGOTE.fits(full_env):
+        return ZYGOTE.run(list(args), stdin, timeout, full_env, cwd)
     return subprocess.run(
         [sys.executable, str(REPO / "main.py"), *args],
         cwd=cwd,
@@ -59,8 +68,95 @@ def run_main(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=main_env(env),
+        env=full_env,
     )
+
+
+class Zygote:
+    """This worker's `tests.main_zygote` process, started at its first use."""
+
+    # What the interpreter or JAX reads at import time: a run that changes one of these
+    # needs an interpreter of its own.
+    READ_AT_IMPORT = ("JAX_", "XLA_", "PYTHON", "TF_", "LANG", "LC_")
+
+    def __init__(self):
+        self.process: subprocess.Popen | None = None
+        self.socket_path = ""
+        self.env: dict | None = None  # the zygote's, once started
+
+    def fits(self, env: dict) -> bool:
+        if os.environ.get("TINYTX_TEST_NO_ZYGOTE"):
+            return False
+        own = main_env() if self.env is None else self.env
+        keys = {k for k in {*env, *own} if k.startswith(self.READ_AT_IMPORT)}
+        return all(env.get(k) == own.get(k) for k in keys)
+
+    def _start(self) -> None:
+        self.socket_path = tempfile.mktemp(prefix="tinytx_zygote_", suffix=".sock")
+        self.env = main_env()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.main_zygote", self.socket_path],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        assert self.process.stdout.readline().strip() == "ready", "the zygote did not start"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            Path(self.socket_path).unlink(missing_ok=True)
+
+    def run(
+        self, args: list[str], stdin: str | None, timeout: float, env: dict, cwd: Path
+    ) -> subprocess.CompletedProcess:
+        if self.process is None:
+            self._start()
+        child_in, feed = os.pipe()
+        out_read, child_out = os.pipe()
+        err_read, child_err = os.pipe()
+        request = json.dumps({"args": args, "env": env, "cwd": str(cwd)}).encode()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(self.socket_path)
+            header = struct.pack("!I", len(request))
+            socket.send_fds(connection, [header + request], [child_in, child_out, child_err])
+            for fd in (child_in, child_out, child_err):
+                os.close(fd)
+            replies = connection.makefile("r")
+            pid = int(replies.readline())
+            with ThreadPoolExecutor(3) as pool:
+                written = pool.submit(_feed, feed, stdin)
+                out = pool.submit(_read_all, out_read)
+                err = pool.submit(_read_all, err_read)
+                connection.settimeout(timeout)
+                try:
+                    status = replies.readline()
+                except TimeoutError:
+                    os.kill(pid, signal.SIGKILL)
+                    raise subprocess.TimeoutExpired(["main.py", *args], timeout) from None
+                written.result()
+                stdout, stderr = out.result(), err.result()
+        return subprocess.CompletedProcess(["main.py", *args], int(status), stdout, stderr)
+
+
+def _feed(fd: int, text: str | None) -> None:
+    try:
+        with open(fd, "w", encoding="utf-8") as stream:
+            stream.write(text or "")
+    except BrokenPipeError:
+        pass  # the run ended without reading all of it
+
+
+def _read_all(fd: int) -> str:
+    with open(fd, encoding="utf-8", errors="replace") as stream:
+        return stream.read()
+
+
+ZYGOTE = Zygote()
+atexit.register(ZYGOTE.stop)
 
 
 def short_text_run(data: Path, workdir: Path) -> list[str]:
