@@ -158,12 +158,6 @@ class DecodePrograms:
         if self._background is not None:
             self._background.join(timeout=30)
 
-    def compile_all(self, timing_runs: int = 20) -> int:
-        """Compile and time every program now; how many there are."""
-        self.compile_ready()
-        self.compile_rest(timing_runs)
-        return len(self._compiled)
-
     def prefill_shape(self, longest: int, count: int) -> tuple[int, int]:
         """The (length, rows) of the prefill for `count` prompts, the longest `longest`
         tokens: their own bucket if compiled, else the compiled one that covers them with
