@@ -77,7 +77,7 @@ class Zygote:
 
     # What the interpreter or JAX reads at import time: a run that changes one of these
     # needs an interpreter of its own.
-    READ_AT_IMPORT = ("JAX_", "XLA_", "PYTHON", "TF_", "LANG", "LC_")
+    READ_AT_IMPORT = ("JAX_", "PYTHON", "TF_", "LANG", "LC_")
 
     def __init__(self):
         self.process: subprocess.Popen | None = None

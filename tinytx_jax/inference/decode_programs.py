@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinytx_jax.inference.sampling import sample_rows
-from tinytx_jax.model.transformer import TinyTransformer
+from tinytx_jax.model.transformer import TinyTransformer, empty_kv_cache
 
 MIN_PREFILL = 32
 TOP_LOGPROBS = 20  # OpenAI's largest top_logprobs: every step reports this many
@@ -252,17 +252,7 @@ class DecodePrograms:
         return tuple(np.asarray(a) for a in picked)  # the one host sync per step
 
     def _empty_cache(self) -> Any:
-        """Zeros for every slot's cache, from shapes alone: running the model eagerly
-        here would compile each of its operations on its own (seconds at start-up)."""
-        variables = jax.eval_shape(
-            lambda params: self.model.apply(
-                {"params": params}, jnp.zeros((1, 1), jnp.int32), decode_start=0, mutable=["cache"]
-            )[1],
-            self.params,
-        )
-        return jax.tree.map(
-            lambda c: jax.device_put(np.zeros((self.slots, *c.shape), c.dtype)), variables["cache"]
-        )
+        return empty_kv_cache(self.model, self.params, rows=self.slots)
 
     def _forward(self, params, cache_1, tokens_T, start):
         logits, variables = self.model.apply(

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinytx_jax.inference.sampling import SamplingConfig, pick, usable_stop_texts
-from tinytx_jax.model.transformer import TinyTransformer
+from tinytx_jax.model.transformer import TinyTransformer, empty_kv_cache
 from tinytx_jax.text.dialogs import TAGS, cut_at_tag
 from tinytx_jax.text.vocabulary import Vocabulary
 
@@ -168,13 +168,7 @@ class Generator:
 
     def _empty(self) -> Any:
         if self._empty_cache is None:
-            _, variables = self.model.apply(
-                {"params": self.params},
-                jnp.zeros((1, 1), jnp.int32),
-                decode_start=0,
-                mutable=["cache"],
-            )
-            self._empty_cache = jax.tree.map(jnp.zeros_like, variables["cache"])
+            self._empty_cache = empty_kv_cache(self.model, self.params)
         return self._empty_cache
 
     def _start_and_cache(self, prompt: np.ndarray) -> tuple[int, Any]:
@@ -185,15 +179,17 @@ class Generator:
         rest = len(prompt) - len(prefix)
         if not shares_prefix or len(prefix) + bucket_length(rest, max_len) > max_len:
             return 0, self._empty()
-        if self._prefix_cache is None:
-            _, variables = self.model.apply(
-                {"params": self.params, "cache": self._empty()},
-                jnp.asarray(prefix)[None],
-                decode_start=0,
-                mutable=["cache"],
+        if self._prefix_cache is None:  # one program, not each operation on its own
+            self._prefix_cache = jax.jit(self._prefill_prefix)(
+                self.params, self._empty(), jnp.asarray(prefix)[None]
             )
-            self._prefix_cache = variables["cache"]
         return len(prefix), self._prefix_cache
+
+    def _prefill_prefix(self, params: Any, cache: Any, prefix_1xP: jax.Array) -> Any:
+        _, variables = self.model.apply(
+            {"params": params, "cache": cache}, prefix_1xP, decode_start=0, mutable=["cache"]
+        )
+        return variables["cache"]
 
     def _run(self, prompt: np.ndarray, seed: int) -> tuple[np.ndarray, bool]:
         max_len = self.model.config.max_len

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tinytx_jax.model.attention import attend, attention_weights, rms_normalize, rotate
 
@@ -273,3 +275,19 @@ class TinyTransformer(nn.Module):
             for i, residual_BxTxD in enumerate(residuals[:-1]):
                 self.sow("intermediates", f"lens_{i}", readout(residual_BxTxD))
         return logits_BxTxV[0] if unbatched else logits_BxTxV
+
+
+def empty_kv_cache(model: TinyTransformer, params: Any, rows: int | None = None) -> Any:
+    """Zeros for the model's KV cache of one sequence (of `rows` sequences, stacked, when
+    given), from shapes alone: running the model eagerly to get them would compile each
+    of its operations on its own, seconds at every start."""
+    variables = jax.eval_shape(
+        lambda p: model.apply(
+            {"params": p}, jnp.zeros((1, 1), jnp.int32), decode_start=0, mutable=["cache"]
+        )[1],
+        params,
+    )
+    leading = () if rows is None else (rows,)
+    return jax.tree.map(
+        lambda c: jax.device_put(np.zeros((*leading, *c.shape), c.dtype)), variables["cache"]
+    )
