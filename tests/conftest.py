@@ -15,12 +15,9 @@ import json
 import os
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -55,14 +52,10 @@ def run_main(
     env: dict | None = None,
     cwd: Path = REPO,
 ) -> subprocess.CompletedProcess:
-    """Run `python REPO/main.py ARGS` (from the repository root by default), capturing
-    output: forked from this worker's zygote (tests/main_zygote.py) when the environment
-    lets it, else in a fresh interpreter."""
+    """Run `python REPO/main.py ARGS` (from the repository root by default), capturing output."""
     full_env = main_env(env)
-    if ZYGOTE.fits(full_env):
-        return ZYGOTE.run(list(args), stdin, timeout, full_env, cwd)
     return subprocess.run(
-        [sys.executable, str(REPO / "main.py"), *args],
+        [*main_command(full_env), *args],
         cwd=cwd,
         input=stdin,
         capture_output=True,
@@ -70,6 +63,16 @@ def run_main(
         timeout=timeout,
         env=full_env,
     )
+
+
+def main_command(env: dict, forked: bool = True) -> list[str]:
+    """The command that runs main.py with `env`: a client of this worker's zygote
+    (tests/main_zygote.py: main.py forked from a process that has already imported it)
+    when `env` lets it, else a fresh interpreter (also when not `forked`: a test of the
+    process's own pid, or of the moments of its start-up)."""
+    if forked and ZYGOTE.fits(env):
+        return [sys.executable, "-S", str(REPO / "tests" / "zygote_client.py"), ZYGOTE.socket()]
+    return [sys.executable, str(REPO / "main.py")]
 
 
 class Zygote:
@@ -91,68 +94,27 @@ class Zygote:
         keys = {k for k in {*env, *own} if k.startswith(self.READ_AT_IMPORT)}
         return all(env.get(k) == own.get(k) for k in keys)
 
-    def _start(self) -> None:
-        self.socket_path = tempfile.mktemp(prefix="tinytx_zygote_", suffix=".sock")
-        self.env = main_env()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.main_zygote", self.socket_path],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=self.env,
-        )
-        assert self.process.stdout.readline().strip() == "ready", "the zygote did not start"
+    def socket(self) -> str:
+        """The zygote's socket path; the zygote is started on first use."""
+        if self.process is None:
+            self.socket_path = tempfile.mktemp(prefix="tinytx_zygote_", suffix=".sock")
+            self.env = main_env()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.main_zygote", self.socket_path],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=self.env,
+            )
+            assert self.process.stdout.readline().strip() == "ready", "no zygote"
+        return self.socket_path
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.kill()
             self.process.wait()
             Path(self.socket_path).unlink(missing_ok=True)
-
-    def run(
-        self, args: list[str], stdin: str | None, timeout: float, env: dict, cwd: Path
-    ) -> subprocess.CompletedProcess:
-        if self.process is None:
-            self._start()
-        child_in, feed = os.pipe()
-        out_read, child_out = os.pipe()
-        err_read, child_err = os.pipe()
-        request = json.dumps({"args": args, "env": env, "cwd": str(cwd)}).encode()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.connect(self.socket_path)
-            header = struct.pack("!I", len(request))
-            socket.send_fds(connection, [header + request], [child_in, child_out, child_err])
-            for fd in (child_in, child_out, child_err):
-                os.close(fd)
-            replies = connection.makefile("r")
-            pid = int(replies.readline())
-            with ThreadPoolExecutor(3) as pool:
-                written = pool.submit(_feed, feed, stdin)
-                out = pool.submit(_read_all, out_read)
-                err = pool.submit(_read_all, err_read)
-                connection.settimeout(timeout)
-                try:
-                    status = replies.readline()
-                except TimeoutError:
-                    os.kill(pid, signal.SIGKILL)
-                    raise subprocess.TimeoutExpired(["main.py", *args], timeout) from None
-                written.result()
-                stdout, stderr = out.result(), err.result()
-        return subprocess.CompletedProcess(["main.py", *args], int(status), stdout, stderr)
-
-
-def _feed(fd: int, text: str | None) -> None:
-    try:
-        with open(fd, "w", encoding="utf-8") as stream:
-            stream.write(text or "")
-    except BrokenPipeError:
-        pass  # the run ended without reading all of it
-
-
-def _read_all(fd: int) -> str:
-    with open(fd, encoding="utf-8", errors="replace") as stream:
-        return stream.read()
 
 
 ZYGOTE = Zygote()
@@ -296,8 +258,7 @@ class Server:
     def __init__(self, workdir: Path, *args: str, env: dict | None = None):
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                str(REPO / "main.py"),
+                *main_command(main_env(env)),
                 "--mode=serve",
                 f"--workdir={workdir}",
                 "--port=0",

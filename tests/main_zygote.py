@@ -7,7 +7,8 @@ child, after the fork), and forks a child per run: the child takes the caller's 
 stdout, stderr, working directory, environment and arguments, and runs main.py as
 `python main.py` would (`__main__`, its own flags, exit status, atexit handlers). Runs
 whose environment changes what JAX reads at import time go to a fresh interpreter instead
-(`conftest.run_main` decides).
+(`conftest.main_command` decides). tests/zygote_client.py is the process a test starts
+in place of `python main.py`.
 
     python -m tests.main_zygote SOCKET   # prints "ready" once it listens
 """
@@ -15,6 +16,7 @@ whose environment changes what JAX reads at import time go to a fresh interprete
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import io
 import json
@@ -40,10 +42,16 @@ PRELOADED = (
 
 
 def _stdio(fd: int, mode: str, errors: str) -> io.TextIOWrapper:
-    """A text stream on `fd` as the interpreter makes one at start-up for a pipe."""
+    """A text stream on `fd` as the interpreter makes one at start-up for a pipe (without
+    a buffer under PYTHONUNBUFFERED)."""
     raw = io.FileIO(fd, mode, closefd=False)
-    buffered = io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw)
-    return io.TextIOWrapper(buffered, encoding="utf-8", errors=errors, line_buffering=os.isatty(fd))
+    if mode == "r":
+        return io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors=errors)
+    if os.environ.get("PYTHONUNBUFFERED"):
+        return io.TextIOWrapper(raw, encoding="utf-8", errors=errors, write_through=True)
+    return io.TextIOWrapper(
+        io.BufferedWriter(raw), encoding="utf-8", errors=errors, line_buffering=os.isatty(fd)
+    )
 
 
 def _exit_code(exit_value: object) -> int:
@@ -94,11 +102,24 @@ def _run_child(request: dict, fds: list[int]) -> None:
         os._exit(code)
 
 
-def _reap(connection: socket.socket, pid: int) -> None:
-    """Send the child's exit status (negative: the signal that ended it) once it ends."""
+def _watch(connection: socket.socket, pid: int) -> None:
+    """Send the child's exit status (negative: the signal that ended it) once it ends;
+    kill it if its client goes first (the client was killed: so is its run)."""
+    ended = threading.Event()
+
+    def client_gone() -> None:
+        with contextlib.suppress(OSError):
+            connection.recv(1)  # the client sends nothing more: this returns at its end
+        if not ended.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    threading.Thread(target=client_gone, daemon=True).start()
     _, status = os.waitpid(pid, 0)
-    with connection:
+    ended.set()
+    with contextlib.suppress(OSError):
         connection.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+    connection.close()
 
 
 def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
@@ -132,7 +153,7 @@ def serve(path: str) -> None:
         for fd in fds:
             os.close(fd)
         connection.sendall(f"{pid}\n".encode())
-        threading.Thread(target=_reap, args=(connection, pid), daemon=True).start()
+        threading.Thread(target=_watch, args=(connection, pid), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, main_env, run_main
+from tests.conftest import REPO, main_command, main_env, run_main
 from tinytx_jax.checkpoints.meta import SCHEMA_VERSION
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstract_like
 from tinytx_jax.inference import trained
@@ -200,8 +199,7 @@ def test_a_flipped_byte_in_any_array_file_is_caught_and_the_previous_one_loads(
 def start_training(workdir, *extra):
     return subprocess.Popen(
         [
-            sys.executable,
-            "main.py",
+            *main_command(main_env()),
             *FAST,
             f"--workdir={workdir}",
             "--config.target_val_acc=0",

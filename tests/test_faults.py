@@ -2,15 +2,15 @@
 never a traceback, and what was saved still loads afterwards."""
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import REPO, main_env, run_main, short_text_run
+from tests.conftest import REPO, main_command, main_env, run_main, short_text_run
 from tinytx_jax import commands
 
 pytestmark = pytest.mark.e2e
@@ -77,8 +77,7 @@ def test_resume_on_other_data_needs_an_explicit_choice(trained_workdir, tmp_path
 def start_training(workdir, *extra):
     return subprocess.Popen(
         [
-            sys.executable,
-            str(REPO / "main.py"),
+            *main_command(main_env(), forked=False),  # its pid is the lock's
             "--mode=train",
             FAST,
             f"--workdir={workdir}",
@@ -135,8 +134,7 @@ def test_ctrl_c_outside_the_epoch_loop_exits_130_in_one_line(
     before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
     process = subprocess.Popen(
         [
-            sys.executable,
-            str(REPO / "main.py"),
+            *main_command(main_env(), forked=False),  # the signal lands in its start-up
             f"--mode={mode}",
             FAST,
             f"--workdir={workdir}",
@@ -271,7 +269,7 @@ def test_a_text_without_new_lines_samples_after_training(tmp_path):
 
 def test_a_closed_stdout_is_named_as_such(tmp_path):
     command = (
-        f"{sys.executable} {REPO / 'main.py'} --mode=train {FAST} "
+        f"{shlex.join(main_command(main_env()))} --mode=train {FAST} "
         f"--workdir={tmp_path / 'w'} | head -3"
     )
     result = subprocess.run(

@@ -4,13 +4,12 @@ one set-aside of the old run's files, and a signal to one process stops both at 
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, main_env, run_main
+from tests.conftest import REPO, main_command, main_env, run_main
 from tests.test_parallel import losses
 
 ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -41,8 +40,7 @@ def test_two_processes_train_as_one_and_stop_together(tmp_path):
     processes = [
         subprocess.Popen(
             [
-                sys.executable,
-                "main.py",
+                *main_command(main_env(ONE_DEVICE)),
                 *ARGS,
                 "--config.epochs=400",
                 "--config.checkpoint_every=1000",

@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import sys
 import time
@@ -103,6 +104,8 @@ def run(
     # project reports every failure itself, in one line.
     logging.set_verbosity(logging.FATAL)
     quiet_reader_callbacks()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # each line as it is printed, piped too
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         if config.host.compile_cache:
             if mode == "serve":

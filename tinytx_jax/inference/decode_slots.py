@@ -159,16 +159,12 @@ class DecodeSlots:
         self._thread.join(timeout=10)
 
     def _prefill(self, fills: list[tuple[int, list[int]]]) -> None:
-        """Refill the caches of slots from position 0, in as few compiled batches as fit,
-        and advance each by its next token. `fills` holds (slot index, context tokens)."""
-        while fills:
-            longest = max(len(tokens) for _, tokens in fills)
-            length, rows = self.programs.prefill_shape(longest, len(fills))
-            self._prefill_batch(fills[:rows], length, rows)
-            fills = fills[rows:]
-
-    def _prefill_batch(self, fills: list[tuple[int, list[int]]], length: int, rows: int) -> None:
-        """Prefill up to `rows` slots in one compiled program of (`length`, `rows`)."""
+        """Refill the caches of slots from position 0 in one batch, and advance each by its
+        next token. `fills` holds (slot index, context tokens to keep); what the compiled
+        program at hand cannot hold goes in the next batch."""
+        longest = max(len(tokens) for _, tokens in fills)
+        length, rows = self.programs.prefill_shape(longest, len(fills))
+        fills, rest = fills[:rows], fills[rows:]
         padded = fills + [fills[0]] * (rows - len(fills))  # twins write the same values
         chunks = np.zeros((rows, length), np.int32)
         for row, (_, tokens) in enumerate(padded):
@@ -187,6 +183,8 @@ class DecodeSlots:
             slot = self._active[index]
             slot.context, slot.cached = list(kept), len(kept)
             self._advance(index, *(a[row] for a in picked))
+        if rest:
+            self._prefill(rest)
 
     def _loop(self) -> None:
         try:
