@@ -156,16 +156,16 @@ def test_on_device_exact_match_equals_greedy_chat_replies(dialogs_run):
     that turn through the chat, with its history, gives."""
     workdir, history, _ = dialogs_run
     seen = set()
+    model = trained_model.load_trained(workdir, "latest", log=quiet)
+    config = model.run
+    data = config.data
+    conversations = corpus.load_corpus(data.data_path, data.data_repeat).conversations
+    batch = exact_match.turn_batch(
+        conversations, model.vocab, model.model.config.max_len, config.use.max_new_tokens
+    )
+    check = exact_match.make_turn_check(model.model, batch.num_turns)
     for m in history[:: max(1, len(history) // 3)] + history[-1:]:
-        model = trained_model.load_trained(workdir, "latest", log=quiet)
         store_params = _params_at(workdir, m.epoch, model)
-        config = model.run
-        data = config.data
-        conversations = corpus.load_corpus(data.data_path, data.data_repeat).conversations
-        batch = exact_match.turn_batch(
-            conversations, model.vocab, model.model.config.max_len, config.use.max_new_tokens
-        )
-        check = exact_match.make_turn_check(model.model, batch.num_turns)
         verdicts = np.asarray(check(store_params, *windows.grouped_rows(batch.arrays)))
         generator = generation.Generator(
             model.model, store_params, model.vocab, chat.sampling_config(config.use)

@@ -13,6 +13,7 @@ recent `max_len` tokens by a full forward pass, exactly as the uncached seed did
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +57,7 @@ def _generated_a_stop(
     return done
 
 
+@functools.cache  # every Generator of the same model and sampling shares its programs
 def make_generate(
     model: TinyTransformer,
     cfg: SamplingConfig,
