@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from tinytx_jax.inference import trained
-from tinytx_jax.inference.decode_slots import DecodeSlots, Request, held_back, stop_prefixes
+from tinytx_jax.inference.decode_requests import Request
+from tinytx_jax.inference.decode_slots import DecodeSlots
 from tinytx_jax.inference.generation import Generator
-from tinytx_jax.inference.sampling import SamplingConfig
+from tinytx_jax.inference.sampling import SamplingConfig, held_back, stop_prefixes
 from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
 from tinytx_jax.text import dialogs, vocabulary
 
@@ -92,11 +93,18 @@ def test_a_seeded_reply_does_not_depend_on_other_requests(model, engine):
 def test_a_cancelled_request_frees_its_slot(model, engine):
     prompt = model.vocab.encode(dialogs.render_prompt("hi"))
     request, reply = submit(engine, prompt, 4000, temperature=2.0, seed=3)
-    request.cancelled = True
-    _, other = submit(engine, prompt)
-    assert other.done.wait(60) and other.text == "hello!"
+    freed = []
+    engine.on_freed = freed.append
+    try:
+        engine.cancel(request)
+        _, other = submit(engine, prompt)
+        assert other.done.wait(60) and other.text == "hello!"
+    finally:
+        engine.on_freed = None
     assert not reply.done.is_set()
-    assert engine.in_flight == 0
+    assert engine.in_flight == 0 and len(freed) == 1
+    # Freed at the start of the next round: at most one round (one decode step) later.
+    assert engine.most_rounds_to_free <= 1
 
 
 @pytest.mark.parametrize("programs", ["each_compiled_when_asked", "only_the_ready_two"])

@@ -194,8 +194,14 @@ def test_a_client_leaving_mid_stream_frees_its_slot(server, trained_workdir):
     deadline = time.monotonic() + 10
     while get(server.url + "/health")["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert get(server.url + "/health")["in_flight"] == 0
-    assert get(server.url + "/health")["cancelled"] == cancelled + 1
+    health = get(server.url + "/health")
+    assert health["in_flight"] == 0 and health["cancelled"] == cancelled + 1
+    assert health["most_rounds_to_free"] <= 1  # freed before a second decode step
+    with urllib.request.urlopen(server.url + "/metrics", timeout=60) as response:
+        metrics = response.read().decode()
+    count = float(metrics.split("tinytx_cancel_to_free_seconds_count ")[1].split()[0])
+    within = metrics.split('tinytx_cancel_to_free_seconds_bucket{le="0.25"} ')[1].split()[0]
+    assert count == cancelled + 1 and float(within) == count  # each freed within 0.25 s
 
 
 def seconds_to_answer(url: str, content: str, max_tokens: int = 20) -> tuple[float, int, dict]:

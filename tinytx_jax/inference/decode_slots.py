@@ -19,48 +19,18 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from tinytx_jax.inference.decode_programs import DecodePrograms
-from tinytx_jax.inference.sampling import usable_stop_texts
+from tinytx_jax.inference.decode_requests import EngineBusy, EngineFailed, EngineStopping, Request
+from tinytx_jax.inference.sampling import held_back, stop_prefixes, usable_stop_texts
 from tinytx_jax.model.transformer import TinyTransformer
 from tinytx_jax.text.dialogs import TAGS, cut_at_tag
 from tinytx_jax.text.vocabulary import Vocabulary
-
-
-@dataclasses.dataclass
-class Request:
-    """One reply to decode. `emit(text, finish_reason)` is called from the engine thread:
-    with each new piece of text (finish_reason None), then once with "stop" or "length"."""
-
-    prompt: np.ndarray
-    max_new_tokens: int
-    emit: Callable[[str, str | None], None]
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    stream: bool = True  # False: the whole reply in one emit, at the end
-    stop: tuple[str, ...] = ()  # texts of the request's own that end its reply, cut before
-    top_logprobs: int | None = None  # set: record each token's logprob and this many others
-    logprobs: list[dict] = dataclasses.field(default_factory=list)  # one per reply character
-    cancelled: bool = False  # set by the caller (a client gone): the slot is freed
-    completion_tokens: int = 0
-    context_shifted: bool = False
-
-
-class EngineBusy(RuntimeError):
-    """Every slot is busy and `max_waiting` requests already wait: try again later."""
-
-
-class EngineStopping(RuntimeError):
-    """The engine is winding down (the server is stopping): no new requests."""
-
-
-class EngineFailed(RuntimeError):
-    """The engine thread stopped on an exception; the message says which."""
 
 
 @dataclasses.dataclass
@@ -72,17 +42,6 @@ class _Slot:
     emitted: int = 0
     stops: tuple[str, ...] = ()  # the engine's stop texts and the request's own
     prefixes: frozenset[str] = frozenset()  # what may not be shown yet
-
-
-def stop_prefixes(stop_texts: tuple[str, ...]) -> frozenset[str]:
-    """Every proper beginning of a stop text: what a reply may not show yet."""
-    return frozenset(stop[:n] for stop in stop_texts for n in range(1, len(stop)))
-
-
-def held_back(text: str, prefixes: frozenset[str]) -> int:
-    """How many trailing characters of `text` could still become a stop text."""
-    longest = min(max(map(len, prefixes), default=0), len(text))
-    return next((n for n in range(longest, 0, -1) if text[-n:] in prefixes), 0)
 
 
 class DecodeSlots:
@@ -116,6 +75,9 @@ class DecodeSlots:
         self.failure: str | None = None
         self.replies = 0  # requests answered to the end
         self.cancelled = 0  # requests whose client left before the end
+        self.rounds = 0  # scheduling rounds: each prefills who joins, then steps once
+        self.most_rounds_to_free = 0  # the most rounds begun between a cancel and its freeing
+        self.on_freed: Callable[[float], None] | None = None  # seconds from cancel to free
         self.ended_early = 0  # requests ended by `wind_down`, with finish "length"
         self._winding_down = False
         if warm_up:
@@ -145,6 +107,18 @@ class DecodeSlots:
         if self._waiting.qsize() + len(self._active) >= self.slots + self.max_waiting:
             raise EngineBusy(f"{self.slots} slots busy and {self.max_waiting} requests waiting")
         self._waiting.put(request)
+
+    def cancel(self, request: Request) -> None:
+        """The request's client has gone: free its slot at the start of the next round."""
+        request.cancelled_at = (time.monotonic(), self.rounds)
+        request.cancelled = True
+
+    def _freed(self, request: Request) -> None:
+        self.cancelled += 1
+        since, round_ = request.cancelled_at
+        self.most_rounds_to_free = max(self.most_rounds_to_free, self.rounds - round_)
+        if self.on_freed:
+            self.on_freed(time.monotonic() - since)
 
     def wind_down(self) -> None:
         """End every request in flight now, each with what it has so far and finish
@@ -203,6 +177,7 @@ class DecodeSlots:
 
     def _schedule(self) -> None:
         while not self._closed:
+            self.rounds += 1
             if self._winding_down:
                 self._end_everything()
             joining = [self._waiting.get()] if not self._active else []
@@ -212,7 +187,7 @@ class DecodeSlots:
             for index, slot in list(self._active.items()):
                 if slot.request.cancelled:
                     del self._active[index]
-                    self.cancelled += 1
+                    self._freed(slot.request)
                 elif slot.cached >= self.max_len:  # full: the window slides by one token
                     slot.request.context_shifted = True
                     fills.append((index, slot.context[-self.max_len :]))
@@ -241,7 +216,7 @@ class DecodeSlots:
         if request is None:
             return None
         if request.cancelled:
-            self.cancelled += 1
+            self._freed(request)
             return None
         index = next(i for i in range(self.slots) if i not in self._active)
         prompt = [int(t) for t in request.prompt[-self.max_len :]]

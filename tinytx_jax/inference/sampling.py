@@ -81,3 +81,14 @@ def sample_rows(
 def usable_stop_texts(stop_texts: tuple[str, ...], vocab: Vocabulary) -> tuple[str, ...]:
     """The stop texts a model of `vocab` can produce at all."""
     return tuple(t for t in stop_texts if t and not vocab.unknown_chars(t))
+
+
+def stop_prefixes(stop_texts: tuple[str, ...]) -> frozenset[str]:
+    """Every proper beginning of a stop text: what a reply may not show yet."""
+    return frozenset(stop[:n] for stop in stop_texts for n in range(1, len(stop)))
+
+
+def held_back(text: str, prefixes: frozenset[str]) -> int:
+    """How many trailing characters of `text` could still become a stop text."""
+    longest = min(max(map(len, prefixes), default=0), len(text))
+    return next((n for n in range(longest, 0, -1) if text[-n:] in prefixes), 0)

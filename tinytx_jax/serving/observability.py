@@ -53,6 +53,12 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.cancel_to_free = Histogram(
+            "tinytx_cancel_to_free_seconds",
+            "From a client's leaving (noticed) to its request's slot freed; _count: cancels.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=registry,
+        )
         Gauge("tinytx_queue_depth", "Requests waiting for a slot.", registry=registry).set_function(
             queue_depth
         )

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from tinytx_jax.inference.decode_slots import Request as DecodeRequest
+from tinytx_jax.inference.decode_requests import Request as DecodeRequest
 from tinytx_jax.serving import openai_api, responses
 from tinytx_jax.serving.observability import ServerMetrics
 from tinytx_jax.serving.openai_api import ApiError

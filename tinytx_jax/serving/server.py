@@ -40,6 +40,7 @@ def create_app(service: ChatService, metrics: ServerMetrics | None = None) -> Ac
     metrics = metrics or ServerMetrics(
         lambda: service.engine.queue_depth, lambda: service.engine.busy_slots
     )
+    service.engine.on_freed = metrics.cancel_to_free.observe
     routes = Routes(service, metrics)
     app = Starlette(
         routes=[

@@ -13,13 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 
 from tinytx_jax.inference import chat, inspection
-from tinytx_jax.inference.decode_slots import (
-    DecodeSlots,
-    EngineBusy,
-    EngineFailed,
-    EngineStopping,
-)
-from tinytx_jax.inference.decode_slots import Request as DecodeRequest
+from tinytx_jax.inference.decode_requests import EngineBusy, EngineFailed, EngineStopping
+from tinytx_jax.inference.decode_requests import Request as DecodeRequest
+from tinytx_jax.inference.decode_slots import DecodeSlots
 from tinytx_jax.inference.trained import TrainedModel
 from tinytx_jax.serving import openai_api
 from tinytx_jax.serving.openai_api import ApiError
@@ -79,6 +75,7 @@ class ChatService:
             "in_flight": self.engine.in_flight,
             "replies": self.engine.replies,
             "cancelled": self.engine.cancelled,
+            "most_rounds_to_free": self.engine.most_rounds_to_free,
             "programs_compiled": self.engine.programs.compiled_count,
             "programs_compiling": self.engine.programs.left_to_compile,
             "compiled_after_ready": self.engine.programs.compiled_late,
@@ -189,7 +186,8 @@ class ChatService:
                     raise ApiError(str(self.engine.failure), status=500, kind="server_error")
                 yield piece, finish
         finally:
-            decode.cancelled = finish is None
+            if finish is None:
+                self.engine.cancel(decode)
 
     async def _next_piece(
         self,
