@@ -207,8 +207,6 @@ def serve_checkpoint(
     """Load the workdir's chat model, compile its decoding, and serve it over HTTP."""
     sock = server.bound_socket(listen.host, listen.port)
     model = trained.load_trained(workdir, use.checkpoint, log=to_stderr)
-    if model.plain_text:
-        fail(f"{workdir} holds a model of plain text, not dialogs: serve a dialog model")
     to_stderr(
         f"(loaded the {use.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
         f"val_loss {model.meta['metrics']['val_loss']:.4f}; compiling {serving.serve_slots} "
@@ -222,6 +220,7 @@ def serve_checkpoint(
         model.vocab,
         slots=serving.serve_slots,
         top_k=sampling.top_k,
+        stop_texts=() if model.plain_text else dialogs.TAGS,  # text: only `stop` ends it
         warm_up=True,
         max_waiting=serving.serve_queue,
     )

@@ -103,4 +103,12 @@ class AccessLog:
             )
 
 
-KNOWN_ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions")
+KNOWN_ROUTES = (
+    "/",
+    "/health",
+    "/metrics",
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/inspect",
+)

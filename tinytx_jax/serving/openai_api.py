@@ -1,8 +1,8 @@
-"""The OpenAI chat-completions format: requests checked field by field, replies shaped.
+"""The OpenAI chat- and text-completions formats: requests checked field by field.
 
 Pure functions, no server: `parse_chat_request` turns a decoded JSON body into a
-`ChatRequest` or raises `ApiError` (a 4xx status and an OpenAI-shaped `error` body);
-the `*_body` functions build what the official client expects back.
+`ChatRequest` (`parse_completion_request`: a `CompletionRequest`) or raises `ApiError`
+(a 4xx status and an OpenAI-shaped `error` body).
 """
 
 from __future__ import annotations
@@ -63,6 +63,21 @@ class ChatRequest:
     include_usage: bool
     stop: tuple[str, ...] = ()  # the reply ends before the first of these it produces
     top_logprobs: int | None = None  # set (logprobs=true): each token's logprob, this many more
+
+
+@dataclasses.dataclass(frozen=True)
+class CompletionRequest:
+    """What a text-completions request asks for, checked: a text to continue."""
+
+    prompt: str
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stream: bool
+    include_usage: bool
+    stop: tuple[str, ...] = ()
+    top_logprobs: None = None  # logprobs are offered for chat completions only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,8 +208,8 @@ def conversation(messages: Any) -> tuple[str | None, tuple[dialogs.Turn, ...], s
     return system, turns, said[-1][1]
 
 
-def parse_chat_request(body: Any, defaults: Defaults) -> ChatRequest:
-    """Check a decoded request body field by field; ApiError names the first bad one."""
+def _shared_fields(body: Any, defaults: Defaults) -> dict:
+    """The fields chat and text completions share, checked (the first bad one named)."""
     if not isinstance(body, dict):
         raise ApiError("the request body must be a JSON object")
     _refuse_unsupported(body)
@@ -203,32 +218,56 @@ def parse_chat_request(body: Any, defaults: Defaults) -> ChatRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(f"'model' must be a string, got {model!r}", "model")
-    system, history, user = conversation(body.get("messages"))
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ApiError("'stream_options' must be an object", "stream_options")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(f"'seed' must be an integer, got {seed!r}", "seed")
-    return ChatRequest(
-        user=user,
-        history=history,
-        system=system,
-        max_tokens=_integer(
+    return {
+        "max_tokens": _integer(
             body,
             ("max_completion_tokens", "max_tokens"),
             defaults.max_tokens,
             1,
             defaults.max_tokens_limit,
         ),
-        temperature=_number(body, "temperature", defaults.temperature, 0.0, 2.0),
-        top_p=_number(body, "top_p", defaults.top_p, 0.0, 1.0),
-        seed=seed,
-        stream=_flag(body, "stream"),
-        include_usage=_flag(options or {}, "include_usage"),
-        stop=_stop_texts(body),
-        top_logprobs=_top_logprobs(body),
+        "temperature": _number(body, "temperature", defaults.temperature, 0.0, 2.0),
+        "top_p": _number(body, "top_p", defaults.top_p, 0.0, 1.0),
+        "seed": seed,
+        "stream": _flag(body, "stream"),
+        "include_usage": _flag(options or {}, "include_usage"),
+        "stop": _stop_texts(body),
+    }
+
+
+def parse_chat_request(body: Any, defaults: Defaults) -> ChatRequest:
+    """Check a decoded chat request body field by field; ApiError names the first bad one."""
+    fields = _shared_fields(body, defaults)
+    system, history, user = conversation(body.get("messages"))
+    return ChatRequest(
+        user=user, history=history, system=system, top_logprobs=_top_logprobs(body), **fields
     )
+
+
+# Fields of the completions API this server cannot honour, with the values that mean "not used".
+TEXT_UNSUPPORTED = {"echo": (None, False), "suffix": (None, ""), "best_of": (None, 1)}
+
+
+def parse_completion_request(body: Any, defaults: Defaults) -> CompletionRequest:
+    """Check a decoded text-completions body (`prompt`: the text to continue)."""
+    fields = _shared_fields(body, defaults)
+    for name, unused in TEXT_UNSUPPORTED.items():
+        if body.get(name) not in unused:
+            raise ApiError(f"'{name}' is not supported by this server", name)
+    if body.get("logprobs") is not None:
+        raise ApiError("'logprobs' is offered by /v1/chat/completions only", "logprobs")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise ApiError("'prompt' must be the text to continue: a non-empty string", "prompt")
+    return CompletionRequest(prompt=prompt, **fields)
 
 
 def _top_logprobs(body: dict) -> int | None:

@@ -1,4 +1,4 @@
-"""Chat-completions responses in OpenAI's shapes: a whole reply, a stream chunk, usage."""
+"""Completions responses in OpenAI's shapes: a whole reply, a stream chunk, usage."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import secrets
 import time
 
 
-def completion_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
+def completion_id(prefix: str = "chatcmpl-") -> str:
+    return prefix + secrets.token_hex(12)
 
 
 def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -68,6 +68,30 @@ def chunk_body(
         "created": int(time.time()),
         "model": model,
         "choices": choices,
+    }
+    if usage:
+        body["usage"] = usage
+    if notices:
+        body["notices"] = notices
+    return body
+
+
+def text_body(
+    ident: str,
+    model: str,
+    text: str,
+    finish_reason: str | None,
+    usage: dict | None = None,
+    notices: list[str] | None = None,
+) -> dict:
+    """A text completion, whole or one chunk of a stream (the same shape in OpenAI's API)."""
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    body = {
+        "id": ident,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
     }
     if usage:
         body["usage"] = usage

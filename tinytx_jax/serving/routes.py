@@ -1,5 +1,5 @@
-"""The server's routes, each a method of `Routes`: the chat completions (whole or streamed),
-the model list, health, metrics, the web page, and the OpenAI-shaped errors."""
+"""The server's routes, each a method of `Routes`: the chat and text completions (whole or
+streamed), the model list, health, metrics, the web page, and the OpenAI-shaped errors."""
 
 from __future__ import annotations
 
@@ -89,6 +89,55 @@ class Routes:
                 media_type="text/event-stream",
             )
         return await self.whole_reply(prompt, notices, ident, decode, timed)
+
+    async def completions(self, request: Request) -> Response:
+        """A text continued: what `--mode=sample` does for a text model, over HTTP."""
+        self.check_key(request)
+        defaults = self.settings.defaults
+        text_request = openai_api.parse_completion_request(await self.read_json(request), defaults)
+        prompt, notices = await asyncio.to_thread(self.service.text_prompt, text_request)
+        ident = responses.completion_id("cmpl-")
+        decode, queue = self.service.submit(text_request, prompt)
+        self.metrics.prompt_tokens.inc(len(prompt))
+        pieces = self.service.reply(decode, queue, request.is_disconnected)
+        if text_request.stream:
+            return StreamingResponse(
+                self.text_events(text_request, prompt, notices, ident, decode, pieces),
+                media_type="text/event-stream",
+            )
+        collected = [piece async for piece in self.timed_pieces(pieces, decode)]
+        usage = responses.usage_body(len(prompt), decode.completion_tokens)
+        notices += self.service.shift_notice(decode)
+        text, finish = "".join(piece for piece, _ in collected), collected[-1][1]
+        return JSONResponse(
+            responses.text_body(ident, self.service.name, text, finish, usage, notices)
+        )
+
+    async def text_events(
+        self,
+        text_request: openai_api.CompletionRequest,
+        prompt: np.ndarray,
+        notices: list[str],
+        ident: str,
+        decode: DecodeRequest,
+        pieces: AsyncIterator[tuple[str, str]],
+    ) -> AsyncIterator[str]:
+        """A text completion as server-sent events: a chunk per piece, the last with the
+        finish reason (and usage when asked), then [DONE]."""
+        name = self.service.name
+        try:
+            async for piece, finish in self.timed_pieces(pieces, decode):
+                usage = None
+                if finish:
+                    notices += self.service.shift_notice(decode)
+                    if text_request.include_usage:
+                        usage = responses.usage_body(len(prompt), decode.completion_tokens)
+                yield event(
+                    responses.text_body(ident, name, piece, finish, usage, finish and notices)
+                )
+        except ApiError as error:  # past the deadline, or the engine failed: said in-band
+            yield event(error.body())
+        yield event("[DONE]")
 
     async def inspect(self, request: Request) -> Response:
         """Inside one reply: `{"messages": [...], "reply": "..."}` (the conversation up to its

@@ -50,6 +50,7 @@ def create_app(service: ChatService, metrics: ServerMetrics | None = None) -> Ac
             Route("/v1/models", routes.models, methods=["GET"]),
             Route("/v1/models/{name:path}", routes.model, methods=["GET"]),
             Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
+            Route("/v1/completions", routes.completions, methods=["POST"]),
             Route("/v1/inspect", routes.inspect, methods=["POST"]),
         ],
         exception_handlers={

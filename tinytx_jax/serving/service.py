@@ -86,6 +86,21 @@ class ChatService:
     def prompt(self, request: openai_api.ChatRequest) -> tuple[np.ndarray, list[str]]:
         """The REPL's prompt for this conversation (unknown characters dropped), and notices."""
         text, unknown = self.rendered(request.system, request.history, request.user)
+        return self._encoded(text, unknown)
+
+    def text_prompt(self, request: openai_api.CompletionRequest) -> tuple[np.ndarray, list[str]]:
+        """The text to continue, as `--mode=sample` takes it (unknown characters dropped)."""
+        unknown = self.trained.vocab.unknown_chars(request.prompt)
+        if not "".join(c for c in request.prompt if c not in unknown):
+            raise ApiError(
+                "the prompt has no character of the model's vocabulary "
+                f"(the model knows: {self.trained.vocab.chars!r})",
+                "prompt",
+                code="unsupported_characters",
+            )
+        return self._encoded(request.prompt, unknown)
+
+    def _encoded(self, text: str, unknown: str) -> tuple[np.ndarray, list[str]]:
         # Encoding drops the unknown characters, as the REPL does before rendering.
         tokens = self.trained.vocab.encode(text)
         notices = []
@@ -103,6 +118,12 @@ class ChatService:
     ) -> tuple[str, str]:
         """The rendered prompt of a conversation, each user turn normalised as the REPL
         does, and the characters the vocabulary lacks (a 400 when nothing usable is left)."""
+        if self.trained.plain_text:
+            raise ApiError(
+                "this model continues plain text, it does not chat: POST /v1/completions "
+                "with a 'prompt'",
+                code="text_model",
+            )
         vocab, normalize = self.trained.vocab, self.trained.normalize_user
         system = self.settings.system_prompt if system is None else system
         user = normalize(user)
@@ -135,7 +156,7 @@ class ChatService:
         return view.as_json()
 
     def submit(
-        self, request: openai_api.ChatRequest, prompt: np.ndarray
+        self, request: openai_api.ChatRequest | openai_api.CompletionRequest, prompt: np.ndarray
     ) -> tuple[DecodeRequest, asyncio.Queue]:
         """Queue the request on the engine, before any reply is sent: a full queue is a 429,
         a failed engine a 500. Returns the engine's request and the queue of its pieces."""
