@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import uvicorn
 
+from tinytx_jax.configuration import DIALOGS
 from tinytx_jax.inference.decode_slots import DecodeSlots
 from tinytx_jax.inference.trained import TrainedModel
 from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
@@ -36,7 +37,7 @@ class InProcessServer:
     def __init__(self, slots: int = 2, queue: int = 2, timeout_s: float = 60.0):
         model = TinyTransformer(ModelConfig(vocab_size=VOCAB.size, d_model=16, max_len=64))
         params = model.init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
-        meta = {"config": {}, "metrics": {"val_loss": 0.0}}
+        meta = {"config": {}, "data": {"kind": DIALOGS}, "metrics": {"val_loss": 0.0}}
         trained = TrainedModel(model, params, VOCAB, meta, epoch=1)
         self.engine = DecodeSlots(
             model, params, VOCAB, slots=slots, stop_texts=(), warm_up=True, max_waiting=queue

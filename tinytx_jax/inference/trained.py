@@ -43,7 +43,7 @@ class TrainedModel:
 
     @property
     def plain_text(self) -> bool:
-        """A model of plain text (sampled, scored), not of dialogs (chatted with, served)."""
+        """A model of plain text (sampled, scored, served by /v1/completions), not of dialogs."""
         return self.meta["data"]["kind"] == TEXT
 
     @functools.cached_property
