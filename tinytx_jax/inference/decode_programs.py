@@ -265,12 +265,17 @@ class DecodePrograms:
 
     def _step_fn(self, params, cache, tokens_B, positions_B, seeds_B, draws_B, temps_B, top_p_B):
         B = tokens_B.shape[0]
-        busy = jax.tree.map(lambda c: c[:B], cache)
+        every_slot = self.slots == B  # then no copy of the busy slots out and back
+        busy = cache if every_slot else jax.tree.map(lambda c: c[:B], cache)
         logits_BxV, busy = jax.vmap(
             lambda cache_1, token, position: self._forward(params, cache_1, token[None], position)
         )(busy, tokens_B, positions_B)
-        cache = jax.tree.map(
-            lambda c, b: jax.lax.dynamic_update_slice_in_dim(c, b, 0, axis=0), cache, busy
+        cache = (
+            busy
+            if every_slot
+            else jax.tree.map(
+                lambda c, b: jax.lax.dynamic_update_slice_in_dim(c, b, 0, axis=0), cache, busy
+            )
         )
         tokens = sample_rows(logits_BxV[:, -1], seeds_B, draws_B, temps_B, top_p_B, self.top_k)
         return picked_with_logprobs(logits_BxV[:, -1], tokens, self.top), cache
