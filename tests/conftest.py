@@ -26,6 +26,7 @@ import pytest
 
 from configs import default, fast
 from tinytx_jax.checkpoints import digests
+from tinytx_jax.serving import openai_api
 from tinytx_jax.text import user_text
 from tinytx_jax.training import train
 
@@ -301,3 +302,18 @@ def repl_reply(workdir: Path, user: str, history: tuple = ()) -> str:
         model.model, model.params, model.vocab, sampling.SamplingConfig()
     )
     return generator.reply(dialogs.render_prompt(user, dialogs.SYSTEM_PROMPT, history))[0]
+
+
+def chat_request(user: str, history: tuple = ()) -> openai_api.ChatRequest:
+    """A checked chat request for `user` after `history`: greedy, 10 tokens, whole."""
+    return openai_api.ChatRequest(
+        user=user,
+        history=history,
+        system=None,
+        max_tokens=10,
+        temperature=0.0,
+        top_p=1.0,
+        seed=None,
+        stream=False,
+        include_usage=False,
+    )

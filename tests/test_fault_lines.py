@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, run_main
+from tests.conftest import REPO, chat_request, run_main
 from tinytx_jax import commands, configuration
 from tinytx_jax.checkpoints import digests
 from tinytx_jax.checkpoints.store import CheckpointError
@@ -112,9 +112,7 @@ def test_a_message_empty_once_normalised_is_refused_by_the_api(trained_workdir):
     chat_service = service.ChatService(
         model, None, service.ServeSettings(None, None, dialogs.SYSTEM_PROMPT), "fast"
     )
-    request = openai_api.ChatRequest(
-        "\u200b\u200b\u200b", (), None, 10, 0.0, 1.0, None, False, False
-    )
+    request = chat_request("\u200b\u200b\u200b")
     with pytest.raises(openai_api.ApiError) as error:
         chat_service.prompt(request)
     assert error.value.status == 400 and "empty once normalised" in str(error.value)

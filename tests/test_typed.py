@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from configs import default
+from tests.conftest import chat_request
 from tinytx_jax import configuration
 from tinytx_jax.data import corpus, typed_variants, windows
 from tinytx_jax.inference import chat, evaluation, generation, trained
 from tinytx_jax.run_config import RunConfig
 from tinytx_jax.scoring import exact_match
-from tinytx_jax.serving import openai_api, service
+from tinytx_jax.serving import service
 from tinytx_jax.text import dialogs, known_questions, user_text
 from tinytx_jax.training import init_from, train
 from tinytx_jax.training.task import build_task
@@ -149,9 +150,7 @@ def test_the_server_normalises_as_the_repl(trained_workdir):
     model = trained.load_trained(trained_workdir, log=lambda _: None)
     settings = service.ServeSettings(None, None, dialogs.SYSTEM_PROMPT)
     chat_service = service.ChatService(model, None, settings, "fast")
-    request = openai_api.ChatRequest(
-        "  what  is 2+2?", (("hi ", "hello!"),), None, 10, 0.0, 1.0, None, False, False
-    )
+    request = chat_request("  what  is 2+2?", (("hi ", "hello!"),))
     tokens, _ = chat_service.prompt(request)
     expected = dialogs.render_prompt("what is 2+2?", history=(("hi", "hello!"),))
     assert model.vocab.decode(tokens) == expected
@@ -176,7 +175,7 @@ def test_chat_eval_and_the_server_match_typed_turns_to_the_known_ones(trained_wo
     )
     assert session.answer("so, colour of sky?") == "blue"
     settings = service.ServeSettings(None, None, dialogs.SYSTEM_PROMPT)
-    request = openai_api.ChatRequest("waht is 2+2?", (), None, 10, 0.0, 1.0, None, False, False)
+    request = chat_request("waht is 2+2?")
     tokens, _ = service.ChatService(matching, None, settings, "fast").prompt(request)
     assert model.vocab.decode(tokens) == dialogs.render_prompt("what is 2+2?")
     report = evaluation.evaluate_checkpoint(matching, session, log=lambda _: None)

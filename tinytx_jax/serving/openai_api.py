@@ -48,13 +48,10 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-@dataclasses.dataclass(frozen=True)
-class ChatRequest:
-    """What a chat-completions request asks for, checked."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sampled:
+    """What chat and text completions both ask for: how much, how to sample, when to stop."""
 
-    user: str
-    history: tuple[dialogs.Turn, ...]
-    system: str | None  # None: the server's system prompt
     max_tokens: int
     temperature: float
     top_p: float
@@ -65,19 +62,21 @@ class ChatRequest:
     top_logprobs: int | None = None  # set (logprobs=true): each token's logprob, this many more
 
 
-@dataclasses.dataclass(frozen=True)
-class CompletionRequest:
-    """What a text-completions request asks for, checked: a text to continue."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChatRequest(Sampled):
+    """What a chat-completions request asks for, checked."""
+
+    user: str
+    history: tuple[dialogs.Turn, ...]
+    system: str | None  # None: the server's system prompt
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CompletionRequest(Sampled):
+    """What a text-completions request asks for, checked: a text to continue (logprobs
+    are offered for chat completions only)."""
 
     prompt: str
-    max_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
-    stream: bool
-    include_usage: bool
-    stop: tuple[str, ...] = ()
-    top_logprobs: None = None  # logprobs are offered for chat completions only
 
 
 @dataclasses.dataclass(frozen=True)

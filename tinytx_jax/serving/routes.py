@@ -4,6 +4,7 @@ streamed), the model list, health, metrics, the web page, and the OpenAI-shaped 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import time
@@ -28,6 +29,22 @@ DRAIN_FACTOR = 16  # bodies up to this many times the limit are read before the 
 def event(body: dict | str) -> str:
     """One server-sent event."""
     return f"data: {body if isinstance(body, str) else json.dumps(body)}\n\n"
+
+
+@dataclasses.dataclass
+class Answer:
+    """A request on its way: what was asked, its prompt, what the client is told besides,
+    its id, the engine's request, and the reply's pieces as they come."""
+
+    asked: openai_api.Sampled
+    prompt: np.ndarray
+    notices: list[str]
+    ident: str
+    decode: DecodeRequest
+    pieces: AsyncIterator[tuple[str, str]]
+
+    def usage(self) -> dict:
+        return responses.usage_body(len(self.prompt), self.decode.completion_tokens)
 
 
 class Routes:
@@ -73,68 +90,41 @@ class Routes:
             raise ApiError(f"the request body is not valid JSON: {error}") from None
 
     async def chat_completions(self, request: Request) -> Response:
-        self.check_key(request)
-        defaults = self.settings.defaults
-        chat_request = openai_api.parse_chat_request(await self.read_json(request), defaults)
-        # Normalising and encoding take time that grows with the text: off the event loop.
-        prompt, notices = await asyncio.to_thread(self.service.prompt, chat_request)
-        ident = responses.completion_id()
-        decode, queue = self.service.submit(chat_request, prompt)  # a 429 here, before a reply
-        self.metrics.prompt_tokens.inc(len(prompt))
-        pieces = self.service.reply(decode, queue, request.is_disconnected)
-        timed = self.timed_pieces(pieces, decode)
-        if chat_request.stream:
-            return StreamingResponse(
-                self.events(chat_request, prompt, notices, ident, decode, timed),
-                media_type="text/event-stream",
-            )
-        return await self.whole_reply(prompt, notices, ident, decode, timed)
+        parse, prompt_of = openai_api.parse_chat_request, self.service.prompt
+        return await self.complete(request, parse, prompt_of, "chatcmpl-", self.events)
 
     async def completions(self, request: Request) -> Response:
         """A text continued: what `--mode=sample` does for a text model, over HTTP."""
+        parse, prompt_of = openai_api.parse_completion_request, self.service.text_prompt
+        return await self.complete(request, parse, prompt_of, "cmpl-", self.text_events)
+
+    async def complete(self, request: Request, parse, prompt_of, prefix: str, events) -> Response:
+        """Check a completions request (`parse`), build its prompt (`prompt_of`), queue it
+        on the engine (a 429 here, before any reply) and answer: whole, or as `events`."""
         self.check_key(request)
-        defaults = self.settings.defaults
-        text_request = openai_api.parse_completion_request(await self.read_json(request), defaults)
-        prompt, notices = await asyncio.to_thread(self.service.text_prompt, text_request)
-        ident = responses.completion_id("cmpl-")
-        decode, queue = self.service.submit(text_request, prompt)
+        asked = parse(await self.read_json(request), self.settings.defaults)
+        # Normalising and encoding take time that grows with the text: off the event loop.
+        prompt, notices = await asyncio.to_thread(prompt_of, asked)
+        decode, queue = self.service.submit(asked, prompt)
         self.metrics.prompt_tokens.inc(len(prompt))
         pieces = self.service.reply(decode, queue, request.is_disconnected)
-        if text_request.stream:
-            return StreamingResponse(
-                self.text_events(text_request, prompt, notices, ident, decode, pieces),
-                media_type="text/event-stream",
-            )
-        collected = [piece async for piece in self.timed_pieces(pieces, decode)]
-        usage = responses.usage_body(len(prompt), decode.completion_tokens)
-        notices += self.service.shift_notice(decode)
-        text, finish = "".join(piece for piece, _ in collected), collected[-1][1]
-        return JSONResponse(
-            responses.text_body(ident, self.service.name, text, finish, usage, notices)
-        )
+        timed = self.timed_pieces(pieces, decode)
+        answer = Answer(asked, prompt, notices, responses.completion_id(prefix), decode, timed)
+        if asked.stream:
+            return StreamingResponse(events(answer), media_type="text/event-stream")
+        return await self.whole(answer)
 
-    async def text_events(
-        self,
-        text_request: openai_api.CompletionRequest,
-        prompt: np.ndarray,
-        notices: list[str],
-        ident: str,
-        decode: DecodeRequest,
-        pieces: AsyncIterator[tuple[str, str]],
-    ) -> AsyncIterator[str]:
+    async def text_events(self, answer: Answer) -> AsyncIterator[str]:
         """A text completion as server-sent events: a chunk per piece, the last with the
         finish reason (and usage when asked), then [DONE]."""
         name = self.service.name
         try:
-            async for piece, finish in self.timed_pieces(pieces, decode):
-                usage = None
+            async for piece, finish in answer.pieces:
+                usage, notices = None, None
                 if finish:
-                    notices += self.service.shift_notice(decode)
-                    if text_request.include_usage:
-                        usage = responses.usage_body(len(prompt), decode.completion_tokens)
-                yield event(
-                    responses.text_body(ident, name, piece, finish, usage, finish and notices)
-                )
+                    notices = answer.notices + self.service.shift_notice(answer.decode)
+                    usage = answer.usage() if answer.asked.include_usage else None
+                yield event(responses.text_body(answer.ident, name, piece, finish, usage, notices))
         except ApiError as error:  # past the deadline, or the engine failed: said in-band
             yield event(error.body())
         yield event("[DONE]")
@@ -164,22 +154,20 @@ class Routes:
         view = await asyncio.to_thread(self.service.inspect, system, history, user, reply)
         return JSONResponse(view)
 
-    async def whole_reply(
-        self,
-        prompt: np.ndarray,
-        notices: list[str],
-        ident: str,
-        decode: DecodeRequest,
-        pieces: AsyncIterator[tuple[str, str]],
-    ) -> Response:
+    async def whole(self, answer: Answer) -> Response:
         """The reply in one body, once it is complete (ClientGone: a 499, see client_gone)."""
-        collected = [piece async for piece in pieces]
+        collected = [piece async for piece in answer.pieces]
         text, finish = "".join(piece for piece, _ in collected), collected[-1][1]
-        usage = responses.usage_body(len(prompt), decode.completion_tokens)
-        notices += self.service.shift_notice(decode)
+        notices = answer.notices + self.service.shift_notice(answer.decode)
+        name, ident, decode = self.service.name, answer.ident, answer.decode
+        if isinstance(answer.asked, openai_api.CompletionRequest):
+            return JSONResponse(
+                responses.text_body(ident, name, text, finish, answer.usage(), notices)
+            )
         logprobs = None if decode.top_logprobs is None else decode.logprobs[: len(text)]
-        name = self.service.name
-        body = responses.completion_body(ident, name, text, finish, usage, notices, logprobs)
+        body = responses.completion_body(
+            ident, name, text, finish, answer.usage(), notices, logprobs
+        )
         return JSONResponse(body)
 
     async def timed_pieces(
@@ -196,22 +184,14 @@ class Routes:
         finally:
             self.metrics.completion_tokens.inc(decode.completion_tokens)
 
-    async def events(
-        self,
-        chat_request: openai_api.ChatRequest,
-        prompt: np.ndarray,
-        notices: list[str],
-        ident: str,
-        decode: DecodeRequest,
-        pieces: AsyncIterator[tuple[str, str]],
-    ) -> AsyncIterator[str]:
+    async def events(self, answer: Answer) -> AsyncIterator[str]:
         """The reply as server-sent events: a role chunk, a chunk per piece, the finish (and
         usage when asked), then [DONE]; an error past the first byte is said in-band."""
-        name = self.service.name
+        name, ident, decode = self.service.name, answer.ident, answer.decode
         yield event(responses.chunk_body(ident, name, {"role": "assistant", "content": ""}))
         sent = 0  # characters streamed so far: where this piece's logprobs start
         try:
-            async for piece, finish in pieces:
+            async for piece, finish in answer.pieces:
                 if piece:
                     logprobs = None
                     if decode.top_logprobs is not None:
@@ -220,11 +200,10 @@ class Routes:
                     delta = {"content": piece}
                     yield event(responses.chunk_body(ident, name, delta, logprobs=logprobs))
                 if finish:
-                    notices += self.service.shift_notice(decode)
+                    notices = answer.notices + self.service.shift_notice(decode)
                     yield event(responses.chunk_body(ident, name, {}, finish, None, notices))
-                    if chat_request.include_usage:
-                        usage = responses.usage_body(len(prompt), decode.completion_tokens)
-                        yield event(responses.chunk_body(ident, name, {}, usage=usage))
+                    if answer.asked.include_usage:
+                        yield event(responses.chunk_body(ident, name, {}, usage=answer.usage()))
         except ApiError as error:  # past the deadline, or the engine failed: said in-band
             yield event(error.body())
         yield event("[DONE]")
