@@ -111,8 +111,7 @@ class DecodePrograms:
     def compile_ready(self) -> int:
         """Compile the programs that can serve any request (a prefill of one prompt of any
         length, the step of every slot); from now on the scheduler is only given compiled
-        programs. How many there are. (Compiling them in threads of their own was no
-        faster on a 2-core CPU.)"""
+        programs. How many there are."""
         for key in self.every_program()[:2]:
             self._ensure(key)
         self._only_compiled = True

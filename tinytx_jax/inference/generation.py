@@ -57,6 +57,20 @@ def _generated_a_stop(
     return done
 
 
+@functools.cache  # every Generator of the same model shares it
+def make_prefill(model: TinyTransformer) -> Callable[..., Any]:
+    """A jitted `(params, cache, prefix_1xP) -> cache` holding the prefix's keys and values:
+    one program, not each of the model's operations run (and compiled) on its own."""
+
+    def prefill(params, cache, prefix_1xP):
+        _, variables = model.apply(
+            {"params": params, "cache": cache}, prefix_1xP, decode_start=0, mutable=["cache"]
+        )
+        return variables["cache"]
+
+    return jax.jit(prefill)
+
+
 @functools.cache  # every Generator of the same model and sampling shares its programs
 def make_generate(
     model: TinyTransformer,
@@ -181,17 +195,11 @@ class Generator:
         rest = len(prompt) - len(prefix)
         if not shares_prefix or len(prefix) + bucket_length(rest, max_len) > max_len:
             return 0, self._empty()
-        if self._prefix_cache is None:  # one program, not each operation on its own
-            self._prefix_cache = jax.jit(self._prefill_prefix)(
+        if self._prefix_cache is None:
+            self._prefix_cache = make_prefill(self.model)(
                 self.params, self._empty(), jnp.asarray(prefix)[None]
             )
         return len(prefix), self._prefix_cache
-
-    def _prefill_prefix(self, params: Any, cache: Any, prefix_1xP: jax.Array) -> Any:
-        _, variables = self.model.apply(
-            {"params": params, "cache": cache}, prefix_1xP, decode_start=0, mutable=["cache"]
-        )
-        return variables["cache"]
 
     def _run(self, prompt: np.ndarray, seed: int) -> tuple[np.ndarray, bool]:
         max_len = self.model.config.max_len

@@ -156,7 +156,7 @@ class ChatService:
         return view.as_json()
 
     def submit(
-        self, request: openai_api.ChatRequest | openai_api.CompletionRequest, prompt: np.ndarray
+        self, request: openai_api.Sampled, prompt: np.ndarray
     ) -> tuple[DecodeRequest, asyncio.Queue]:
         """Queue the request on the engine, before any reply is sent: a full queue is a 429,
         a failed engine a 500. Returns the engine's request and the queue of its pieces."""

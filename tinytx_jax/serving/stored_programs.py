@@ -55,12 +55,12 @@ def describe(made_by: dict) -> str:
     return f"jax {made_by.get('jax')} on {made_by.get('platform')} {made_by.get('device_kind')!r}"
 
 
-def use_beside(workdir: str, log: Callable[[str], None]) -> bool:
+def use_beside(workdir: str, log: Callable[[str], None]) -> None:
     """Make WORKDIR/compiled the compilation cache, unless $JAX_COMPILATION_CACHE_DIR names
-    one; whether it did (a workdir that cannot be written to keeps the default cache).
-    Programs made elsewhere are dropped, with one line."""
+    one (a workdir that cannot be written to keeps the default cache). Programs made
+    elsewhere are dropped, with one line."""
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return False
+        return
     directory = Path(workdir).expanduser().absolute() / "compiled"
     here = this_machine()
     try:
@@ -75,9 +75,8 @@ def use_beside(workdir: str, log: Callable[[str], None]) -> bool:
             shutil.rmtree(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if not os.access(directory, os.W_OK):
-            return False
+            return
         manifest.write_text(json.dumps(here, indent=1) + "\n")
     except (OSError, ValueError):
-        return False  # unreadable or unwritable: the default cache serves
+        return  # unreadable or unwritable: the default cache serves
     jax.config.update("jax_compilation_cache_dir", str(directory))
-    return True
