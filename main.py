@@ -20,6 +20,7 @@ interrupt.exit_promptly_on_signals()  # first: importing JAX takes a while
 from absl import app, flags  # noqa: E402
 
 from tinytx_jax import cli, commands  # noqa: E402
+from tinytx_jax.serving import start  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "./workdir", "Directory for checkpoints and metrics.")
 _MODE = flags.DEFINE_enum(
@@ -63,7 +64,7 @@ def main(argv: list[str]) -> None:
     if _COORDINATOR.value or _DISTRIBUTED.value or _NUM_PROCESSES.value > 1:
         distributed = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     api_key = _API_KEY.value or os.environ.get("TINYTX_API_KEY") or None
-    listen = commands.Listen(_HOST.value, _PORT.value, api_key)
+    listen = start.Listen(_HOST.value, _PORT.value, api_key)
     config = commands.resolved(flags.FLAGS["config"].value)
     commands.run(
         _MODE.value, config, _WORKDIR.value, _PROMPT.value, distributed, listen, _TEXT.value

@@ -94,4 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.profile_steps = 0  # > 0: write a jax.profiler trace of that many steps
     config.compile_cache = True  # keep compiled programs in ~/.cache/tinytx_jax/jax_cache
     config.seed = 7  # parameters, window sampling and dropout all derive from it
+
+    # Populations: many members trained in one process (docs/populations.md).
+    config.seeds = 1  # > 1: train members with seeds seed, seed + 1, ... together
+    config.sweep = ""  # per-member values in one program, e.g. "lr=1e-3,3e-3;weight_decay=0,0.1"
+    config.groups = ""  # values that change shapes, one group after another: "d_model=32,64"
+    config.member = -1  # chat, eval, serve...: which member of a population (-1: the best)
     return config

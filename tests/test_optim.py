@@ -66,8 +66,12 @@ def test_plateau_halves_after_50_epochs_and_stops_after_150():
     assert float(states[-1].best_val_loss) == pytest.approx(0.9)
     metrics = EpochMetrics(152, 0.1, 0.95, 0.5, 8159, rates[-1])
     settings = RunConfig.from_flat(config).train
-    assert stopping.stop_reason(metrics, states[-2], settings) is None
-    assert "Early stopping at epoch 152" in stopping.stop_reason(metrics, states[-1], settings)
+    for state, stops in ((states[-2], False), (states[-1], True)):
+        reason = stopping.stop_reason(
+            metrics, state.epochs_since_best, state.best_val_loss, settings
+        )
+        assert (reason is not None) == stops
+    assert "Early stopping at epoch 152" in reason
 
 
 def test_improvement_resets_the_plateau_count():

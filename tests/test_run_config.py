@@ -9,7 +9,7 @@ from configs import char_lm, default, dialogs, fast
 from tinytx_jax import configuration
 from tinytx_jax.run_config import RunConfig
 
-SECTIONS = ("data", "model", "optim", "train", "use", "serve", "host")
+SECTIONS = ("data", "model", "optim", "train", "population", "use", "serve", "host")
 NOT_FLAT = {"vocab_size", "mlp_ratio"}  # set by the data, or fixed in the model
 
 

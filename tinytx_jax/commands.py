@@ -11,7 +11,6 @@ import dataclasses
 import io
 import os
 import sys
-import time
 from pathlib import Path
 
 import ml_collections
@@ -23,7 +22,6 @@ from tinytx_jax.cli import fail
 from tinytx_jax.data import corpus, split, token_cache
 from tinytx_jax.inference import (
     chat,
-    decode_slots,
     evaluation,
     generation,
     inspect_page,
@@ -31,11 +29,21 @@ from tinytx_jax.inference import (
     text_sample,
     trained,
 )
-from tinytx_jax.serving import openai_api, server, service, stored_programs
+from tinytx_jax.serving import server, start, stored_programs
 from tinytx_jax.text import dialogs
-from tinytx_jax.training import epoch_loop, head_start, metrics, train, workdir
+from tinytx_jax.training import (
+    epoch_loop,
+    head_start,
+    metrics,
+    population,
+    population_report,
+    population_steps,
+    train,
+    train_population,
+    workdir,
+)
 
-MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot", "serve", "inspect")
+MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot", "report", "serve", "inspect")
 EXPECTED_ERRORS = (
     configuration.ConfigError,
     corpus.DataError,
@@ -47,7 +55,7 @@ EXPECTED_ERRORS = (
 )
 
 
-MAX_REPLY_TOKENS = 4096  # the largest max_tokens a request may ask for
+LISTEN_DEFAULT = start.Listen()
 NO_USABLE_PROMPT = (
     "--prompt has no character of the model's vocabulary (or is empty, perhaps once "
     "normalised): give some text"
@@ -72,15 +80,6 @@ def quiet(message: str) -> None:
     del message
 
 
-@dataclasses.dataclass(frozen=True)
-class Listen:
-    """Where --mode=serve listens, and the API key it requires (None: none)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-
-
 def resolved(flat: ml_collections.ConfigDict) -> run_config.RunConfig:
     """The run's settings by part, checked once at start (a bad value: one line, exit 2)."""
     try:
@@ -95,7 +94,7 @@ def run(
     workdir: str,
     prompt: str | None,
     distributed: tuple[str, int, int] | None = None,
-    listen: Listen = Listen(),
+    listen: start.Listen = LISTEN_DEFAULT,
     text_file: str | None = None,
 ) -> None:
     """Run `mode`; `distributed` is (coordinator, processes, this process) for multi-process;
@@ -115,8 +114,11 @@ def run(
             fail("a multi-process run trains only (--mode=train); chat afterwards in one process")
         if mode == "plot":
             print(f"Wrote {metrics.plot_curves(workdir)}")
+        elif mode == "report":
+            print(population_report.report(workdir))
+            print(f"Wrote {population_report.plot_population(workdir)}")
         elif mode == "serve":
-            serve_checkpoint(config.use, config.serve, workdir, listen)
+            start.serve_checkpoint(config.use, config.serve, workdir, listen, to_stderr)
         elif mode == "inspect":
             inspect_checkpoint(config.use, workdir, prompt, text_file)
         else:
@@ -149,12 +151,13 @@ def train_then_use(
         if distributed:
             parallel.initialize_distributed(*distributed)
         elif "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-            cores = len(os.sched_getaffinity(0))
-            batch_size, devices = config.train.batch_size, config.host.cpu_devices
-            parallel.use_cpu_devices(parallel.cpu_device_count(batch_size, devices, cores))
-        early = config.host.compile_cache and text and parallel.is_primary()
-        on_task = head_start.compile_sample_early(config.use, prompt) if early else None
-        train.train_run(config, workdir, print if parallel.is_primary() else quiet, on_task)
+            parallel.use_cpu_devices(cpu_devices(config))
+        if population.is_population(config):
+            train_population.train_population(config, workdir)
+        else:
+            early = config.host.compile_cache and text and parallel.is_primary()
+            on_task = head_start.compile_sample_early(config.use, prompt) if early else None
+            train.train_run(config, workdir, print if parallel.is_primary() else quiet, on_task)
     if mode == "train":
         if not (parallel.is_primary() and text):
             return
@@ -163,11 +166,22 @@ def train_then_use(
     use_checkpoint(config.use, workdir, mode, prompt)
 
 
+def cpu_devices(config: run_config.RunConfig) -> int:
+    """The XLA devices a CPU splits into: a batch's share of the cores, or a population's
+    members' (config.cpu_devices, when set, caps them)."""
+    cores = len(os.sched_getaffinity(0))
+    requested = config.host.cpu_devices
+    if population.is_population(config):
+        members = len(population.plan(config)[0].members)
+        return population_steps.devices_for(members, requested or cores)
+    return parallel.cpu_device_count(config.train.batch_size, requested, cores)
+
+
 def use_checkpoint(
     use: configuration.UseConfig, workdir: str, mode: str, prompt: str | None
 ) -> None:
     """Load the workdir's checkpoint, then evaluate it, sample, answer `prompt`, or chat."""
-    model = trained.load_trained(workdir, use.checkpoint, log=to_stderr)
+    model = trained.load_trained(workdir, use.checkpoint, log=to_stderr, member=use.member)
     to_stderr(
         f"(loaded the {use.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
         f"val_loss {model.meta['metrics']['val_loss']:.4f})"
@@ -201,56 +215,12 @@ def use_checkpoint(
         chat.run_repl(session)
 
 
-def serve_checkpoint(
-    use: configuration.UseConfig, serving: configuration.ServeConfig, workdir: str, listen: Listen
-) -> None:
-    """Load the workdir's chat model, compile its decoding, and serve it over HTTP."""
-    sock = server.bound_socket(listen.host, listen.port)
-    model = trained.load_trained(workdir, use.checkpoint, log=to_stderr)
-    to_stderr(
-        f"(loaded the {use.checkpoint} checkpoint of {workdir}: epoch {model.epoch}, "
-        f"val_loss {model.meta['metrics']['val_loss']:.4f}; compiling {serving.serve_slots} "
-        "decode slots)"
-    )
-    sampling = chat.sampling_config(use)
-    start = time.perf_counter()
-    engine = decode_slots.DecodeSlots(
-        model.model,
-        model.params,
-        model.vocab,
-        slots=serving.serve_slots,
-        top_k=sampling.top_k,
-        stop_texts=() if model.plain_text else dialogs.TAGS,  # text: only `stop` ends it
-        warm_up=True,
-        max_waiting=serving.serve_queue,
-    )
-    to_stderr(
-        f"(compiled {engine.programs.compiled_count} programs in "
-        f"{time.perf_counter() - start:.1f} s: ready; {engine.programs.left_to_compile} more "
-        "compile in the background, /health counts them)"
-    )
-    defaults = openai_api.Defaults(
-        max_tokens=use.max_new_tokens,
-        max_tokens_limit=MAX_REPLY_TOKENS,
-        temperature=sampling.temperature,
-        top_p=use.top_p,
-    )
-    serve_settings = service.ServeSettings(
-        listen.api_key, defaults, use.system_prompt, timeout_s=serving.serve_timeout_s
-    )
-    name = Path(workdir).expanduser().resolve().name
-    status = server.serve(service.ChatService(model, engine, serve_settings, name), sock)
-    if status:
-        sys.stdout.flush()
-        os._exit(status)  # the engine failed: a supervisor restarts the server
-
-
 def inspect_checkpoint(
     use: configuration.UseConfig, workdir: str, prompt: str | None, text_file: str | None
 ) -> None:
     """Write WORKDIR/inspect/inspect.html and a PNG: a dialogs model's greedy reply to
     `prompt` with its attention and odds, or a text model's loss on every character."""
-    model = trained.load_trained(workdir, use.checkpoint, log=to_stderr)
+    model = trained.load_trained(workdir, use.checkpoint, log=to_stderr, member=use.member)
     if model.plain_text:
         text = prompt if prompt is not None else inspected_text(model, text_file)
         if len(model.vocab.encode(text)) < 2:

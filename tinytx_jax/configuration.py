@@ -208,6 +208,18 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PopulationConfig:
+    """Many members of one run in one process (training/population.py)."""
+
+    seeds: int = 1  # seeds seed, seed + 1, ...
+    sweep: str = ""  # per-member values trained in one program: "lr=1e-3,3e-3; ..."
+    groups: str = ""  # values trained one group after another: "d_model=32,64"
+
+    def __post_init__(self):
+        check(self, positive=("seeds",))
+
+
+@dataclasses.dataclass(frozen=True)
 class UseConfig:
     """Using a trained model: which checkpoint, the chat's prompt and the sampler."""
 
@@ -219,6 +231,7 @@ class UseConfig:
     top_p: float = 1.0
     sample_seed: int = 0
     chat_history: bool = False
+    member: int = -1  # a population's: which member (-1: the best by val_loss)
 
     def __post_init__(self):
         check(
@@ -235,6 +248,9 @@ class UseConfig:
         for name in ("temperature", "top_k"):
             value = getattr(self, name)
             require(value is None or value >= 0, f"config.{name} must be >= 0, got {value}")
+        require(
+            self.member >= -1, f"config.member must be >= 0 (or -1: the best), got {self.member}"
+        )
         require(
             0 <= self.sample_seed <= MAX_INT32,
             f"config.sample_seed must be in [0, {MAX_INT32}], got {self.sample_seed}",

@@ -25,9 +25,13 @@ DATA_AXIS = "data"
 T = TypeVar("T")
 
 
-def make_mesh() -> Mesh:
-    """All devices (of all processes) along the `data` axis; XLA picks the collectives."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+def make_mesh(devices: int | None = None) -> Mesh:
+    """All devices (of all processes), or the first `devices`, along the `data` axis; XLA
+    picks the collectives."""
+    count = devices or jax.device_count()
+    return jax.make_mesh(
+        (count,), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:count]
+    )
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:

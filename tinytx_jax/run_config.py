@@ -20,6 +20,7 @@ from tinytx_jax.configuration import (
     DataConfig,
     HostConfig,
     OptimConfig,
+    PopulationConfig,
     ServeConfig,
     TrainConfig,
     UseConfig,
@@ -44,6 +45,7 @@ class RunConfig:
     model: ModelConfig  # vocab_size 0 until the data's vocabulary is known
     optim: OptimConfig
     train: TrainConfig
+    population: PopulationConfig
     use: UseConfig
     serve: ServeConfig
     host: HostConfig
@@ -56,6 +58,7 @@ class RunConfig:
             model=_section(ModelConfig, flat, vocab_size=0),
             optim=_section(OptimConfig, flat),
             train=_section(TrainConfig, flat),
+            population=_section(PopulationConfig, flat),
             use=_section(UseConfig, flat),
             serve=_section(ServeConfig, flat),
             host=_section(HostConfig, flat),

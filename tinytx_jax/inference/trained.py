@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from tinytx_jax.checkpoints import members
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore
 from tinytx_jax.configuration import TEXT
 from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
@@ -63,18 +64,26 @@ def load_trained(
     which: str = "best",
     log: Callable[[str], None] = print,
     remedy: str = "train anew with --config.resume=False or a new --workdir",
+    member: int = -1,
 ) -> TrainedModel:
     """Restore the `best` (lowest validation loss) or `latest` checkpoint of `workdir`, or
     the newest readable one after it (`log` says which were passed over; `remedy` ends the
-    error when none is readable)."""
+    error when none is readable). From a population, one member's parameters: `member`, or
+    the one of lowest validation loss in that checkpoint (`log` says which)."""
     if which not in ("best", "latest"):
         raise CheckpointError(f"unknown checkpoint choice {which!r}: use best or latest")
-    store = CheckpointStore(workdir, read_only=True)
+    plan = members.read_plan(workdir)
+    if plan is None and member >= 0:
+        raise CheckpointError(
+            f"{workdir} holds one trained model, not a population: leave config.member at -1"
+        )
+    directory = workdir if plan is None else members.group_directory(workdir, plan, member, which)
+    store = CheckpointStore(directory, read_only=True)
     try:
         steps = store.steps()
         if not steps:
             raise CheckpointError(
-                f"no checkpoint in {workdir}: run `python main.py --mode=train "
+                f"no checkpoint in {directory}: run `python main.py --mode=train "
                 f"--workdir={workdir}` first"
             )
         preferred = store.best_step() if which == "best" else steps[-1]
@@ -84,13 +93,22 @@ def load_trained(
         )
     finally:
         store.close()
+    if "population" in meta:
+        params, meta = members.pick(params, meta, member, log)
     model = TinyTransformer(ModelConfig(**meta["model"]))
     return TrainedModel(model, params, Vocabulary(meta["vocab"]), meta, epoch)
 
 
 def abstract_params(meta: dict) -> Any:
-    """The parameters' shapes and dtypes for the model a checkpoint's meta describes."""
-    return model_abstract_params(TinyTransformer(ModelConfig(**meta["model"])))
+    """The parameters' shapes and dtypes for the model a checkpoint's meta describes (with
+    a leading member axis for a population's)."""
+    shapes = model_abstract_params(TinyTransformer(ModelConfig(**meta["model"])))
+    if "population" not in meta:
+        return shapes
+    count = len(meta["population"]["members"])
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((count, *x.shape), x.dtype, sharding=x.sharding), shapes
+    )
 
 
 def model_abstract_params(model: TinyTransformer) -> Any:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from tinytx_jax.training.state import TrainState
-from tinytx_jax.training.steps import epoch_keys, make_step
+from tinytx_jax.training.steps import epoch_keys, make_step, train_epoch_function
 
 WHOLE_EPOCH_STEPS = 256  # epochs up to this many steps run as one device call
 CHUNK_STEPS = 128  # longer ones, this many per call: ~1 s of the fast config, ~5 s of char_lm
@@ -28,13 +28,16 @@ CHUNK_STEPS = 128  # longer ones, this many per call: ~1 s of the fast config, ~
 
 class ChunkedEpoch:
     """`run(state, *train_data, stop)`: one epoch; (state, mean loss), or None if `stop()`
-    said so between two chunks."""
+    said so between two chunks. With `members`, a population's: every function runs for
+    each member (population_steps.Members), the keys and losses have a leading member axis.
+    """
 
-    def __init__(self, task):
+    def __init__(self, task, members=None):
         self.steps = task.run.train.steps_per_epoch
-        self.whole = task.make_train_epoch(self.steps)
+        self.members = members
         batch_size, block_size = task.run.train.batch_size, task.run.data.block_size
-        step = make_step(task.model, task.tx, task.mesh, batch_size, block_size)
+        mesh = None if members else task.mesh
+        step = make_step(task.model, task.tx, mesh, batch_size, block_size)
 
         def run_chunk(state, losses_E, start, keys_K, tokens_N, weights_N=None, starts_S=None):
             state, chunk_losses = jax.lax.scan(
@@ -45,7 +48,18 @@ class ChunkedEpoch:
         def finish(state: TrainState, rng: jax.Array, losses_E: jax.Array):
             return state.replace(rng=rng, epoch=state.epoch + 1), losses_E.mean()
 
-        self._keys = jax.jit(functools.partial(epoch_keys, steps_per_epoch=self.steps))
+        keys = functools.partial(epoch_keys, steps_per_epoch=self.steps)
+        if members:
+            whole = train_epoch_function(
+                task.model, task.tx, None, self.steps, batch_size, block_size
+            )
+            self.whole = jax.jit(members.each(whole, "m..."), donate_argnums=0)
+            keys = members.each(keys, "m")
+            run_chunk = members.each(run_chunk, "mm.m...")
+            finish = members.each(finish, "mmm")
+        else:
+            self.whole = task.make_train_epoch(self.steps)
+        self._keys = jax.jit(keys)
         self._chunk = jax.jit(run_chunk, donate_argnums=(0, 1))
         self._finish = jax.jit(finish, donate_argnums=0)
         self._compiled: dict[int, Callable[..., Any]] = {}
@@ -57,16 +71,23 @@ class ChunkedEpoch:
         full, rest = divmod(self.steps, CHUNK_STEPS)
         return [CHUNK_STEPS] * full + ([rest] if rest else [])
 
+    def _losses_shape(self) -> tuple[int, ...]:
+        return (self.members.count, self.steps) if self.members else (self.steps,)
+
+    def _slice(self, keys: jax.Array, start: int, size: int) -> jax.Array:
+        """The keys of steps [start, start + size) (of every member)."""
+        return keys[:, start : start + size] if self.members else keys[start : start + size]
+
     def compile_programs(self, state: TrainState, *data) -> None:
         """Compile every program of an epoch ahead of time (no epoch's timing holds it)."""
         if len(self.sizes()) == 1:
             self.whole = self.whole.lower(state, *data).compile()
             return
         rng, keys = jax.eval_shape(self._keys, state)
-        losses = jax.ShapeDtypeStruct((self.steps,), jnp.float32)
+        losses = jax.ShapeDtypeStruct(self._losses_shape(), jnp.float32)
         start = jax.ShapeDtypeStruct((), jnp.int32)
         for size in set(self.sizes()):
-            keys_K = jax.ShapeDtypeStruct((size, *keys.shape[1:]), keys.dtype)
+            keys_K = jax.eval_shape(lambda k, size=size: self._slice(k, 0, size), keys)
             self._compiled[size] = self._chunk.lower(state, losses, start, keys_K, *data).compile()
         self._finish = self._finish.lower(state, rng, losses).compile()
 
@@ -81,12 +102,14 @@ class ChunkedEpoch:
         if len(self.sizes()) == 1:
             return self.whole(state, *data)
         rng, keys = self._keys(state)
-        losses = jnp.zeros(self.steps, jnp.float32)
+        losses = jnp.zeros(self._losses_shape(), jnp.float32)
+        if self.members:
+            losses = jax.device_put(losses, self.members.sharding)
         start = 0
         for size in self.sizes():
             chunk = self._compiled[size]
             state, losses = chunk(
-                state, losses, jnp.int32(start), keys[start : start + size], *data
+                state, losses, jnp.int32(start), self._slice(keys, start, size), *data
             )
             losses.block_until_ready()  # the host waits here, where a signal is heard
             start += size

@@ -70,7 +70,8 @@ class EpochLoop:
         seconds = self.train_epoch(epoch, signals)
         measured = self.evaluate(epoch)
         self.record(measured, seconds)
-        reason = stop_reason(measured, self.state, train)
+        state = self.state
+        reason = stop_reason(measured, state.epochs_since_best, state.best_val_loss, train)
         signal = parallel.agreed_signal(signals.received)
         if epoch % train.checkpoint_every == 0 or reason or signal or epoch == train.epochs:
             self.save(epoch, self.state, measured)

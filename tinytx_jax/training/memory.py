@@ -6,9 +6,10 @@ from tinytx_jax.configuration import ConfigError
 from tinytx_jax.run_config import RunConfig
 
 
-def training_bytes(run: RunConfig, vocab_size: int = 256) -> tuple[int, int]:
+def training_bytes(run: RunConfig, vocab_size: int = 256, members: int = 1) -> tuple[int, int]:
     """A lower bound on the memory training needs, and the parameter count: float32
-    weights, gradients and two Adam moments, plus one step's activations."""
+    weights, gradients and two Adam moments (of every member of a population), plus one
+    step's activations (a device's members train one after another)."""
     model, batch = run.model, run.train.batch_size
     d, layers, max_len = model.d_model, model.n_layers, model.max_len
     per_layer = 4 * d * d + (8 * d * d if model.mlp else 0)
@@ -17,7 +18,7 @@ def training_bytes(run: RunConfig, vocab_size: int = 256) -> tuple[int, int]:
     params += layers * per_layer
     block = run.data.block_size or max_len
     activations = layers * (batch * block * d * 16 + batch * model.n_heads * block * block * 2)
-    return 16 * params + 4 * activations, params
+    return 16 * params * members + 4 * activations, params
 
 
 def available_bytes() -> int | None:
@@ -31,15 +32,18 @@ def available_bytes() -> int | None:
     return None
 
 
-def check_fits_in_memory(run: RunConfig) -> None:
-    """Refuse up front a model that cannot train in this machine's memory (on a CPU, whose
-    device memory is the host's), rather than hang allocating it."""
-    needed, params = training_bytes(run)
+def check_fits_in_memory(run: RunConfig, members: int = 1) -> None:
+    """Refuse up front a model (or a population of `members` of it) that cannot train in
+    this machine's memory (on a CPU, whose device memory is the host's), rather than hang
+    allocating it."""
+    needed, params = training_bytes(run, members=members)
     available = available_bytes()
     if available is not None and needed > available:
+        what = f"{members} members of the model need" if members > 1 else "the model needs"
+        fewer = "fewer members (config.seeds, config.sweep) or " if members > 1 else ""
         raise ConfigError(
-            f"the model needs at least {needed / 1e9:,.1f} GB to train ({params:,} parameters: "
+            f"{what} at least {needed / 1e9:,.1f} GB to train ({params:,} parameters each: "
             f"float32 weights, gradients and Adam moments, and activations), more than the "
-            f"{available / 1e9:,.1f} GB available: lower d_model, n_layers, max_len or "
-            "batch_size"
+            f"{available / 1e9:,.1f} GB available: train {fewer}lower d_model, n_layers, "
+            "max_len or batch_size"
         )

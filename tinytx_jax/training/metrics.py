@@ -119,10 +119,18 @@ def is_epoch_record(record: object) -> bool:
 class MetricsLog:
     """Appends one JSON object per epoch and mirrors the numbers to TensorBoard.
 
-    In a multi-process run only process 0 writes (`enabled` is False elsewhere).
+    In a multi-process run only process 0 writes (`enabled` is False elsewhere). A
+    population's records carry their `member`, and each member is a TensorBoard run of
+    its own (`tensorboard/member_N`).
     """
 
-    def __init__(self, workdir: str | os.PathLike, resumed_epoch: int, enabled: bool = True):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        resumed_epoch: int,
+        enabled: bool = True,
+        members: tuple[int, ...] = (),
+    ):
         self.enabled = enabled
         if not enabled:
             return
@@ -133,21 +141,28 @@ class MetricsLog:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         from tensorboardX import SummaryWriter  # imported here: chat start-up does not need it
 
-        self.writer = SummaryWriter(str(self.directory / TENSORBOARD_DIR))
+        board = self.directory / TENSORBOARD_DIR
+        self.writers = (
+            {None: SummaryWriter(str(board))}
+            if not members
+            else {member: SummaryWriter(str(board / f"member_{member}")) for member in members}
+        )
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as file:
             file.write(json.dumps(record) + "\n")
+        writer = self.writers[record.get("member")]
         for name, value in record.items():
-            if name not in ("epoch", "step"):
-                self.writer.add_scalar(name, value, global_step=record["epoch"])
-        self.writer.flush()
+            if name not in ("epoch", "step", "member"):
+                writer.add_scalar(name, value, global_step=record["epoch"])
+        writer.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self.writer.close()
+            for writer in self.writers.values():
+                writer.close()
 
 
 def plot_curves(workdir: str | os.PathLike) -> Path:

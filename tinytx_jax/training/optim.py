@@ -16,6 +16,8 @@ the original halved only once per plateau.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -29,13 +31,22 @@ MUON_CONSISTENT_RMS = 0.2  # Muon updates of AdamW's RMS (Liu et al. 2025, Moonl
 
 def warmup_schedule(lr: float, warmup_steps: int) -> optax.Schedule:
     """`lr * (step + 1) / warmup_steps` for the first `warmup_steps` steps, then `lr`."""
-    if warmup_steps <= 0:
-        return optax.constant_schedule(lr)
+    if isinstance(warmup_steps, int):
+        if warmup_steps <= 0:
+            return optax.constant_schedule(lr)
 
-    def schedule(count):
-        return lr * jnp.minimum((count + 1) / warmup_steps, 1.0)
+        def schedule(count):
+            return lr * jnp.minimum((count + 1) / warmup_steps, 1.0)
 
-    return schedule
+        return schedule
+
+    def member_schedule(count):
+        # A population member's warm-up, an array: XLA divides by a constant as a product
+        # with its reciprocal, so this is a solo run's rate to the last bit. A warm-up of
+        # 0 gives lr too: min(inf, 1) = 1.
+        return lr * jnp.minimum((count + 1) * (1.0 / warmup_steps), 1.0)
+
+    return member_schedule
 
 
 def cosine_schedule(
@@ -126,15 +137,18 @@ def make_plateau(
     )
 
 
-def make_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
-    """The per-step rate over a run of `total_steps` (before plateau scaling)."""
+def make_schedule(
+    optim: OptimConfig, total_steps: int, lr=None, warmup_steps=None
+) -> optax.Schedule:
+    """The per-step rate over a run of `total_steps` (before plateau scaling); `lr` and
+    `warmup_steps` replace the section's when given (a population member's, as arrays)."""
+    lr = optim.lr if lr is None else lr
+    warmup_steps = optim.warmup_steps if warmup_steps is None else warmup_steps
     if optim.lr_schedule == "cosine":
-        return cosine_schedule(optim.lr, optim.warmup_steps, total_steps, optim.min_lr)
+        return cosine_schedule(lr, warmup_steps, total_steps, optim.min_lr)
     if optim.lr_schedule == "wsd":
-        return wsd_schedule(
-            optim.lr, optim.warmup_steps, total_steps, optim.min_lr, optim.decay_fraction
-        )
-    return warmup_schedule(optim.lr, optim.warmup_steps)
+        return wsd_schedule(lr, warmup_steps, total_steps, optim.min_lr, optim.decay_fraction)
+    return warmup_schedule(lr, warmup_steps)
 
 
 def make_optimizers(
@@ -153,3 +167,40 @@ def make_optimizers(
     )
     plateau = make_plateau(optim.lr, optim.plateau_factor, optim.plateau_patience, optim.min_lr)
     return tx, plateau
+
+
+def make_member_optimizers(
+    optim: OptimConfig, total_steps: int, swept: tuple[str, ...]
+) -> tuple[Callable[[dict], optax.GradientTransformation], optax.GradientTransformationExtraArgs]:
+    """`make_optimizers` for a population whose members differ in the `swept` values
+    (MEMBER_VALUES): those live in the optimiser state (optax.inject_hyperparams), one
+    array per member, so every member trains in the same program. Returns the chain for
+    given values (a member's, for its initial state; any, for the update, which reads
+    them from the state) and the plateau transform, which has no floor here: each
+    member's (min_lr / its lr) is applied after it (steps.make_end_epoch)."""
+
+    def chain(
+        lr=None, weight_decay=None, clip_norm=None, warmup_steps=None, adam_b1=None, adam_b2=None
+    ):
+        def given(name, value):
+            return getattr(optim, name) if value is None else value
+
+        return make_optimizer(
+            make_schedule(optim, total_steps, lr, warmup_steps),
+            given("clip_norm", clip_norm),
+            given("weight_decay", weight_decay),
+            given("adam_b1", adam_b1),
+            given("adam_b2", adam_b2),
+            optim.weight_decay_on == "matrices",
+            optim.optimizer,
+            optim.muon_ns_steps,
+        )
+
+    def tx_for(values: dict) -> optax.GradientTransformation:
+        return optax.inject_hyperparams(chain)(**{name: values[name] for name in swept})
+
+    plateau = make_plateau(optim.lr, optim.plateau_factor, optim.plateau_patience, 0.0)
+    return tx_for, plateau
+
+
+MEMBER_VALUES = ("lr", "weight_decay", "clip_norm", "warmup_steps", "adam_b1", "adam_b2")

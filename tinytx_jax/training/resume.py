@@ -105,7 +105,9 @@ def starting_state(
     state = task.initial_state(train.seed)
     if store.steps():
         state, last = restore_for_resume(store, state, task, log, train.resume_on_new_data)
-        if last.epoch >= train.epochs or stop_reason(last, state, train):
+        if last.epoch >= train.epochs or stop_reason(
+            last, state.epochs_since_best, state.best_val_loss, train
+        ):
             log(f"Nothing to train: the run in {store.directory} finished at epoch {last.epoch}")
             return state, True
     elif task.init_source:

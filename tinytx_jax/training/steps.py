@@ -64,14 +64,14 @@ def draw_window_starts(
 def make_step(
     model: TinyTransformer,
     tx: optax.GradientTransformation,
-    mesh: jax.sharding.Mesh,
+    mesh: jax.sharding.Mesh | None,
     batch_size: int,
     block_size: int,
 ) -> Callable[..., tuple[TrainState, jax.Array]]:
     """`(state, step_key, tokens_N, weights_N | None, starts_S | None) -> (state, loss)`:
     one training step on windows drawn from `step_key`, anywhere or, given `starts_S`, at
     one of those positions (conversation starts)."""
-    batch_sharding = parallel.batch_sharded(mesh)
+    batch_sharding = parallel.batch_sharded(mesh) if mesh else None
 
     def windows_BxW(array_N: jax.Array, starts_B: jax.Array) -> jax.Array:
         # dynamic_slice clamps a start that would run past the end; the starts drawn
@@ -83,7 +83,8 @@ def make_step(
         starts_B = draw_window_starts(
             window_key, batch_size, tokens_N.shape[0], block_size, starts_S
         )
-        starts_B = jax.lax.with_sharding_constraint(starts_B, batch_sharding)
+        if batch_sharding:  # (a population's member computes on one device: no constraint)
+            starts_B = jax.lax.with_sharding_constraint(starts_B, batch_sharding)
         tokens_BxW = windows_BxW(tokens_N, starts_B).astype(jnp.int32)  # stored as uint16
         weights_BxT = None if weights_N is None else windows_BxW(weights_N, starts_B)[:, 1:]
         return train_step(
@@ -99,20 +100,18 @@ def epoch_keys(state: TrainState, steps_per_epoch: int) -> tuple[jax.Array, jax.
     return jax.random.key_data(rng), jax.random.split(epoch_key, steps_per_epoch)
 
 
-def make_train_epoch(
+def train_epoch_function(
     model: TinyTransformer,
     tx: optax.GradientTransformation,
-    mesh: jax.sharding.Mesh,
+    mesh: jax.sharding.Mesh | None,
     steps_per_epoch: int,
     batch_size: int,
     block_size: int,
 ) -> StateUpdate:
-    """A jitted `(state, tokens_N, weights_N | None, starts_S | None) -> (state, mean loss)`.
+    """`(state, tokens_N, weights_N | None, starts_S | None) -> (state, mean loss)`.
 
     One call runs a whole epoch as a `lax.scan` of `train_step`, drawing the window starts
     on the device from the state's key, so the host only hears back at the epoch's end.
-    (The training loop runs the same steps in chunks, see chunks.py; this whole-epoch form
-    serves the benchmarks and profiles.)
     """
     step = make_step(model, tx, mesh, batch_size, block_size)
 
@@ -128,8 +127,47 @@ def make_train_epoch(
         )
         return state.replace(rng=rng, epoch=state.epoch + 1), losses.mean()
 
+    return train_epoch
+
+
+def make_train_epoch(
+    model: TinyTransformer,
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    steps_per_epoch: int,
+    batch_size: int,
+    block_size: int,
+) -> StateUpdate:
+    """`train_epoch_function`, jitted. (The training loop runs the same steps in chunks,
+    see chunks.py; this whole-epoch form serves the benchmarks and profiles.)"""
+    epoch = train_epoch_function(model, tx, mesh, steps_per_epoch, batch_size, block_size)
     # The old state's buffers are donated: an epoch updates the state in place.
-    return jax.jit(train_epoch, donate_argnums=0)
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def end_epoch_update(
+    state: TrainState,
+    val_loss: jax.Array,
+    plateau: optax.GradientTransformationExtraArgs,
+    plateau_enabled: bool,
+    schedule: optax.Schedule,
+    min_delta: float,
+    floor: jax.Array | None = None,
+) -> tuple[TrainState, jax.Array]:
+    """Plateau and early-stop bookkeeping; `floor`: the lowest plateau scale, where the
+    plateau transform has none of its own (a population member's min_lr / lr)."""
+    plateau_state = state.plateau_state
+    if plateau_enabled:
+        _, plateau_state = plateau.update({}, plateau_state, value=val_loss)
+        if floor is not None:
+            plateau_state = plateau_state._replace(scale=jnp.maximum(plateau_state.scale, floor))
+    improved = val_loss + min_delta < state.best_val_loss
+    state = state.replace(
+        plateau_state=plateau_state,
+        best_val_loss=jnp.where(improved, val_loss, state.best_val_loss),
+        epochs_since_best=jnp.where(improved, 0, state.epochs_since_best + 1),
+    )
+    return state, schedule(state.step) * plateau_state.scale
 
 
 def make_end_epoch(
@@ -138,18 +176,9 @@ def make_end_epoch(
     schedule: optax.Schedule,
     min_delta: float,
 ) -> StateUpdate:
-    """A jitted `(state, val_loss) -> (state, next lr)`: plateau and early-stop bookkeeping."""
+    """A jitted `(state, val_loss) -> (state, next lr)`: `end_epoch_update`."""
 
     def end_epoch(state: TrainState, val_loss: jax.Array):
-        plateau_state = state.plateau_state
-        if plateau_enabled:
-            _, plateau_state = plateau.update({}, plateau_state, value=val_loss)
-        improved = val_loss + min_delta < state.best_val_loss
-        state = state.replace(
-            plateau_state=plateau_state,
-            best_val_loss=jnp.where(improved, val_loss, state.best_val_loss),
-            epochs_since_best=jnp.where(improved, 0, state.epochs_since_best + 1),
-        )
-        return state, schedule(state.step) * plateau_state.scale
+        return end_epoch_update(state, val_loss, plateau, plateau_enabled, schedule, min_delta)
 
     return jax.jit(end_epoch, donate_argnums=0)

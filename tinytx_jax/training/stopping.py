@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from tinytx_jax.configuration import TrainConfig
 from tinytx_jax.training.metrics import EpochMetrics
-from tinytx_jax.training.state import TrainState
 
 
-def stop_reason(metrics: EpochMetrics, state: TrainState, train: TrainConfig) -> str | None:
-    """Why training stops after this epoch (early stop or target reached), if it does."""
-    if int(state.epochs_since_best) >= train.early_stop_patience:
+def stop_reason(
+    metrics: EpochMetrics, epochs_since_best: int, best_val_loss: float, train: TrainConfig
+) -> str | None:
+    """Why training stops after this epoch (early stop or target reached), if it does;
+    `epochs_since_best` and `best_val_loss` as the train state holds them after it."""
+    if int(epochs_since_best) >= train.early_stop_patience:
         return (
             f"Early stopping at epoch {metrics.epoch}: no val_loss improvement for "
-            f"{train.early_stop_patience} epochs (best {float(state.best_val_loss):.4f})"
+            f"{train.early_stop_patience} epochs (best {float(best_val_loss):.4f})"
         )
     # With both targets set, both must be reached: a model that scores val_acc 0.99 can
     # still answer one dialog wrong, and one that answers every dialog can do so narrowly.

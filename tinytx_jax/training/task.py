@@ -60,9 +60,11 @@ class Task:
         return data.train_tokens, data.train_weights, data.train_starts
 
 
-def build_task(run: RunConfig, log: Callable[[str], None] = print) -> Task:
-    """Optimizer, corpus, vocabulary, model, mesh and placed data of a run; `log` hears of
-    an unreadable checkpoint of `config.init_from` passed over."""
+def build_task(
+    run: RunConfig, log: Callable[[str], None] = print, mesh: jax.sharding.Mesh | None = None
+) -> Task:
+    """Optimizer, corpus, vocabulary, model, mesh (`mesh`, or every device) and placed data
+    of a run; `log` hears of an unreadable checkpoint of `config.init_from` passed over."""
     schedule = optim.make_schedule(run.optim, run.train.total_steps)
     tx, plateau = optim.make_optimizers(run.optim, schedule)
     typing = corpus.UserTyping.of(run.data, run.train.seed)
@@ -75,7 +77,7 @@ def build_task(run: RunConfig, log: Callable[[str], None] = print) -> Task:
     if not run.data.block_size:  # resolved here, so checkpoints and eval record the real size
         run = run.fitted_to(text.longest_conversation)
     model = TinyTransformer(dataclasses.replace(run.model, vocab_size=vocab.size))
-    mesh = parallel.make_mesh()
+    mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(run.train.batch_size, mesh)
     data = train_data.build_train_data(run, text, vocab, mesh)
     return Task(run, model, tx, plateau, schedule, vocab, text, data, source, mesh)

@@ -1,0 +1,77 @@
+"""Training a population: its plan checked, its groups trained one after another (each
+by its own PopulationLoop), then its report."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+
+from tinytx_jax import interrupt, parallel
+from tinytx_jax.checkpoints.store import CheckpointStore
+from tinytx_jax.configuration import ConfigError
+from tinytx_jax.run_config import RunConfig
+from tinytx_jax.training import population, population_report
+from tinytx_jax.training import workdir as run_workdir
+from tinytx_jax.training.memory import check_fits_in_memory
+from tinytx_jax.training.population import Group
+from tinytx_jax.training.population_loop import PopulationLoop
+from tinytx_jax.training.population_steps import Members, build_programs, placed_everywhere
+from tinytx_jax.training.task import build_task
+
+
+def train_population(run: RunConfig, workdir: str, log: Callable[[str], None] = print) -> None:
+    """Train every group of the population in `run`, then print its report."""
+    groups = population.plan(run)
+    if jax.process_count() > 1:
+        raise ConfigError("a population trains in one process: drop config.seeds/sweep/groups")
+    if run.data.augment_user:
+        raise ConfigError(
+            "config.augment_user retypes the data by seed, and a population's members share "
+            "their data: train each seed alone, or set config.augment_user=0"
+        )
+    if jax.default_backend() == "cpu":
+        for group in groups:
+            check_fits_in_memory(group.run, members=len(group.members))
+    with run_workdir.training_lock(workdir):
+        if not run.train.resume:
+            moved = run_workdir.set_aside(workdir)
+            if moved:
+                log(f"Starting over: the previous run's files were moved to {moved}")
+        population_report.write_plan(workdir, groups)
+        count = sum(len(group.members) for group in groups)
+        after = "; the groups train one after another" if len(groups) > 1 else ""
+        log(f"Population of {count} members: {'; '.join(g.describe() for g in groups)}{after}")
+        for group in groups:
+            train_group(group, group.directory(workdir, len(groups)), len(groups), log)
+    log(population_report.report(workdir))
+    log(f"Curves: {population_report.plot_population(workdir)}")
+
+
+def train_group(group: Group, directory: Path, groups: int, log: Callable[[str], None]) -> None:
+    members = Members.over_devices(len(group.members))
+    task = build_task(group.run, log, mesh=parallel.make_mesh(1))
+    if task.data.host_feed:
+        raise ConfigError(
+            "a population trains from windows held on the devices, and this data is fed from "
+            "host memory: set config.feed=device if it fits, or train each seed alone"
+        )
+    task = dataclasses.replace(task, data=placed_everywhere(task.data, members))
+    store = CheckpointStore(directory, keep=task.run.train.keep_checkpoints)
+    try:
+        start = time.perf_counter()
+        programs = build_programs(task, group, members)
+        loop = PopulationLoop(task, group, programs, store, directory, log, groups)
+        if loop.resume():
+            return
+        loop.announce(members, time.perf_counter() - start)
+        with interrupt.SignalCatcher() as signals, loop:
+            for epoch in range(loop.saved_epoch + 1, task.run.train.epochs + 1):
+                if not loop.run_epoch(epoch, signals):
+                    break
+        loop.summarise()
+    finally:
+        store.close()
