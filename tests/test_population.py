@@ -75,7 +75,7 @@ def test_bad_plans_are_named(values, message):
 
 
 def test_a_member_trains_as_its_solo_run_on_the_fast_config(fast_population, tmp_path):
-    run, _, lines = fast_population
+    _, _, lines = fast_population
     # Member 3: seed 8 and lr 5e-3; its solo run, alone in this process.
     solo = solo_lines(run_of(fast.get_config(), epochs=3, seed=8, lr=5e-3), tmp_path)
     assert len(solo) == 3 and member_lines(lines, 3) == solo  # to the last printed digit
