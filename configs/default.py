@@ -100,4 +100,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.sweep = ""  # per-member values in one program, e.g. "lr=1e-3,3e-3;weight_decay=0,0.1"
     config.groups = ""  # values that change shapes, one group after another: "d_model=32,64"
     config.member = -1  # chat, eval, serve...: which member of a population (-1: the best)
+    config.member_batching = "auto"  # a device's members: "map" (one by one), "vmap", or auto
     return config

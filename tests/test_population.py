@@ -9,10 +9,14 @@ import pytest
 
 from configs import default, fast
 from tests.conftest import run_main
+from tinytx_jax import parallel
+from tinytx_jax.checkpoints.store import CheckpointError
 from tinytx_jax.configuration import ConfigError
 from tinytx_jax.inference import trained
 from tinytx_jax.run_config import RunConfig
 from tinytx_jax.training import metrics, population, population_report, train
+from tinytx_jax.training.population_steps import build_programs
+from tinytx_jax.training.task import build_task
 from tinytx_jax.training.train_population import train_population
 
 MEMBER = re.compile(r"^\[member (\d+)\] (.*)$")
@@ -55,7 +59,8 @@ def test_plan_crosses_swept_values_with_seeds_and_groups_shapes():
         (6, 7, 3e-3),
         (7, 8, 3e-3),
     ]
-    assert groups[1].run.model.d_model == 64 and groups[1].swept == ("lr",)
+    assert groups[1].run.model.d_model == 64 and groups[1].swept == {"lr": [1e-3, 1e-3, 3e-3, 3e-3]}
+    assert groups[1].directory("w").as_posix() == "w/groups/1"
 
 
 @pytest.mark.parametrize(
@@ -134,7 +139,7 @@ def test_report_gives_each_member_and_the_spread_over_seeds(fast_population):
 @pytest.mark.e2e
 def test_eight_devices_give_the_figures_of_one(tmp_path):
     args = ["--mode=train", "--config=configs/fast.py", "--config.seeds=8"]
-    args += ["--config.epochs=2", "--config.steps_per_epoch=10"]
+    args += ["--config.epochs=1", "--config.steps_per_epoch=10"]
     figures = []
     for devices in (1, 8):
         env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
@@ -177,3 +182,39 @@ def test_chat_picks_the_best_member_or_the_one_named(fast_population):
     wrong = run_main("--mode=chat", f"--workdir={workdir}", "--prompt=hi", "--config.member=4")
     assert wrong.returncode == 2
     assert "config.member=4 is out of range: the population in" in wrong.stderr
+
+
+def test_a_stopped_member_skips_the_epoch_and_keeps_its_state():
+    run = run_of(fast.get_config(), seeds=2)
+    (group,) = population.plan(run)
+    task = build_task(group.run, lambda _: None, mesh=parallel.make_mesh(1))
+    programs = build_programs(task, group)
+    before = jax.tree.map(np.asarray, programs.initial_state())
+    state, _ = programs.steps.train_epoch.run(
+        programs.initial_state(),
+        *programs.task.train_data(1),
+        stop=lambda: False,
+        active=[True, False],
+    )
+    after = jax.tree.map(np.asarray, state)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[1], b[1]), after, before)
+    assert int(after.step[0]) == 25 and int(after.epoch[0]) == 1
+    assert not np.array_equal(after.params["head"]["kernel"][0], before.params["head"]["kernel"][0])
+
+
+def test_batched_members_agree_with_members_one_by_one(fast_population, tmp_path):
+    run, workdir, _ = fast_population
+    batched = run_of(run.flat, epochs=1, member_batching="vmap")
+    train_population(batched, str(tmp_path), lambda _: None)
+    figures = []
+    for directory in (workdir, tmp_path):
+        records = metrics.read_metrics(directory / metrics.METRICS_FILE)
+        figures.append([[r["train_loss"], r["val_loss"]] for r in records if r["epoch"] == 1])
+    # vmap batches the members' products: the same training, rounded otherwise.
+    np.testing.assert_allclose(figures[1], figures[0], rtol=1e-3)
+
+
+def test_a_solo_run_does_not_resume_from_a_population(fast_population):
+    _, workdir, _ = fast_population
+    with pytest.raises(CheckpointError, match="it holds a population"):
+        train.train_run(run_of(fast.get_config(), epochs=4), str(workdir), lambda _: None)

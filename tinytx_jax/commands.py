@@ -17,6 +17,7 @@ import ml_collections
 from absl import logging
 
 from tinytx_jax import configuration, parallel, run_config
+from tinytx_jax.checkpoints import members
 from tinytx_jax.checkpoints.store import CheckpointError, quiet_reader_callbacks
 from tinytx_jax.cli import fail
 from tinytx_jax.data import corpus, split, token_cache
@@ -35,9 +36,7 @@ from tinytx_jax.training import (
     epoch_loop,
     head_start,
     metrics,
-    population,
     population_report,
-    population_steps,
     train,
     train_population,
     workdir,
@@ -112,8 +111,10 @@ def run(
             parallel.enable_compile_cache(token_cache.cache_root() / "jax_cache")
         if distributed and mode != "train":
             fail("a multi-process run trains only (--mode=train); chat afterwards in one process")
-        if mode == "plot":
+        if mode == "plot" and not members.read_plan(workdir):
             print(f"Wrote {metrics.plot_curves(workdir)}")
+        elif mode == "plot":
+            print(f"Wrote {population_report.plot_population(workdir)}")
         elif mode == "report":
             print(population_report.report(workdir))
             print(f"Wrote {population_report.plot_population(workdir)}")
@@ -150,11 +151,13 @@ def train_then_use(
     if mode in ("train", "train_and_chat"):
         if distributed:
             parallel.initialize_distributed(*distributed)
-        elif "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-            parallel.use_cpu_devices(cpu_devices(config))
-        if population.is_population(config):
-            train_population.train_population(config, workdir)
+        forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+        if config.population.wanted:
+            set_devices = not (distributed or forced)
+            train_population.train_population(config, workdir, set_cpu_devices=set_devices)
         else:
+            if not (distributed or forced):
+                parallel.use_cpu_devices(solo_cpu_devices(config))
             early = config.host.compile_cache and text and parallel.is_primary()
             on_task = head_start.compile_sample_early(config.use, prompt) if early else None
             train.train_run(config, workdir, print if parallel.is_primary() else quiet, on_task)
@@ -166,15 +169,10 @@ def train_then_use(
     use_checkpoint(config.use, workdir, mode, prompt)
 
 
-def cpu_devices(config: run_config.RunConfig) -> int:
-    """The XLA devices a CPU splits into: a batch's share of the cores, or a population's
-    members' (config.cpu_devices, when set, caps them)."""
+def solo_cpu_devices(config: run_config.RunConfig) -> int:
+    """The XLA devices a CPU splits into for one run: its batch's share of the cores."""
     cores = len(os.sched_getaffinity(0))
-    requested = config.host.cpu_devices
-    if population.is_population(config):
-        members = len(population.plan(config)[0].members)
-        return population_steps.devices_for(members, requested or cores)
-    return parallel.cpu_device_count(config.train.batch_size, requested, cores)
+    return parallel.cpu_device_count(config.train.batch_size, config.host.cpu_devices, cores)
 
 
 def use_checkpoint(

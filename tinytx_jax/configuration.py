@@ -214,9 +214,15 @@ class PopulationConfig:
     seeds: int = 1  # seeds seed, seed + 1, ...
     sweep: str = ""  # per-member values trained in one program: "lr=1e-3,3e-3; ..."
     groups: str = ""  # values trained one group after another: "d_model=32,64"
+    member_batching: str = "auto"  # "map", "vmap", or auto: vmap on accelerators, map on CPU
 
     def __post_init__(self):
-        check(self, positive=("seeds",))
+        check(self, {"member_batching": ("auto", "map", "vmap")}, positive=("seeds",))
+
+    @property
+    def wanted(self) -> bool:
+        """Whether these settings ask for a population (or one run)."""
+        return self.seeds > 1 or bool(self.sweep) or bool(self.groups)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,15 +53,16 @@ class ChunkedEpoch:
             whole = train_epoch_function(
                 task.model, task.tx, None, self.steps, batch_size, block_size
             )
-            self.whole = jax.jit(members.each(whole, "m..."), donate_argnums=0)
+            self.whole = jax.jit(members.each(whole, "m...", gated=True), donate_argnums=1)
             keys = members.each(keys, "m")
-            run_chunk = members.each(run_chunk, "mm.m...")
-            finish = members.each(finish, "mmm")
+            run_chunk = members.each(run_chunk, "mm.m...", gated=True)
+            finish = members.each(finish, "mmm", gated=True)
         else:
             self.whole = task.make_train_epoch(self.steps)
         self._keys = jax.jit(keys)
-        self._chunk = jax.jit(run_chunk, donate_argnums=(0, 1))
-        self._finish = jax.jit(finish, donate_argnums=0)
+        first = 1 if members else 0  # a population's programs take the active flags first
+        self._chunk = jax.jit(run_chunk, donate_argnums=(first, first + 1))
+        self._finish = jax.jit(finish, donate_argnums=first)
         self._compiled: dict[int, Callable[..., Any]] = {}
 
     def sizes(self) -> list[int]:
@@ -78,18 +79,26 @@ class ChunkedEpoch:
         """The keys of steps [start, start + size) (of every member)."""
         return keys[:, start : start + size] if self.members else keys[start : start + size]
 
+    def _flags(self, active) -> tuple:
+        """The active flags a population's programs take first (none for a solo run)."""
+        if not self.members:
+            return ()
+        return (self.members.abstract_flags if active is None else self.members.flags(active),)
+
     def compile_programs(self, state: TrainState, *data) -> None:
         """Compile every program of an epoch ahead of time (no epoch's timing holds it)."""
+        flags = self._flags(None)
         if len(self.sizes()) == 1:
-            self.whole = self.whole.lower(state, *data).compile()
+            self.whole = self.whole.lower(*flags, state, *data).compile()
             return
         rng, keys = jax.eval_shape(self._keys, state)
         losses = jax.ShapeDtypeStruct(self._losses_shape(), jnp.float32)
         start = jax.ShapeDtypeStruct((), jnp.int32)
         for size in set(self.sizes()):
             keys_K = jax.eval_shape(lambda k, size=size: self._slice(k, 0, size), keys)
-            self._compiled[size] = self._chunk.lower(state, losses, start, keys_K, *data).compile()
-        self._finish = self._finish.lower(state, rng, losses).compile()
+            chunk = self._chunk.lower(*flags, state, losses, start, keys_K, *data)
+            self._compiled[size] = chunk.compile()
+        self._finish = self._finish.lower(*flags, state, rng, losses).compile()
 
     @staticmethod
     def start_copy(state: TrainState) -> TrainState:
@@ -97,10 +106,12 @@ class ChunkedEpoch:
         return jax.tree.map(jnp.copy, state)
 
     def run(
-        self, state: TrainState, *data, stop: Callable[[], bool]
+        self, state: TrainState, *data, stop: Callable[[], bool], active=None
     ) -> tuple[TrainState, jax.Array] | None:
+        """`active`: a population's members that train (the others keep their state)."""
+        flags = self._flags(active)
         if len(self.sizes()) == 1:
-            return self.whole(state, *data)
+            return self.whole(*flags, state, *data)
         rng, keys = self._keys(state)
         losses = jnp.zeros(self._losses_shape(), jnp.float32)
         if self.members:
@@ -108,11 +119,10 @@ class ChunkedEpoch:
         start = 0
         for size in self.sizes():
             chunk = self._compiled[size]
-            state, losses = chunk(
-                state, losses, jnp.int32(start), self._slice(keys, start, size), *data
-            )
+            keys_K = self._slice(keys, start, size)
+            state, losses = chunk(*flags, state, losses, jnp.int32(start), keys_K, *data)
             losses.block_until_ready()  # the host waits here, where a signal is heard
             start += size
             if start < self.steps and stop():
                 return None
-        return self._finish(state, rng, losses)
+        return self._finish(*flags, state, rng, losses)

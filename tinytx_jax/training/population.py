@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
+from tinytx_jax.checkpoints.members import PLAN_FILE
 from tinytx_jax.configuration import MAX_INT32, ConfigError
 from tinytx_jax.run_config import RunConfig
 from tinytx_jax.training.optim import MEMBER_VALUES
 
 GROUPS_DIR = "groups"
+STOPS_FILE = "stops.json"
 NOT_VARIED = ("seeds", "sweep", "groups", "member", "seed", "resume", "data_path")
 
 
@@ -48,27 +51,18 @@ class Group:
     values: dict[str, Any]  # the group's values (config.groups), by name
     run: RunConfig  # its settings, as its first member's
     members: tuple[Member, ...]
-    swept: tuple[str, ...]  # the MEMBER_VALUES its members differ in
+    swept: dict[str, list]  # each MEMBER_VALUES name its members differ in: their values
+    place: str  # its directory in the workdir: "." when it is the only group
 
-    def directory(self, workdir: str | Path, groups: int) -> Path:
-        """Where the group's checkpoints and metrics live: the workdir itself when alone."""
-        workdir = Path(workdir)
-        return workdir if groups == 1 else workdir / GROUPS_DIR / str(self.index)
-
-    def member_values(self, name: str) -> list:
-        """Each member's value of the swept `name`."""
-        return [member.values.get(name, getattr(self.run.optim, name)) for member in self.members]
+    def directory(self, workdir: str | Path) -> Path:
+        """Where the group's checkpoints and metrics live."""
+        return Path(workdir) / self.place
 
     def describe(self) -> str:
         if not self.values:
             return f"{len(self.members)} members"
         given = ", ".join(f"{name}={value}" for name, value in self.values.items())
         return f"group {self.index} ({given}): {len(self.members)} members"
-
-
-def is_population(run: RunConfig) -> bool:
-    population = run.population
-    return population.seeds > 1 or bool(population.sweep) or bool(population.groups)
 
 
 def parse_values(text: str, flat: ml_collections.ConfigDict, option: str) -> list[tuple]:
@@ -132,8 +126,8 @@ def plan(run: RunConfig) -> list[Group]:
     last_seed = run.train.seed + population.seeds - 1
     if last_seed > MAX_INT32:
         raise ConfigError(f"config.seed + config.seeds - 1 must be at most {MAX_INT32}")
-    groups, index = [], 0
-    for group_index, group_values in enumerate(_combinations(grouped)):
+    groups, index, combinations = [], 0, _combinations(grouped)
+    for group_index, group_values in enumerate(combinations):
         members = []
         for member_values in _combinations(swept):
             for offset in range(population.seeds):
@@ -143,8 +137,9 @@ def plan(run: RunConfig) -> list[Group]:
         group_run = member_run(run, members[0])
         for member in members[1:]:
             member_run(run, member)  # each member's values checked, with its name
-        swept_names = tuple(n for n, _ in swept)
-        groups.append(Group(group_index, group_values, group_run, tuple(members), swept_names))
+        values = {name: [m.values[name] for m in members] for name, _ in swept}
+        place = "." if len(combinations) == 1 else f"{GROUPS_DIR}/{group_index}"
+        groups.append(Group(group_index, group_values, group_run, tuple(members), values, place))
     return groups
 
 
@@ -167,3 +162,25 @@ def member_run(run: RunConfig, member: Member) -> RunConfig:
         return RunConfig.from_flat(flat)
     except ConfigError as error:
         raise ConfigError(f"{member.describe()}: {error}") from None
+
+
+def write_plan(workdir: str | Path, groups: list[Group]) -> None:
+    """`population.json`: every member, its values and its group's directory."""
+    plan = {
+        "groups": [
+            {
+                "index": group.index,
+                "values": group.values,
+                "directory": group.place,
+                "members": [dataclasses.asdict(m) for m in group.members],
+            }
+            for group in groups
+        ]
+    }
+    (Path(workdir) / PLAN_FILE).write_text(json.dumps(plan, indent=1) + "\n")
+
+
+def write_stops(directory: Path, stops: dict[int, tuple[int, str]]) -> None:
+    """A group's `stops.json`: where each member that stopped did, and why."""
+    text = json.dumps({str(index): list(stop) for index, stop in stops.items()})
+    (directory / STOPS_FILE).write_text(text + "\n")

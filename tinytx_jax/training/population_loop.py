@@ -17,7 +17,7 @@ from tinytx_jax import interrupt, parallel
 from tinytx_jax.checkpoints.meta import rank
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstract_like
 from tinytx_jax.data import corpus
-from tinytx_jax.training import metrics, population_report
+from tinytx_jax.training import metrics, population
 from tinytx_jax.training.chunks import ChunkedEpoch
 from tinytx_jax.training.epoch_loop import Interrupted
 from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
@@ -116,21 +116,20 @@ class PopulationLoop:
         return len(self.stopped) < len(self.group.members)
 
     def train_epoch(self, epoch: int, signals: interrupt.SignalCatcher) -> float:
-        """One epoch of every active member (stopped ones keep their state)."""
-        steps, active = self.programs.steps, self.active()
+        """One epoch of every active member (stopped ones skip it, their state kept)."""
+        steps = self.programs.steps
         epoch_start = time.perf_counter()
-        keep = not active.all() or len(steps.train_epoch.sizes()) > 1
-        before = ChunkedEpoch.start_copy(self.state) if keep else None
+        chunked = len(steps.train_epoch.sizes()) > 1
+        before = ChunkedEpoch.start_copy(self.state) if chunked else None
         done = steps.train_epoch.run(
             self.state,
             *self.task.train_data(epoch),
             stop=lambda: bool(parallel.agreed_signal(signals.received)),
+            active=self.active(),
         )
         if done is None:
             raise self.interrupted_during(epoch, before, int(signals.received))
         self.state, self.train_loss = done
-        if not active.all():
-            self.state = self.programs.select(active, self.state, before)
         self.train_loss.block_until_ready()
         seconds = time.perf_counter() - epoch_start
         self.train_seconds += seconds
@@ -154,11 +153,9 @@ class PopulationLoop:
                     for row in correct
                 ]
         active = self.active()
-        before = None if active.all() else ChunkedEpoch.start_copy(self.state)
         floors = () if self.programs.floors is None else (self.programs.floors,)
-        self.state, lr = steps.end_epoch(self.state, val_loss, *floors)
-        if before is not None:
-            self.state = self.programs.select(active, self.state, before)
+        flags = self.programs.members.flags(active)
+        self.state, lr = steps.end_epoch(flags, self.state, val_loss, *floors)
         text_model = task.corpus.kind == corpus.TEXT
         train_loss, val_loss, val_acc, lr = (
             np.asarray(x) for x in (self.train_loss, val_loss, val_acc, lr)
@@ -235,7 +232,7 @@ class PopulationLoop:
 
     def write_stops(self) -> None:
         stops = {self.group.members[i].index: stop for i, stop in self.stopped.items()}
-        population_report.write_stops(self.directory, stops)
+        population.write_stops(self.directory, stops)
 
     def interrupted_during(self, epoch: int, before: TrainState, signum: int) -> Interrupted:
         where = f"the checkpoint of epoch {epoch - 1}"

@@ -1,44 +1,20 @@
-"""A population's record and report: who its members are (`population.json`), where each
-stopped (`stops.json` of each group), a table of members, mean +- std over the members of
+"""A population's report, read from its workdir (`population.json`, each group's
+`stops.json` and `metrics.jsonl`): a table of members, mean +- std over the members of
 equal values, and every member's validation curve (`curves.png`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from tinytx_jax.checkpoints.members import PLAN_FILE, read_plan
+from tinytx_jax.checkpoints.members import read_plan
 from tinytx_jax.training.metrics import CURVES_FILE, METRICS_FILE, read_metrics
-from tinytx_jax.training.population import Group
+from tinytx_jax.training.population import STOPS_FILE
 
-STOPS_FILE = "stops.json"
 FIGURES = ("val_loss", "val_acc", "exact_match", "typed_match")
-
-
-def write_plan(workdir: str | os.PathLike, groups: list[Group]) -> None:
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    plan = {
-        "groups": [
-            {
-                "index": group.index,
-                "values": group.values,
-                "directory": str(group.directory(".", len(groups))),
-                "members": [dataclasses.asdict(m) for m in group.members],
-            }
-            for group in groups
-        ]
-    }
-    (workdir / PLAN_FILE).write_text(json.dumps(plan, indent=1) + "\n")
-
-
-def write_stops(directory: Path, stops: dict[int, tuple[int, str]]) -> None:
-    text = json.dumps({str(index): list(stop) for index, stop in stops.items()})
-    (directory / STOPS_FILE).write_text(text + "\n")
 
 
 def member_rows(workdir: str | os.PathLike) -> list[dict]:
@@ -132,7 +108,9 @@ def plot_population(workdir: str | os.PathLike) -> Path:
         if shortest:
             mean = np.mean([[v for _, v in c[:shortest]] for c in curves], axis=0)
             epochs = [e for e, _ in curves[0][:shortest]]
-            axis.plot(epochs, mean, color=colour, linewidth=2, label=f"{label} (mean)")
+            name = f"{label}: " if len(labels) > 1 else ""
+            mean_label = f"{name}mean of {len(curves)} members, up to the first stop"
+            axis.plot(epochs, mean, color=colour, linewidth=2, label=mean_label)
     axis.set(xlabel="epoch", ylabel="validation loss", yscale="log", title="population")
     axis.legend(fontsize="small")
     figure.tight_layout()

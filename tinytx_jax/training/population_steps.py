@@ -1,10 +1,11 @@
 """A population group's device programs: every member of the group in one program.
 
 The members lie along a leading axis of the train state, spread over the devices
-(`shard_map` over a `members` mesh axis); on each device its members run one after
-another (`lax.map`), each as its solo run would on one device, to the last bit. (`vmap`
-batches the members' matrix products instead; on a CPU that was no faster and its
-rounding differs from a solo run's: docs/populations.md.)
+(`shard_map` over a `members` mesh axis). On each device its members run one after
+another (`lax.map`), each as its solo run would on one device, to the last bit; or
+batched (`vmap`), which pays on an accelerator, while on a CPU it was no faster and its
+rounding differs from a solo run's (docs/populations.md). `config.member_batching`
+chooses; `auto` takes vmap on GPU and TPU, map on CPU.
 """
 
 from __future__ import annotations
@@ -43,11 +44,14 @@ class Members:
 
     count: int
     mesh: Mesh
+    batched: bool  # vmap over a device's members, not lax.map
 
     @classmethod
-    def over_devices(cls, count: int) -> Members:
+    def over_devices(cls, count: int, batching: str = "map") -> Members:
         devices = jax.devices()[: devices_for(count, jax.device_count())]
-        return cls(count, Mesh(np.array(devices), (MEMBERS,)))
+        if batching == "auto":
+            batching = "map" if jax.default_backend() == "cpu" else "vmap"
+        return cls(count, Mesh(np.array(devices), (MEMBERS,)), batching == "vmap")
 
     @property
     def sharding(self) -> NamedSharding:
@@ -57,25 +61,35 @@ class Members:
     def everywhere(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec())
 
-    def each(self, fn: Callable[..., Any], spec: str) -> Callable[..., Any]:
+    def each(self, fn: Callable[..., Any], spec: str, gated: bool = False) -> Callable[..., Any]:
         """`fn` for every member. `spec` has one letter per argument, `m` for one with a
         leading member axis, `.` for one all members share; a trailing `...` shares the
-        rest. Every output has a leading member axis."""
+        rest. Every output has a leading member axis. `gated`: the first argument is each
+        member's `active` flag, and an inactive member skips `fn` (its first argument, the
+        state, comes back as it was; the other outputs are zeros)."""
+        if gated:
+            spec = "m" + spec
 
         def for_members(*args):
             letters = (
                 spec[:-3] + "." * (len(args) - len(spec) + 3) if spec.endswith("...") else spec
             )
-            own = [letter == "m" for letter in letters]
+            per_member = [letter == "m" for letter in letters]
 
             def on_device(*local):
                 def one(mine):
-                    merged = [m if o else a for m, a, o in zip(mine, local, own, strict=True)]
-                    return fn(*merged)
+                    merged = [
+                        m if p else a for m, a, p in zip(mine, local, per_member, strict=True)
+                    ]
+                    if not gated:
+                        return fn(*merged)
+                    active, *given = merged
+                    return jax.lax.cond(active, fn, _skipped(fn), *given)
 
-                return jax.lax.map(one, [a if o else None for a, o in zip(local, own, strict=True)])
+                own = [a if p else None for a, p in zip(local, per_member, strict=True)]
+                return jax.vmap(one)(own) if self.batched else jax.lax.map(one, own)
 
-            specs = tuple(PartitionSpec(MEMBERS) if o else PartitionSpec() for o in own)
+            specs = tuple(PartitionSpec(MEMBERS) if p else PartitionSpec() for p in per_member)
             # check_vma off: the member functions are written for one device (their scans'
             # zero carries would each need marking as varying over the members).
             return jax.shard_map(
@@ -87,6 +101,25 @@ class Members:
             )(*args)
 
         return for_members
+
+    def flags(self, active: np.ndarray) -> jax.Array:
+        """Each member's `active` flag, placed as the members are."""
+        return jax.device_put(np.asarray(active, bool), self.sharding)
+
+    @property
+    def abstract_flags(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct((self.count,), jnp.bool_, sharding=self.sharding)
+
+
+def _skipped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What a stopped member gets instead of `fn`: its state back, zeros for the rest."""
+
+    def skip(state, *rest):
+        outputs = jax.eval_shape(fn, state, *rest)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), outputs[1:])
+        return (state, *zeros)
+
+    return skip
 
 
 def placed_everywhere(data: TrainData, members: Members) -> TrainData:
@@ -105,12 +138,13 @@ def placed_everywhere(data: TrainData, members: Members) -> TrainData:
 @dataclasses.dataclass(frozen=True)
 class GroupPrograms:
     """The loop's programs for a group (CompiledSteps, each over the members), its
-    initial state and the per-member plateau floors."""
+    members, initial state and per-member plateau floors."""
 
+    task: Task  # the group's, its data on the members' devices, their optimiser
     steps: CompiledSteps
+    members: Members
     initial_state: Callable[[], TrainState]
     floors: jax.Array | None  # each member's min_lr / lr, when lr differs between them
-    select: Callable[..., TrainState]  # (active_K, new, old): the active members' new
 
 
 def member_task(task: Task, group: Group) -> tuple[Task, Callable[[dict], Any], Any]:
@@ -126,10 +160,13 @@ def member_task(task: Task, group: Group) -> tuple[Task, Callable[[dict], Any], 
     return dataclasses.replace(task, tx=tx_for(base), plateau=plateau), tx_for, plateau
 
 
-def build_programs(task: Task, group: Group, members: Members) -> GroupPrograms:
-    """Compile the group's programs ahead of time, as compile_steps does for a solo run."""
+def build_programs(task: Task, group: Group) -> GroupPrograms:
+    """Spread the group's members over the devices, place its data there, and compile its
+    programs ahead of time, as compile_steps does for a solo run."""
+    members = Members.over_devices(len(group.members), task.run.population.member_batching)
+    task = dataclasses.replace(task, data=placed_everywhere(task.data, members))
     task, tx_for, plateau = member_task(task, group)
-    values = {name: jnp.asarray(group.member_values(name)) for name in group.swept}
+    values = {name: jnp.asarray(listed) for name, listed in group.swept.items()}
     seeds = jnp.asarray([member.seed for member in group.members], jnp.int32)
     init = jax.jit(
         members.each(lambda seed, v: init_train_state(task.model, tx_for(v), plateau, seed), "mm"),
@@ -145,7 +182,7 @@ def build_programs(task: Task, group: Group, members: Members) -> GroupPrograms:
     )
     floors = None
     if "lr" in group.swept:
-        lrs = group.member_values("lr")
+        lrs = group.swept["lr"]
         floors = jax.device_put(
             np.asarray([task.run.optim.min_lr / lr for lr in lrs], np.float32), members.sharding
         )
@@ -165,8 +202,9 @@ def build_programs(task: Task, group: Group, members: Members) -> GroupPrograms:
     train_epoch.compile_programs(state, *task.train_data(1))
     evaluate = jax.jit(members.each(make_evaluate(task.model), "m..."))
     val_loss = jax.ShapeDtypeStruct((members.count,), jnp.float32, sharding=members.sharding)
-    end = jax.jit(members.each(end_epoch, "mmm" if floors is not None else "mm"), donate_argnums=0)
-    end_args = (state, val_loss) + ((floors,) if floors is not None else ())
+    spec = "mmm" if floors is not None else "mm"
+    end = jax.jit(members.each(end_epoch, spec, gated=True), donate_argnums=1)
+    end_args = (members.abstract_flags, state, val_loss) + ((floors,) if floors is not None else ())
     check_turns = {}
     for name, (batch, arrays) in task.data.turn_rows.items():
         check = members.each(exact_match.make_turn_check(task.model, batch.num_turns), "m...")
@@ -180,13 +218,4 @@ def build_programs(task: Task, group: Group, members: Members) -> GroupPrograms:
         end.lower(*end_args).compile(),
         check_turns,
     )
-    return GroupPrograms(steps, initial_state, floors, jax.jit(select_members))
-
-
-def select_members(active_K: jax.Array, new: TrainState, old: TrainState) -> TrainState:
-    """`new` for the active members, `old` (frozen) for those that have stopped."""
-
-    def pick(n, o):
-        return jnp.where(active_K.reshape(-1, *([1] * (n.ndim - 1))), n, o)
-
-    return jax.tree.map(pick, new, old)
+    return GroupPrograms(task, steps, members, initial_state, floors)

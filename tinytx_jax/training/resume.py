@@ -77,6 +77,11 @@ def restore_for_resume(
     """The latest readable checkpoint's state and the metrics of its epoch."""
 
     def target_for_meta(meta: dict) -> TrainState:
+        if "population" in meta:
+            raise CheckpointError(
+                f"cannot resume from {store.directory}: it holds a population; train it with "
+                "its config.seeds/sweep, or start over with --config.resume=False"
+            )
         check_compatible(meta, task, store.directory, allow_new_data)
         return abstract_like(fresh)
 

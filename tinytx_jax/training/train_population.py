@@ -3,7 +3,7 @@ by its own PopulationLoop), then its report."""
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +19,23 @@ from tinytx_jax.training import workdir as run_workdir
 from tinytx_jax.training.memory import check_fits_in_memory
 from tinytx_jax.training.population import Group
 from tinytx_jax.training.population_loop import PopulationLoop
-from tinytx_jax.training.population_steps import Members, build_programs, placed_everywhere
+from tinytx_jax.training.population_steps import build_programs, devices_for
 from tinytx_jax.training.task import build_task
 
 
-def train_population(run: RunConfig, workdir: str, log: Callable[[str], None] = print) -> None:
-    """Train every group of the population in `run`, then print its report."""
+def train_population(
+    run: RunConfig,
+    workdir: str,
+    log: Callable[[str], None] = print,
+    set_cpu_devices: bool = False,
+) -> None:
+    """Train every group of the population in `run`, then print its report;
+    `set_cpu_devices`: first split a CPU into as many devices as the members spread over."""
     groups = population.plan(run)
+    if set_cpu_devices:
+        cores = len(os.sched_getaffinity(0))
+        count = len(groups[0].members)
+        parallel.use_cpu_devices(devices_for(count, run.host.cpu_devices or cores))
     if jax.process_count() > 1:
         raise ConfigError("a population trains in one process: drop config.seeds/sweep/groups")
     if run.data.augment_user:
@@ -41,33 +51,32 @@ def train_population(run: RunConfig, workdir: str, log: Callable[[str], None] = 
             moved = run_workdir.set_aside(workdir)
             if moved:
                 log(f"Starting over: the previous run's files were moved to {moved}")
-        population_report.write_plan(workdir, groups)
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        population.write_plan(workdir, groups)
         count = sum(len(group.members) for group in groups)
         after = "; the groups train one after another" if len(groups) > 1 else ""
         log(f"Population of {count} members: {'; '.join(g.describe() for g in groups)}{after}")
         for group in groups:
-            train_group(group, group.directory(workdir, len(groups)), len(groups), log)
+            train_group(group, group.directory(workdir), len(groups), log)
     log(population_report.report(workdir))
     log(f"Curves: {population_report.plot_population(workdir)}")
 
 
 def train_group(group: Group, directory: Path, groups: int, log: Callable[[str], None]) -> None:
-    members = Members.over_devices(len(group.members))
     task = build_task(group.run, log, mesh=parallel.make_mesh(1))
     if task.data.host_feed:
         raise ConfigError(
             "a population trains from windows held on the devices, and this data is fed from "
             "host memory: set config.feed=device if it fits, or train each seed alone"
         )
-    task = dataclasses.replace(task, data=placed_everywhere(task.data, members))
     store = CheckpointStore(directory, keep=task.run.train.keep_checkpoints)
     try:
         start = time.perf_counter()
-        programs = build_programs(task, group, members)
-        loop = PopulationLoop(task, group, programs, store, directory, log, groups)
+        programs = build_programs(task, group)
+        loop = PopulationLoop(programs.task, group, programs, store, directory, log, groups)
         if loop.resume():
             return
-        loop.announce(members, time.perf_counter() - start)
+        loop.announce(programs.members, time.perf_counter() - start)
         with interrupt.SignalCatcher() as signals, loop:
             for epoch in range(loop.saved_epoch + 1, task.run.train.epochs + 1):
                 if not loop.run_epoch(epoch, signals):
