@@ -43,6 +43,11 @@ def train_population(
             "config.augment_user retypes the data by seed, and a population's members share "
             "their data: train each seed alone, or set config.augment_user=0"
         )
+    if run.data.feed == "host":
+        raise ConfigError(
+            "a population trains from windows held on the devices: set config.feed=auto or "
+            "device, or train each seed alone"
+        )
     if jax.default_backend() == "cpu":
         for group in groups:
             check_fits_in_memory(group.run, members=len(group.members))
