@@ -37,6 +37,29 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+def interrupted_during(
+    epoch: int,
+    signum: int,
+    store: CheckpointStore,
+    saved_epoch: int,
+    save_before: Callable[[], None] | None,
+) -> Interrupted:
+    """A signal between two chunks of `epoch`: `save_before` saves the state from before it
+    (when an epoch has finished and that one is not saved yet)."""
+    where = f"the checkpoint of epoch {epoch - 1} in {store.directory / str(epoch - 1)}"
+    if save_before and saved_epoch < epoch - 1:
+        save_before()
+        where = f"saved {where}"
+    elif not saved_epoch:
+        where = "no epoch had finished, so nothing was saved"
+    store.wait()
+    return Interrupted(
+        signum,
+        f"Interrupted during epoch {epoch}: {where}; run the same command to resume "
+        f"(epoch {epoch} runs again from its start)",
+    )
+
+
 @dataclasses.dataclass
 class EpochLoop:
     """What the loop carries from epoch to epoch, and each of its steps."""
@@ -171,18 +194,9 @@ class EpochLoop:
     def interrupted_during(self, epoch: int, before: TrainState, signum: int) -> Interrupted:
         """Save the state from before the interrupted epoch (unless it is saved already);
         resuming then runs that epoch again from its start, bit for bit."""
-        where = f"the checkpoint of epoch {epoch - 1} in {self.store.directory / str(epoch - 1)}"
-        if self.history and self.saved_epoch < epoch - 1:
-            self.save(epoch - 1, before, self.history[-1])
-            where = f"saved {where}"
-        elif not self.saved_epoch:
-            where = "no epoch had finished, so nothing was saved"
-        self.store.wait()
-        return Interrupted(
-            signum,
-            f"Interrupted during epoch {epoch}: {where}; run the same command to resume "
-            f"(epoch {epoch} runs again from its start)",
-        )
+        history = self.history
+        save = (lambda: self.save(epoch - 1, before, history[-1])) if history else None
+        return interrupted_during(epoch, signum, self.store, self.saved_epoch, save)
 
     def __enter__(self) -> EpochLoop:
         return self

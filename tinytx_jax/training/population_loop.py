@@ -19,7 +19,7 @@ from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstr
 from tinytx_jax.data import corpus
 from tinytx_jax.training import metrics, population
 from tinytx_jax.training.chunks import ChunkedEpoch
-from tinytx_jax.training.epoch_loop import Interrupted
+from tinytx_jax.training.epoch_loop import Interrupted, interrupted_during
 from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.training.population import Group
 from tinytx_jax.training.population_steps import (
@@ -235,18 +235,8 @@ class PopulationLoop:
         population.write_stops(self.directory, stops)
 
     def interrupted_during(self, epoch: int, before: TrainState, signum: int) -> Interrupted:
-        where = f"the checkpoint of epoch {epoch - 1}"
-        if self.latest and self.saved_epoch < epoch - 1:
-            self.save(epoch - 1, before)
-            where = f"saved {where}"
-        elif not self.saved_epoch:
-            where = "no epoch had finished, so nothing was saved"
-        self.store.wait()
-        return Interrupted(
-            signum,
-            f"Interrupted during epoch {epoch}: {where}; run the same command to resume "
-            f"(epoch {epoch} runs again from its start)",
-        )
+        save = (lambda: self.save(epoch - 1, before)) if self.latest else None
+        return interrupted_during(epoch, signum, self.store, self.saved_epoch, save)
 
     def announce(self, members: Members, compile_s: float) -> None:
         task, devices = self.task, members.mesh.devices.size
