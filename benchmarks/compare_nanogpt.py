@@ -114,7 +114,8 @@ def main(argv: list[str]) -> None:
         log = torch_python(directory, "train.py", "config/train_shakespeare_char.py", *RECIPE)
         nanogpt_s = time.perf_counter() - start
         step_ms = [float(ms) for ms in re.findall(r"^iter \d+: .*time ([\d.]+)ms", log, re.M)]
-        nanogpt_loss = torch_python(directory, "-c", WHOLE_SPLIT_LOSS).strip()
+        # The last line: nanoGPT's model prints its parameter count first.
+        nanogpt_loss = torch_python(directory, "-c", WHOLE_SPLIT_LOSS).strip().splitlines()[-1]
         project_s, out = main_py(
             "--mode=train",
             "--config=configs/char_lm.py",
