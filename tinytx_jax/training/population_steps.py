@@ -3,7 +3,7 @@
 The members lie along a leading axis of the train state, spread over the devices
 (`shard_map` over a `members` mesh axis). On each device its members run one after
 another (`lax.map`), each as its solo run would on one device, to the last bit; or
-batched (`vmap`), which pays on an accelerator, while on a CPU it was no faster and its
+batched (`vmap`), which pays on an accelerator, while on a CPU it was slower and its
 rounding differs from a solo run's (docs/populations.md). `config.member_batching`
 chooses; `auto` takes vmap on GPU and TPU, map on CPU.
 """
