@@ -22,7 +22,7 @@ def read_plan(workdir: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def describe(member: dict) -> str:
+def describe_member(member: dict) -> str:
     given = "".join(f", {name}={value}" for name, value in member["values"].items())
     return f"member {member['index']} (seed {member['seed']}{given})"
 
@@ -69,6 +69,6 @@ def pick(params: Any, meta: dict, member: int, log: Callable[[str], None]) -> tu
         position = min(measured, key=lambda i: saved[i]["metrics"]["val_loss"])
         how = "the lowest validation loss; config.member picks another"
     chosen = saved[position]
-    log(f"(using {describe(chosen['member'])} of the population: {how})")
+    log(f"(using {describe_member(chosen['member'])} of the population: {how})")
     meta = {**meta, "metrics": chosen["metrics"] or meta["metrics"], "member": chosen["member"]}
     return jax.tree.map(lambda x: x[position], params), meta

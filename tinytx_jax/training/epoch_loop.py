@@ -37,6 +37,16 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+def interrupted_after(epoch: int, signum: int, store: CheckpointStore) -> Interrupted:
+    """A signal during `epoch`, heard at its end, once its checkpoint is written."""
+    store.wait()
+    return Interrupted(
+        signum,
+        f"Interrupted at epoch {epoch}: checkpoint saved to {store.directory / str(epoch)}; "
+        "run the same command to resume",
+    )
+
+
 def interrupted_during(
     epoch: int,
     signum: int,
@@ -99,7 +109,7 @@ class EpochLoop:
         if epoch % train.checkpoint_every == 0 or reason or signal or epoch == train.epochs:
             self.save(epoch, self.state, measured)
         if signal:
-            raise self.interrupted_after(epoch, signal)
+            raise interrupted_after(epoch, signal, self.store)
         if reason:
             self.bar.log(reason)
         return not reason
@@ -182,14 +192,6 @@ class EpochLoop:
         meta = resuming.run_meta(self.task, m)
         self.blocked.append(self.store.save(epoch, state, meta, m.ranking()))
         self.saved_epoch = epoch
-
-    def interrupted_after(self, epoch: int, signum: int) -> Interrupted:
-        self.store.wait()
-        return Interrupted(
-            signum,
-            f"Interrupted at epoch {epoch}: checkpoint saved to "
-            f"{self.store.directory / str(epoch)}; run the same command to resume",
-        )
 
     def interrupted_during(self, epoch: int, before: TrainState, signum: int) -> Interrupted:
         """Save the state from before the interrupted epoch (unless it is saved already);

@@ -19,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from tinytx_jax.checkpoints.members import PLAN_FILE
+from tinytx_jax.checkpoints.members import PLAN_FILE, describe_member
 from tinytx_jax.configuration import MAX_INT32, ConfigError
 from tinytx_jax.run_config import RunConfig
 from tinytx_jax.training.optim import MEMBER_VALUES
@@ -39,8 +39,7 @@ class Member:
     group: int
 
     def describe(self) -> str:
-        given = "".join(f", {name}={value}" for name, value in self.values.items())
-        return f"member {self.index} (seed {self.seed}{given})"
+        return describe_member(dataclasses.asdict(self))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,9 +17,10 @@ from tinytx_jax import interrupt, parallel
 from tinytx_jax.checkpoints.meta import rank
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstract_like
 from tinytx_jax.data import corpus
+from tinytx_jax.scoring import exact_match
 from tinytx_jax.training import metrics, population
 from tinytx_jax.training.chunks import ChunkedEpoch
-from tinytx_jax.training.epoch_loop import Interrupted, interrupted_during
+from tinytx_jax.training.epoch_loop import Interrupted, interrupted_after, interrupted_during
 from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.training.population import Group
 from tinytx_jax.training.population_steps import (
@@ -107,12 +108,7 @@ class PopulationLoop:
         if epoch % train.checkpoint_every == 0 or stops or signal or epoch == train.epochs:
             self.save(epoch, self.state)
         if signal:
-            self.store.wait()
-            raise Interrupted(
-                signal,
-                f"Interrupted at epoch {epoch}: checkpoint saved to "
-                f"{self.store.directory / str(epoch)}; run the same command to resume",
-            )
+            raise interrupted_after(epoch, signal, self.store)
         return len(self.stopped) < len(self.group.members)
 
     def train_epoch(self, epoch: int, signals: interrupt.SignalCatcher) -> float:
@@ -149,7 +145,7 @@ class PopulationLoop:
             for name, turns in steps.check_turns.items():
                 correct = np.asarray(turns.check(self.state.params, *turns.arrays))
                 exact[name] = [
-                    int(np.sum(row & turns.batch.possible_K)) / turns.batch.num_turns
+                    exact_match.count_matches(row, turns.batch) / turns.batch.num_turns
                     for row in correct
                 ]
         active = self.active()
@@ -207,8 +203,8 @@ class PopulationLoop:
     def meta(self) -> dict:
         """The checkpoint's meta: the run's, with the best member's metrics, and every
         member's values, latest metrics and stop."""
-        positions = sorted(self.latest, key=lambda i: rank(self.latest[i].ranking()))
-        meta = run_meta(self.task, self.latest[positions[0]])
+        best = min(self.latest, key=lambda i: rank(self.latest[i].ranking()))
+        meta = run_meta(self.task, self.latest[best])
         meta["population"] = {
             "group": self.group.index,
             "groups": self.groups,
