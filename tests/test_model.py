@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
+from tinytx_jax.model.transformer import ModelConfig, TinyTransformer, empty_kv_cache
 
 VOCAB = 31
 
@@ -173,3 +173,36 @@ def test_the_last_blocks_lens_would_be_the_logits():
     logits = TinyTransformer(shallow_config).apply({"params": shallow}, tokens)
     _, state = model.apply({"params": params}, tokens, mutable=["intermediates"])
     np.testing.assert_allclose(state["intermediates"]["lens_1"][0], logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_a_decode_step_with_a_start_per_row_equals_each_rows_full_forward(position):
+    """The serving step: rows at different positions, each writing its own cache slot,
+    the cache holding more rows than are stepped (idle slots stay untouched)."""
+    config = ModelConfig(vocab_size=VOCAB, max_len=16, n_heads=2, d_model=16, position=position)
+    model, params = init(config)
+    tokens = random_tokens((3, 12))
+    lengths = [4, 9, 6]
+    cache = empty_kv_cache(model, params, rows=4)
+    for row, length in enumerate(lengths):  # each row's prompt, prefilled on its own
+        one_row = jax.tree.map(lambda c, r=row: c[r : r + 1], cache)
+        _, filled = model.apply(
+            {"params": params, "cache": one_row},
+            tokens[row : row + 1, :length],
+            decode_start=0,
+            mutable=["cache"],
+        )
+        cache = jax.tree.map(lambda c, f, r=row: c.at[r].set(f[0]), cache, filled["cache"])
+    idle_before = jax.tree.map(lambda c: c[3], cache)
+    next_B = jnp.array([tokens[row, length] for row, length in enumerate(lengths)])
+    stepped, variables = model.apply(
+        {"params": params, "cache": cache},
+        next_B[:, None],
+        decode_start=jnp.array(lengths),
+        mutable=["cache"],
+    )
+    for row, length in enumerate(lengths):
+        full = model.apply({"params": params}, tokens[row, : length + 1])
+        np.testing.assert_allclose(stepped[row, 0], full[length], atol=2e-5)
+    idle_after = jax.tree.map(lambda c: c[3], variables["cache"])
+    jax.tree.map(np.testing.assert_array_equal, idle_before, idle_after)

@@ -253,37 +253,23 @@ class DecodePrograms:
     def _empty_cache(self) -> Any:
         return empty_kv_cache(self.model, self.params, rows=self.slots)
 
-    def _forward(self, params, cache_1, tokens_T, start):
-        logits, variables = self.model.apply(
-            {"params": params, "cache": cache_1},
-            tokens_T[None],
-            decode_start=start,
-            mutable=["cache"],
+    def _forward(self, params, cache, tokens_BxT, starts):
+        """The model on `B` rows of the caches, from `starts` (one for all, or a row's own)."""
+        logits_BxTxV, variables = self.model.apply(
+            {"params": params, "cache": cache}, tokens_BxT, decode_start=starts, mutable=["cache"]
         )
-        return logits[0], variables["cache"]
+        return logits_BxTxV, variables["cache"]
 
     def _step_fn(self, params, cache, tokens_B, positions_B, seeds_B, draws_B, temps_B, top_p_B):
-        B = tokens_B.shape[0]
-        every_slot = self.slots == B  # then no copy of the busy slots out and back
-        busy = cache if every_slot else jax.tree.map(lambda c: c[:B], cache)
-        logits_BxV, busy = jax.vmap(
-            lambda cache_1, token, position: self._forward(params, cache_1, token[None], position)
-        )(busy, tokens_B, positions_B)
-        cache = (
-            busy
-            if every_slot
-            else jax.tree.map(
-                lambda c, b: jax.lax.dynamic_update_slice_in_dim(c, b, 0, axis=0), cache, busy
-            )
-        )
-        tokens = sample_rows(logits_BxV[:, -1], seeds_B, draws_B, temps_B, top_p_B, self.top_k)
-        return picked_with_logprobs(logits_BxV[:, -1], tokens, self.top), cache
+        """The first B slots forward by one token, each at its own position, as one batch
+        (the model writes their keys and values into the caches of every slot in place)."""
+        logits_Bx1xV, cache = self._forward(params, cache, tokens_B[:, None], positions_B)
+        tokens = sample_rows(logits_Bx1xV[:, -1], seeds_B, draws_B, temps_B, top_p_B, self.top_k)
+        return picked_with_logprobs(logits_Bx1xV[:, -1], tokens, self.top), cache
 
     def _prefill_fn(self, params, cache, slots_K, chunks_KxT, lengths_K, *sampling_K):
         slot_caches = jax.tree.map(lambda c: c[slots_K], cache)
-        logits_KxTxV, slot_caches = jax.vmap(
-            lambda cache_1, chunk_T: self._forward(params, cache_1, chunk_T, 0)
-        )(slot_caches, chunks_KxT)
+        logits_KxTxV, slot_caches = self._forward(params, slot_caches, chunks_KxT, 0)
         last_KxV = jnp.take_along_axis(logits_KxTxV, (lengths_K - 1)[:, None, None], axis=1)[:, 0]
         cache = jax.tree.map(lambda c, new: c.at[slots_K].set(new), cache, slot_caches)
         tokens = sample_rows(last_KxV, *sampling_K, self.top_k)

@@ -14,7 +14,6 @@ width, H heads, Dh head width, V vocabulary.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -22,31 +21,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinytx_jax.model.attention import attend, attention_weights, rms_normalize, rotate
+from tinytx_jax.model.attention import (
+    attend,
+    attend_cached,
+    attention_weights,
+    cached_attention_weights,
+    rms_normalize,
+    rotate,
+)
+from tinytx_jax.model.layers import MLP, Dense, weight_init
 
-INIT_RANGE = 0.02
 LAYER_NORM_EPS = 1e-5  # LibTorch's default; Flax's is 1e-6.
-
-
-def weight_init(cfg: ModelConfig, residual_output: bool = False) -> nn.initializers.Initializer:
-    """The seed's uniform [-0.02, 0.02], or GPT-2's normal(0, 0.02) with the layers that
-    write into the residual stream scaled by 1/sqrt(2 * n_layers); zeros for those layers
-    with `zero_init_outputs` (each block then starts as the identity)."""
-    if residual_output and cfg.zero_init_outputs:
-        return nn.initializers.zeros
-    if cfg.init == "gpt2":
-        scale = 1.0 / math.sqrt(2 * cfg.n_layers) if residual_output else 1.0
-        return nn.initializers.normal(INIT_RANGE * scale)
-    return symmetric_uniform()
-
-
-def symmetric_uniform(scale: float = INIT_RANGE) -> nn.initializers.Initializer:
-    """Uniform in [-scale, scale]; Flax's `uniform` only spans [0, scale)."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -scale, scale)
-
-    return init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,36 +60,14 @@ class ModelConfig:
     logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap)
 
 
-class Dense(nn.Module):
-    """A linear layer over the last axis, with `nn.Dense`'s parameter names.
-
-    XLA:CPU special case: the input is multiplied as `[rows, D]`, all leading axes
-    flattened. A 3-D `[B, T, D]` product makes XLA:CPU compute the kernel gradient as a
-    dot contracting two axes, which is slower (docs/measured.md); on other platforms the
-    reshape is free.
-    """
-
-    features: int
-    use_bias: bool = True
-    dtype: str = "float32"
-    kernel_init: nn.initializers.Initializer = symmetric_uniform()
-
-    @nn.compact
-    def __call__(self, x_NxD: jax.Array) -> jax.Array:
-        kernel_DxF = self.param("kernel", self.kernel_init, (x_NxD.shape[-1], self.features))
-        rows_RxD = x_NxD.reshape(-1, x_NxD.shape[-1]).astype(self.dtype)
-        out_RxF = rows_RxD @ kernel_DxF.astype(self.dtype)
-        if self.use_bias:
-            out_RxF = out_RxF + self.param("bias", nn.initializers.zeros, (self.features,))[None]
-        return out_RxF.astype(self.dtype).reshape(*x_NxD.shape[:-1], self.features)
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head causal attention; with one head it is the seed's.
 
     With `decode_start` set, keys and values are written into a `cache` collection of
     `max_len` positions starting there, and the queries attend over that cache: a
-    KV-cached forward for generation that masks exactly as the full forward does.
+    KV-cached forward for generation that masks exactly as the full forward does. A
+    `decode_start` of shape `[B]` gives each row its own start (the slots of a server's
+    decode step, each at its own position).
     """
 
     config: ModelConfig
@@ -125,57 +88,65 @@ class CausalSelfAttention(nn.Module):
         q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh = (
             project(name, x_BxTxD).reshape(B, T, H, Dh) for name in ("query", "key", "value")
         )
-        query_pos_T = jnp.arange(T) if decode_start is None else jnp.arange(T) + decode_start
+        query_pos_BxT = query_positions(T, decode_start)  # B is 1 for a shared start
         if cfg.qk_norm:
             q_BxTxHxDh, k_BxSxHxDh = rms_normalize(q_BxTxHxDh), rms_normalize(k_BxSxHxDh)
         if cfg.position == "rope":  # keys are cached turned: each new one at its position
             q_BxTxHxDh, k_BxSxHxDh = (
-                rotate(q_BxTxHxDh, query_pos_T),
-                rotate(k_BxSxHxDh, query_pos_T),
+                rotate(q_BxTxHxDh, query_pos_BxT),
+                rotate(k_BxSxHxDh, query_pos_BxT),
             )
         if decode_start is not None:
-            k_BxSxHxDh = self.cached("cached_key", k_BxSxHxDh, decode_start)
-            v_BxSxHxDh = self.cached("cached_value", v_BxSxHxDh, decode_start)
-        S = k_BxSxHxDh.shape[1]
-        mask_TxS = jnp.arange(S)[None, :] <= query_pos_T[:, None]
+            out_BxTxHxDh = self.attend_cache(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, query_pos_BxT)
+            return project("out", out_BxTxHxDh.reshape(B, T, D))
         use_dropout = cfg.dropout > 0 and not deterministic
         dropout = nn.Dropout(cfg.dropout, deterministic=False) if use_dropout else None
-        causal = decode_start is None  # the full forward: the mask is the causal square
         if self.is_mutable_collection("intermediates"):  # asked for (inspect): else no cost
-            self.sow(
-                "intermediates", "attention", attention_weights(q_BxTxHxDh, k_BxSxHxDh, mask_TxS)
-            )
-        out_BxTxHxDh = attend(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask_TxS, dropout, causal)
+            self.sow("intermediates", "attention", attention_weights(q_BxTxHxDh, k_BxSxHxDh))
+        out_BxTxHxDh = attend(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, dropout)
         return project("out", out_BxTxHxDh.reshape(B, T, D))
 
-    def cached(self, name: str, new_BxTxHxDh: jax.Array, start: jax.Array) -> jax.Array:
-        """Write this call's keys or values at `start`; return all `max_len` cached ones."""
+    def attend_cache(
+        self,
+        q_BxTxHxDh: jax.Array,
+        k_BxTxHxDh: jax.Array,
+        v_BxTxHxDh: jax.Array,
+        query_pos_BxT: jax.Array,
+    ) -> jax.Array:
+        """Write the new keys and values into the cache at their positions (`[1, T]` for
+        every row, or `[B, T]`: a row's own), and attend to every cached one up to each
+        query."""
+        k_BxHxSxDh = self.cached("cached_key", k_BxTxHxDh, query_pos_BxT)
+        v_BxHxSxDh = self.cached("cached_value", v_BxTxHxDh, query_pos_BxT)
+        key_pos_1x1xS = jnp.arange(self.config.max_len)[None, None]
+        mask = key_pos_1x1xS <= query_pos_BxT[..., None]  # [B, T, S], B 1 if shared
+        if self.is_mutable_collection("intermediates"):
+            weights_BxHxTxS = cached_attention_weights(q_BxTxHxDh, k_BxHxSxDh, mask)
+            self.sow("intermediates", "attention", weights_BxHxTxS)
+        return attend_cached(q_BxTxHxDh, k_BxHxSxDh, v_BxHxSxDh, mask)
+
+    def cached(self, name: str, new_BxTxHxDh: jax.Array, query_pos_BxT: jax.Array) -> jax.Array:
+        """The cache `name` (`[B, H, max_len, Dh]`) with this call's keys or values
+        written at their positions. A cache given with more rows than B (a server's
+        slots, of which the first B are busy) is written in place and its first B read."""
         B, _, H, Dh = new_BxTxHxDh.shape
-        shape = (B, self.config.max_len, H, Dh)
+        shape = (B, H, self.config.max_len, Dh)
         variable = self.variable("cache", name, jnp.zeros, shape, new_BxTxHxDh.dtype)
-        variable.value = jax.lax.dynamic_update_slice(
-            variable.value, new_BxTxHxDh, (0, start, 0, 0)
-        )
-        return variable.value
+        if query_pos_BxT.shape[0] == 1:  # one start for every row
+            new_BxHxTxDh = new_BxTxHxDh.transpose(0, 2, 1, 3)
+            start = (0, 0, query_pos_BxT[0, 0], 0)
+            variable.value = jax.lax.dynamic_update_slice(variable.value, new_BxHxTxDh, start)
+        else:  # the indexed axes go first: the update is [B, T, H, Dh]
+            rows_Bx1 = jnp.arange(B)[:, None]
+            variable.value = variable.value.at[rows_Bx1, :, query_pos_BxT].set(new_BxTxHxDh)
+        return variable.value[:B]
 
 
-class MLP(nn.Module):
-    """Position-wise feed-forward layer (an extra; the seed has none)."""
-
-    config: ModelConfig
-
-    @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
-        cfg = self.config
-        fc_in = Dense(
-            cfg.mlp_ratio * cfg.d_model, cfg.bias, cfg.dtype, weight_init(cfg), name="fc_in"
-        )
-        fc_out = Dense(cfg.d_model, cfg.bias, cfg.dtype, weight_init(cfg, True), name="fc_out")
-        hidden_BxTxF = fc_in(x_BxTxD)
-        relu2 = cfg.mlp_activation == "relu2"
-        hidden_BxTxF = jnp.square(nn.relu(hidden_BxTxF)) if relu2 else nn.gelu(hidden_BxTxF)
-        out_BxTxD = fc_out(hidden_BxTxF)
-        return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic)
+def query_positions(T: int, decode_start: jax.Array | int | None) -> jax.Array:
+    """The positions of `T` new tokens: `[1, T]` from 0 or from a start shared by every
+    row, `[B, T]` from each row's own start (`decode_start` of shape `[B]`)."""
+    start_Bx1 = jnp.zeros((1, 1), jnp.int32) if decode_start is None else decode_start
+    return jnp.reshape(start_Bx1, (-1, 1)) + jnp.arange(T)[None]
 
 
 class Block(nn.Module):
@@ -232,11 +203,9 @@ class TinyTransformer(nn.Module):
         if cfg.position == "learned":
             pos_embed_LxD = self.param("pos_embed", weight_init(cfg), (L, D))
             if decode_start is None:
-                positions_TxD = pos_embed_LxD[:T]
-            else:
-                # Callers keep decode_start + T <= max_len, so this slice is never clamped.
-                positions_TxD = jax.lax.dynamic_slice_in_dim(pos_embed_LxD, decode_start, T)
-            x_BxTxD = x_BxTxD + positions_TxD[None]
+                x_BxTxD = x_BxTxD + pos_embed_LxD[:T][None]
+            else:  # callers keep every position below max_len
+                x_BxTxD = x_BxTxD + pos_embed_LxD[query_positions(T, decode_start)]  # [B|1, T, D]
         x_BxTxD = x_BxTxD.astype(cfg.dtype)
         x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
         residuals = []
@@ -277,17 +246,14 @@ class TinyTransformer(nn.Module):
         return logits_BxTxV[0] if unbatched else logits_BxTxV
 
 
-def empty_kv_cache(model: TinyTransformer, params: Any, rows: int | None = None) -> Any:
-    """Zeros for the model's KV cache of one sequence (of `rows` sequences, stacked, when
-    given), from shapes alone: running the model eagerly to get them would compile each
-    of its operations on its own, seconds at every start."""
+def empty_kv_cache(model: TinyTransformer, params: Any, rows: int = 1) -> Any:
+    """Zeros for the model's KV cache of `rows` sequences, from shapes alone: running the
+    model eagerly to get them would compile each of its operations on its own, seconds
+    at every start."""
     variables = jax.eval_shape(
         lambda p: model.apply(
-            {"params": p}, jnp.zeros((1, 1), jnp.int32), decode_start=0, mutable=["cache"]
+            {"params": p}, jnp.zeros((rows, 1), jnp.int32), decode_start=0, mutable=["cache"]
         )[1],
         params,
     )
-    leading = () if rows is None else (rows,)
-    return jax.tree.map(
-        lambda c: jax.device_put(np.zeros((*leading, *c.shape), c.dtype)), variables["cache"]
-    )
+    return jax.tree.map(lambda c: jax.device_put(np.zeros(c.shape, c.dtype)), variables["cache"])
