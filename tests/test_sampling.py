@@ -132,6 +132,16 @@ def test_the_engine_rows_and_the_repl_draw_by_the_same_rule():
         np.testing.assert_array_equal(np.asarray(rows), np.asarray(picked))
 
 
+def test_rows_that_cut_and_rows_that_do_not_sample_together_as_each_alone():
+    top_p = jnp.array([1.0, 0.7, 1.0, 0.9] * 16)
+    seeds, draws = jnp.arange(64, dtype=jnp.uint32), jnp.zeros(64, jnp.int32)
+    together = sampling.sample_rows(jnp.tile(LOGITS, (64, 1)), seeds, draws, jnp.ones(64), top_p, 0)
+    for row in range(4):
+        cfg = sampling.SamplingConfig(temperature=1.0, top_p=float(top_p[row]))
+        alone = sampling.pick(LOGITS, jax.random.fold_in(jax.random.key(seeds[row]), 0), cfg)
+        assert int(together[row]) == int(alone)
+
+
 def test_top_k_and_top_p_restrict_the_support():
     assert set(draw(sampling.SamplingConfig(temperature=1.0))) == {0, 1, 2, 3}
     assert set(draw(sampling.SamplingConfig(temperature=1.0, top_k=2))) == {0, 1}

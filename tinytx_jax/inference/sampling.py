@@ -35,20 +35,33 @@ class SamplingConfig:
 
 
 def sample_token(
-    logits_V: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: int
+    logits_V: jax.Array,
+    key: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    top_k: int,
+    nucleus: bool = True,
 ) -> jax.Array:
-    """One token id from `[V]` logits; `temperature` and `top_p` may be traced values."""
+    """One token id from `[V]` logits; `temperature` and `top_p` may be traced values.
+    `nucleus=False` promises `top_p >= 1` (no cut), so the sort it needs is not compiled."""
     greedy = jnp.argmax(logits_V).astype(jnp.int32)
     scaled_V = logits_V.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
     if 0 < top_k < scaled_V.shape[0]:
         kth_largest = jax.lax.top_k(scaled_V, top_k)[0][-1]
         scaled_V = jnp.where(scaled_V < kth_largest, -jnp.inf, scaled_V)
+    if nucleus:
+        scaled_V = jnp.where(top_p < 1, top_p_cut(scaled_V, top_p), scaled_V)
+    sampled = jax.random.categorical(key, scaled_V).astype(jnp.int32)
+    return jnp.where((temperature > 0) & (top_p > GREEDY_TOP_P) & (top_k != 1), sampled, greedy)
+
+
+def top_p_cut(scaled_V: jax.Array, top_p: jax.Array) -> jax.Array:
+    """The logits outside the smallest set of most likely tokens whose probability
+    reaches `top_p` (always at least the most likely one) set to -inf."""
     descending_V = jnp.sort(scaled_V)[::-1]
     probs_V = jax.nn.softmax(descending_V)
     kept = jnp.maximum(jnp.sum(jnp.cumsum(probs_V) - probs_V < top_p), 1)
-    scaled_V = jnp.where(scaled_V < descending_V[kept - 1], -jnp.inf, scaled_V)
-    sampled = jax.random.categorical(key, scaled_V).astype(jnp.int32)
-    return jnp.where((temperature > 0) & (top_p > GREEDY_TOP_P) & (top_k != 1), sampled, greedy)
+    return jnp.where(scaled_V < descending_V[kept - 1], -jnp.inf, scaled_V)
 
 
 def pick(logits_V: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
@@ -69,13 +82,17 @@ def sample_rows(
     top_k: int,
 ) -> jax.Array:
     """One token per row, each row with its own seed, draw number, temperature and top-p:
-    row i's token is drawn with `fold_in(key(seeds_N[i]), draws_N[i])`."""
+    row i's token is drawn with `fold_in(key(seeds_N[i]), draws_N[i])`. The top-p sort
+    runs only when some row cuts (under vmap a per-row skip would still compute it)."""
 
-    def row(logits_V, seed, draw, temperature, top_p):
-        key = jax.random.fold_in(jax.random.key(seed), draw)
-        return sample_token(logits_V, key, temperature, top_p, top_k)
+    def rows(nucleus: bool) -> jax.Array:
+        def row(logits_V, seed, draw, temperature, top_p):
+            key = jax.random.fold_in(jax.random.key(seed), draw)
+            return sample_token(logits_V, key, temperature, top_p, top_k, nucleus)
 
-    return jax.vmap(row)(logits_NxV, seeds_N, draws_N, temperatures_N, top_p_N)
+        return jax.vmap(row)(logits_NxV, seeds_N, draws_N, temperatures_N, top_p_N)
+
+    return jax.lax.cond(jnp.any(top_p_N < 1), lambda: rows(True), lambda: rows(False))
 
 
 def usable_stop_texts(stop_texts: tuple[str, ...], vocab: Vocabulary) -> tuple[str, ...]:
