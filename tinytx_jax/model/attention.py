@@ -63,6 +63,9 @@ def attend_cached(
     head) reads its keys and values as one contiguous block: a decode step's product
     then runs about 10x faster on a CPU than over a `[B, S, H, Dh]` cache
     (docs/measured.md). Returns `[B, T, H, Dh]`."""
+    B, _, H, _ = q_BxTxHxDh.shape
+    if B * H == 1 and jax.default_backend() == "cpu":
+        return _attend_one_sequence(q_BxTxHxDh, k_BxHxSxDh, v_BxHxSxDh, mask_BxTxS[0])
     weights_BxHxTxS = cached_attention_weights(q_BxTxHxDh, k_BxHxSxDh, mask_BxTxS)
     out_BxHxTxDh = jnp.einsum(
         "bhts,bhsd->bhtd", weights_BxHxTxS.astype(v_BxHxSxDh.dtype), v_BxHxSxDh
@@ -106,13 +109,14 @@ def attend(
 
 
 def _attend_one_sequence(
-    q_1xTx1xDh: jax.Array, k_1xSx1xDh: jax.Array, v_1xSx1xDh: jax.Array, mask_TxS: jax.Array
+    q_1xTx1xDh: jax.Array, k_one: jax.Array, v_one: jax.Array, mask_TxS: jax.Array
 ) -> jax.Array:
-    """The XLA:CPU special case: one sequence and one head (the seed's training step) as
-    plain 2-D matmuls, which XLA:CPU runs faster than the 4-D batched form of size one
-    (docs/measured.md)."""
+    """The XLA:CPU special case: one sequence and one head (the seed's training step, the
+    REPL's decode of a one-head model) as plain 2-D matmuls, which XLA:CPU runs faster
+    than the 4-D batched form of size one (docs/measured.md). `k_one`, `v_one`: `S x Dh`
+    values in any 4-D shape (`[1, S, 1, Dh]`, or a cache's `[1, 1, S, Dh]`)."""
     _, T, _, Dh = q_1xTx1xDh.shape
-    q_TxDh, k_SxDh, v_SxDh = (x.reshape(-1, Dh) for x in (q_1xTx1xDh, k_1xSx1xDh, v_1xSx1xDh))
+    q_TxDh, k_SxDh, v_SxDh = (x.reshape(-1, Dh) for x in (q_1xTx1xDh, k_one, v_one))
     scores_TxS = (q_TxDh @ k_SxDh.T) / jnp.sqrt(Dh).astype(q_TxDh.dtype)
     scores_TxS = jnp.where(mask_TxS, scores_TxS.astype(jnp.float32), -1e9)
     weights_TxS = jax.nn.softmax(scores_TxS, axis=-1).astype(v_SxDh.dtype)
