@@ -63,9 +63,18 @@ def attend_cached(
     head) reads its keys and values as one contiguous block: a decode step's product
     then runs about 10x faster on a CPU than over a `[B, S, H, Dh]` cache
     (docs/measured.md). Returns `[B, T, H, Dh]`."""
-    B, _, H, _ = q_BxTxHxDh.shape
-    if B * H == 1 and jax.default_backend() == "cpu":
+    B, T, H, Dh = q_BxTxHxDh.shape
+    on_cpu = jax.default_backend() == "cpu"
+    if B * H == 1 and on_cpu:
         return _attend_one_sequence(q_BxTxHxDh, k_BxHxSxDh, v_BxHxSxDh, mask_BxTxS[0])
+    if H == 1 and on_cpu:  # without the head axis XLA:CPU does not transpose the cache
+        q_BxTxDh, k_BxSxDh, v_BxSxDh = (
+            x.reshape(B, -1, Dh) for x in (q_BxTxHxDh, k_BxHxSxDh, v_BxHxSxDh)
+        )
+        scores_BxTxS = jnp.einsum("btd,bsd->bts", q_BxTxDh, k_BxSxDh).astype(jnp.float32)
+        scores_BxTxS = jnp.where(mask_BxTxS, scores_BxTxS / jnp.sqrt(Dh), -jnp.inf)
+        weights_BxTxS = jax.nn.softmax(scores_BxTxS, axis=-1).astype(v_BxSxDh.dtype)
+        return jnp.einsum("bts,bsd->btd", weights_BxTxS, v_BxSxDh).reshape(B, T, 1, Dh)
     weights_BxHxTxS = cached_attention_weights(q_BxTxHxDh, k_BxHxSxDh, mask_BxTxS)
     out_BxHxTxDh = jnp.einsum(
         "bhts,bhsd->bhtd", weights_BxHxTxS.astype(v_BxHxSxDh.dtype), v_BxHxSxDh
