@@ -175,11 +175,11 @@ def test_the_last_blocks_lens_would_be_the_logits():
     np.testing.assert_allclose(state["intermediates"]["lens_1"][0], logits, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("position", ["learned", "rope"])
-def test_a_decode_step_with_a_start_per_row_equals_each_rows_full_forward(position):
+@pytest.mark.parametrize(("position", "heads"), [("learned", 1), ("rope", 2)])
+def test_a_decode_step_with_a_start_per_row_equals_each_rows_full_forward(position, heads):
     """The serving step: rows at different positions, each writing its own cache slot,
     the cache holding more rows than are stepped (the idle slot stays untouched)."""
-    config = ModelConfig(vocab_size=VOCAB, max_len=16, n_heads=2, d_model=16, position=position)
+    config = ModelConfig(vocab_size=VOCAB, max_len=16, n_heads=heads, d_model=16, position=position)
     model, params = init(config)
     tokens = random_tokens((3, 10))
     lengths = jnp.array([4, 9, 6])
