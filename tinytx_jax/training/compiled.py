@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tinytx_jax import parallel
 from tinytx_jax.scoring import exact_match
@@ -63,10 +64,13 @@ def compile_steps(task: Task, state: TrainState) -> CompiledSteps:
     )
 
 
-def measure_exact_match(steps: CompiledSteps, params) -> dict[str, float]:
-    """The fraction of turns whose greedy reply comes back exactly, per side of the split."""
+def measure_exact_match(steps: CompiledSteps, params) -> dict[str, float | list[float]]:
+    """The fraction of turns whose greedy reply comes back exactly, per side of the split;
+    for a population's params (a leading member axis), a fraction per member."""
     fractions = {}
     for name, turns in steps.check_turns.items():
-        correct = turns.check(params, *turns.arrays)
-        fractions[name] = exact_match.count_matches(correct, turns.batch) / turns.batch.num_turns
+        correct = np.asarray(turns.check(params, *turns.arrays))
+        rows = correct.reshape(-1, correct.shape[-1])
+        each = [exact_match.count_matches(row, turns.batch) / turns.batch.num_turns for row in rows]
+        fractions[name] = each if correct.ndim > 1 else each[0]
     return fractions

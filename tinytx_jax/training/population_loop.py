@@ -17,9 +17,9 @@ from tinytx_jax import interrupt, parallel
 from tinytx_jax.checkpoints.meta import rank
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstract_like
 from tinytx_jax.data import corpus
-from tinytx_jax.scoring import exact_match
 from tinytx_jax.training import metrics, population
 from tinytx_jax.training.chunks import ChunkedEpoch
+from tinytx_jax.training.compiled import measure_exact_match
 from tinytx_jax.training.epoch_loop import Interrupted, interrupted_after, interrupted_during
 from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.training.population import Group
@@ -140,14 +140,8 @@ class PopulationLoop:
             self.state.params, *chunks
         )
         every = train.exact_match_every
-        exact = {}
-        if every and (epoch % every == 0 or epoch == train.epochs):
-            for name, turns in steps.check_turns.items():
-                correct = np.asarray(turns.check(self.state.params, *turns.arrays))
-                exact[name] = [
-                    exact_match.count_matches(row, turns.batch) / turns.batch.num_turns
-                    for row in correct
-                ]
+        due = every and (epoch % every == 0 or epoch == train.epochs)
+        exact = measure_exact_match(steps, self.state.params) if due else {}
         active = self.active()
         floors = () if self.programs.floors is None else (self.programs.floors,)
         flags = self.programs.members.flags(active)
