@@ -1,5 +1,7 @@
 """Shapes, causality, initialisation and the optional extras of the transformer."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,9 +12,24 @@ from tinytx_jax.model.transformer import ModelConfig, TinyTransformer, empty_kv_
 VOCAB = 31
 
 
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("deterministic", "mutable"))
+def apply(
+    model, variables, tokens, deterministic=True, decode_start=None, mutable=False, rngs=None
+):
+    """`model.apply` compiled as one program, not run (and compiled) operation by operation."""
+    return model.apply(
+        variables,
+        tokens,
+        deterministic=deterministic,
+        decode_start=decode_start,
+        mutable=mutable,
+        rngs=rngs,
+    )
+
+
 def init(config: ModelConfig, length: int = 16):
     model = TinyTransformer(config)
-    params = model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, length), jnp.int32))["params"]
     return model, params
 
 
@@ -22,16 +39,16 @@ def random_tokens(shape, seed=1):
 
 def test_output_shapes_unbatched_and_batched():
     model, params = init(ModelConfig(vocab_size=VOCAB))
-    assert model.apply({"params": params}, random_tokens((20,))).shape == (20, VOCAB)
-    assert model.apply({"params": params}, random_tokens((3, 20))).shape == (3, 20, VOCAB)
+    assert apply(model, {"params": params}, random_tokens((20,))).shape == (20, VOCAB)
+    assert apply(model, {"params": params}, random_tokens((3, 20))).shape == (3, 20, VOCAB)
 
 
 def test_longer_input_uses_only_its_last_max_len_tokens():
     model, params = init(ModelConfig(vocab_size=VOCAB, max_len=8))
     tokens = random_tokens((12,))
-    logits = model.apply({"params": params}, tokens)
+    logits = apply(model, {"params": params}, tokens)
     assert logits.shape == (8, VOCAB)
-    np.testing.assert_array_equal(logits, model.apply({"params": params}, tokens[-8:]))
+    np.testing.assert_array_equal(logits, apply(model, {"params": params}, tokens[-8:]))
 
 
 @pytest.mark.parametrize(
@@ -45,8 +62,8 @@ def test_future_tokens_do_not_change_past_logits(config):
     model, params = init(config)
     tokens = random_tokens((2, 24))
     changed = tokens.at[:, 10:].set((tokens[:, 10:] + 1) % VOCAB)
-    before = model.apply({"params": params}, tokens)
-    after = model.apply({"params": params}, changed)
+    before = apply(model, {"params": params}, tokens)
+    after = apply(model, {"params": params}, changed)
     np.testing.assert_array_equal(before[:, :10], after[:, :10])
     assert not np.allclose(before[:, 10:], after[:, 10:])
 
@@ -84,17 +101,17 @@ def test_matches_a_hand_written_seed_forward():
     y = h + jax.nn.softmax(scores, axis=-1) @ v @ attn["out"]["kernel"]
     y = (y - y.mean(-1, keepdims=True)) / jnp.sqrt(y.var(-1, keepdims=True) + 1e-5)
     expected = y @ params["head"]["kernel"] + params["head"]["bias"][None]
-    np.testing.assert_allclose(model.apply({"params": params}, tokens), expected, atol=2e-5)
+    np.testing.assert_allclose(apply(model, {"params": params}, tokens), expected, atol=2e-5)
 
 
 def test_dropout_is_active_only_when_training():
     model, params = init(ModelConfig(vocab_size=VOCAB, dropout=0.5))
     tokens = random_tokens((16,))
-    eval_a = model.apply({"params": params}, tokens)
-    eval_b = model.apply({"params": params}, tokens)
+    eval_a = apply(model, {"params": params}, tokens)
+    eval_b = apply(model, {"params": params}, tokens)
     np.testing.assert_array_equal(eval_a, eval_b)
-    train = model.apply(
-        {"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(3)}
+    train = apply(
+        model, {"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(3)}
     )
     assert not np.allclose(train, eval_a)
 
@@ -111,7 +128,7 @@ def test_gpt_style_options_shape_the_parameters():
         bias=False,
     )
     model = TinyTransformer(cfg)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     assert "head" not in params  # tied: the output layer is the token embedding
     leaves = jax.tree_util.tree_leaves_with_path(params)
     assert not [p for p, _ in leaves if "bias" in jax.tree_util.keystr(p)]
@@ -123,13 +140,13 @@ def test_gpt_style_options_shape_the_parameters():
     )
     assert abs(float(residual.std()) - 0.02 / (2 * 4) ** 0.5) < 0.0005
     tokens = jnp.arange(8)[None] % 40
-    logits = model.apply({"params": params}, tokens)
+    logits = apply(model, {"params": params}, tokens)
     assert logits.shape == (1, 8, 40)
 
 
 def test_seed_model_keeps_its_parameters():
     model = TinyTransformer(ModelConfig(vocab_size=31))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     assert "bias" in params["head"] and float(jnp.abs(params["token_embed"]).max()) <= 0.02
 
 
@@ -147,9 +164,9 @@ def test_sown_attention_is_a_causal_distribution_and_changes_no_logit(name):
     config = CAPTURED[name]
     model = TinyTransformer(config)
     tokens = jax.random.randint(jax.random.key(3), (2, 21), 0, config.vocab_size)
-    params = model.init(jax.random.key(0), tokens)["params"]
-    plain = model.apply({"params": params}, tokens)
-    captured, state = model.apply({"params": params}, tokens, mutable=["intermediates"])
+    params = jax.jit(model.init)(jax.random.key(0), tokens)["params"]
+    plain = apply(model, {"params": params}, tokens)
+    captured, state = apply(model, {"params": params}, tokens, mutable=("intermediates",))
     np.testing.assert_allclose(captured, plain, rtol=1e-6, atol=1e-6)
     found = state["intermediates"]
     for i in range(config.n_layers):
@@ -167,11 +184,11 @@ def test_the_last_blocks_lens_would_be_the_logits():
     config = CAPTURED["gpt"]
     tokens = jax.random.randint(jax.random.key(4), (1, 12), 0, config.vocab_size)
     model = TinyTransformer(config)
-    params = model.init(jax.random.key(0), tokens)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), tokens)["params"]
     shallow_config = ModelConfig(**{**config.__dict__, "n_layers": 2})
     shallow = {k: v for k, v in params.items() if k != "block_2"}
-    logits = TinyTransformer(shallow_config).apply({"params": shallow}, tokens)
-    _, state = model.apply({"params": params}, tokens, mutable=["intermediates"])
+    logits = apply(TinyTransformer(shallow_config), {"params": shallow}, tokens)
+    _, state = apply(model, {"params": params}, tokens, mutable=("intermediates",))
     np.testing.assert_allclose(state["intermediates"]["lens_1"][0], logits, rtol=1e-5, atol=1e-5)
 
 
@@ -186,20 +203,25 @@ def test_a_decode_step_with_a_start_per_row_equals_each_rows_full_forward(positi
 
     @jax.jit
     def prefill_then_step(cache):  # prompts padded to 9, as the server pads them
-        _, filled = model.apply(
-            {"params": params, "cache": cache}, tokens[:, :9], decode_start=0, mutable=["cache"]
+        _, filled = apply(
+            model,
+            {"params": params, "cache": cache},
+            tokens[:, :9],
+            decode_start=0,
+            mutable=("cache",),
         )
         next_B = jnp.take_along_axis(tokens, lengths[:, None], axis=1)
-        return model.apply(
+        return apply(
+            model,
             {"params": params, "cache": filled["cache"]},
             next_B,
             decode_start=lengths,
-            mutable=["cache"],
+            mutable=("cache",),
         )
 
     cache = empty_kv_cache(model, params, rows=4)
     stepped_Bx1xV, variables = prefill_then_step(cache)
-    full_BxTxV = jax.jit(model.apply)({"params": params}, tokens)  # causal: row r's first
+    full_BxTxV = apply(model, {"params": params}, tokens)  # causal: row r's first
     for row, length in enumerate(lengths.tolist()):  # length + 1 tokens are its own
         np.testing.assert_allclose(stepped_Bx1xV[row, 0], full_BxTxV[row, length], atol=2e-5)
     idle_after = jax.tree.map(lambda c: c[3], variables["cache"])

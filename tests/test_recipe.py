@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from tests.test_model import VOCAB, init
+from tests.test_model import VOCAB, apply, init
 from tests.test_model import random_tokens as tokens
 from tinytx_jax.model import attention
 from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
@@ -42,29 +42,30 @@ def test_modern_model_is_causal_has_no_position_table_and_caps_its_logits():
     assert "pos_embed" not in params
     x = tokens((2, 24))
     changed = x.at[:, 10:].set((x[:, 10:] + 1) % VOCAB)
-    before, after = (model.apply({"params": params}, t) for t in (x, changed))
+    before, after = (apply(model, {"params": params}, t) for t in (x, changed))
     np.testing.assert_array_equal(before[:, :10], after[:, :10])
     assert not np.allclose(before[:, 10:], after[:, 10:])
     big = jax.tree.map(lambda p: p * 50, params)
-    assert float(jnp.abs(model.apply({"params": big}, x)).max()) <= 15.0
+    assert float(jnp.abs(apply(model, {"params": big}, x)).max()) <= 15.0
 
 
 def test_cached_decoding_with_rotary_positions_equals_the_full_forward():
     model, params = init(ModelConfig(**MODERN))
     x = tokens((1, 12))
-    full = model.apply({"params": params}, x)
-    _, variables = model.apply(
-        {"params": params}, jnp.zeros((1, 1), jnp.int32), decode_start=0, mutable=["cache"]
+    full = apply(model, {"params": params}, x)
+    _, variables = apply(
+        model, {"params": params}, jnp.zeros((1, 1), jnp.int32), decode_start=0, mutable=("cache",)
     )
     cache = jax.tree.map(jnp.zeros_like, variables["cache"])
-    first, variables = model.apply(
-        {"params": params, "cache": cache}, x[:, :8], decode_start=0, mutable=["cache"]
+    first, variables = apply(
+        model, {"params": params, "cache": cache}, x[:, :8], decode_start=0, mutable=("cache",)
     )
-    rest, _ = model.apply(
+    rest, _ = apply(
+        model,
         {"params": params, "cache": variables["cache"]},
         x[:, 8:],
         decode_start=jnp.int32(8),
-        mutable=["cache"],
+        mutable=("cache",),
     )
     np.testing.assert_allclose(jnp.concatenate([first, rest], 1), full, atol=2e-5)
 
@@ -82,7 +83,7 @@ def test_relu_squared_is_not_gelu():
     relu2, params = init(ModelConfig(**MODERN))
     gelu = TinyTransformer(ModelConfig(**{**MODERN, "mlp_activation": "gelu"}))
     x = tokens((1, 8))
-    assert not np.allclose(relu2.apply({"params": params}, x), gelu.apply({"params": params}, x))
+    assert not np.allclose(apply(relu2, {"params": params}, x), apply(gelu, {"params": params}, x))
 
 
 def test_muon_orthogonalises_hidden_matrices_and_leaves_the_rest_to_adam():
@@ -103,8 +104,8 @@ def test_muon_orthogonalises_hidden_matrices_and_leaves_the_rest_to_adam():
         noise = 0.1 * jax.random.normal(jax.random.key(3), p.shape)
         return noise + (5 * jnp.outer(p[:, 0], p[0]) / jnp.abs(p).max() ** 2 if p.ndim == 2 else 0)
 
-    grads = jax.tree.map(skewed, params)
-    updates, _ = tx.update(grads, tx.init(params), params)
+    grads = jax.jit(lambda p: jax.tree.map(skewed, p))(params)
+    updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
     singular = np.linalg.svd(
         np.asarray(updates["block_0"]["mlp"]["fc_in"]["kernel"]), compute_uv=False
     )

@@ -12,7 +12,7 @@ from tinytx_jax.text import dialogs, vocabulary
 
 def random_model(max_len=512, **extra):
     model = TinyTransformer(ModelConfig(vocab_size=31, max_len=max_len, **extra))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     return model, params
 
 

@@ -17,7 +17,7 @@ def tiny_state(lr: float = 1e-2):
     model = TinyTransformer(ModelConfig(vocab_size=VOCAB, d_model=16, max_len=8))
     tx = optim.make_optimizer(optim.warmup_schedule(lr, 0), clip_norm=1.0, weight_decay=0.0)
     plateau = optim.make_plateau(lr, 0.5, 10, lr / 100)
-    return model, tx, init_train_state(model, tx, plateau, seed=0)
+    return model, tx, jax.jit(lambda: init_train_state(model, tx, plateau, seed=0))()
 
 
 def batch(seed=0):
@@ -42,7 +42,10 @@ def test_plateau_scale_zero_freezes_the_parameters():
     model, tx, state = tiny_state()
     frozen = state.replace(plateau_state=state.plateau_state._replace(scale=jnp.float32(0)))
     inputs_BxT, targets_BxT = batch()
-    after, _ = train_step(frozen, inputs_BxT, targets_BxT, None, jax.random.key(1), model, tx)
+    step = jax.jit(
+        lambda s: train_step(s, inputs_BxT, targets_BxT, None, jax.random.key(1), model, tx)
+    )
+    after, _ = step(frozen)
     jax.tree.map(np.testing.assert_array_equal, after.params, state.params)
 
 
@@ -50,8 +53,11 @@ def test_weighted_loss_counts_only_weighted_targets():
     model, tx, state = tiny_state()
     inputs_BxT, targets_BxT = batch()
     weights_BxT = jnp.zeros((2, 8)).at[:, 5:].set(1.0)
-    _, loss = train_step(state, inputs_BxT, targets_BxT, weights_BxT, jax.random.key(1), model, tx)
-    logits_BxTxV = model.apply({"params": state.params}, inputs_BxT)
+    step = jax.jit(
+        lambda s: train_step(s, inputs_BxT, targets_BxT, weights_BxT, jax.random.key(1), model, tx)
+    )
+    _, loss = step(state)
+    logits_BxTxV = jax.jit(model.apply)({"params": state.params}, inputs_BxT)
     expected = cross_entropy(logits_BxTxV, targets_BxT)[:, 5:].mean()
     np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
 

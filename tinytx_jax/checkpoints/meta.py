@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-from pathlib import Path
 
 from tinytx_jax.model.transformer import ModelConfig
 
@@ -16,10 +15,6 @@ SCHEMA_VERSION = 1
 EXACT_MATCH_WEIGHT = 1e9  # any difference in exact match outweighs any in typed match
 TYPED_MATCH_WEIGHT = 1e3  # and one in typed match (a turn in 1,000) most in val_loss
 PACKAGES = ("tinytx-jax", "jax", "flax", "optax", "orbax-checkpoint")
-
-
-class SchemaError(RuntimeError):
-    """A checkpoint written by another version of the meta's layout."""
 
 
 def package_versions() -> dict[str, str]:
@@ -51,15 +46,6 @@ def make_meta(
         "metrics": metrics,
         "versions": package_versions(),
     }
-
-
-def check_schema(meta: dict, where: Path) -> None:
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise SchemaError(
-            f"checkpoint meta in {where} has schema version {version}, this tinytx-jax reads "
-            f"version {SCHEMA_VERSION}: use the tinytx-jax that wrote it, or train anew"
-        )
 
 
 def rank(metrics: dict) -> float:

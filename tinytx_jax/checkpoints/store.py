@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from tinytx_jax.checkpoints import digests
-from tinytx_jax.checkpoints.meta import SchemaError, check_schema, rank
+from tinytx_jax.checkpoints.meta import SCHEMA_VERSION, rank
 
 
 def _drop_closed_loop_callbacks(unraisable) -> None:
@@ -134,10 +134,13 @@ class CheckpointStore:
     def read_meta(self, epoch: int) -> dict:
         restored = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         meta = restored["meta"]
-        try:
-            check_schema(meta, self.directory / str(epoch))
-        except SchemaError as error:
-            raise CheckpointError(str(error)) from None
+        version = meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise CheckpointError(
+                f"checkpoint meta in {self.directory / str(epoch)} has schema version {version}, "
+                f"this tinytx-jax reads version {SCHEMA_VERSION}: use the tinytx-jax that wrote "
+                "it, or train anew"
+            )
         return meta
 
     def restore(self, epoch: int, abstract_state: Any) -> Any:
