@@ -22,7 +22,9 @@ def test_a_reply_view_holds_the_models_own_odds_and_losses(trained_workdir):
     view = inspection.reply_view(model, dialogs.render_prompt("what is 2+2?"), "4</assistant>")
     text = dialogs.render_prompt("what is 2+2?") + "4</assistant>"
     assert "".join(view.chars) == text and "".join(view.chars[view.first :]) == "4</assistant>"
-    logits = np.asarray(model.model.apply({"params": model.params}, model.vocab.encode(text)))
+    logits = np.asarray(
+        jax.jit(model.model.apply)({"params": model.params}, model.vocab.encode(text))
+    )
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
     for i, char in enumerate(view.chars[view.first :]):
         row = probs[view.first + i - 1]  # the position that wrote this character
