@@ -1,5 +1,7 @@
 """The pure jitted functions, tested directly: one train step, the epoch scan's windows."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ from tinytx_jax.training.steps import train_step
 VOCAB = 11
 
 
+@functools.cache
 def tiny_state(lr: float = 1e-2):
     model = TinyTransformer(ModelConfig(vocab_size=VOCAB, d_model=16, max_len=8))
     tx = optim.make_optimizer(optim.warmup_schedule(lr, 0), clip_norm=1.0, weight_decay=0.0)
@@ -60,26 +63,3 @@ def test_weighted_loss_counts_only_weighted_targets():
     logits_BxTxV = jax.jit(model.apply)({"params": state.params}, inputs_BxT)
     expected = cross_entropy(logits_BxTxV, targets_BxT)[:, 5:].mean()
     np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
-
-
-def test_a_long_epoch_in_chunks_is_the_whole_epoch_bit_for_bit(small_config):
-    from tinytx_jax.run_config import RunConfig
-    from tinytx_jax.training import chunks
-    from tinytx_jax.training.task import build_task
-
-    small_config.steps_per_epoch = chunks.WHOLE_EPOCH_STEPS + 44  # chunks of 128, 128, 44
-    task = build_task(RunConfig.from_flat(small_config))
-    epoch = chunks.ChunkedEpoch(task)
-    assert epoch.sizes() == [128, 128, chunks.WHOLE_EPOCH_STEPS + 44 - 256]
-    epoch.compile_programs(task.initial_state(small_config.seed), *task.train_data(1))
-    chunked, _ = epoch.run(
-        task.initial_state(small_config.seed), *task.train_data(1), stop=lambda: False
-    )
-    whole = task.make_train_epoch(small_config.steps_per_epoch)
-    reference, _ = whole(task.initial_state(small_config.seed), *task.train_data(1))
-    same = jax.tree.map(lambda a, b: bool((a == b).all()), chunked, reference)
-    assert jax.tree.all(same)
-    stopped = epoch.run(
-        task.initial_state(small_config.seed), *task.train_data(1), stop=lambda: True
-    )
-    assert stopped is None

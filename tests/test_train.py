@@ -12,7 +12,7 @@ from tinytx_jax import configuration, run_config
 from tinytx_jax.data import train_data
 from tinytx_jax.run_config import RunConfig
 from tinytx_jax.scoring.loss import make_evaluate
-from tinytx_jax.training import train
+from tinytx_jax.training import chunks, train
 from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.training.steps import make_train_epoch
 from tinytx_jax.training.task import build_task
@@ -134,3 +134,22 @@ def test_a_split_over_the_limit_is_never_scored_whole(small_config, tmp_path, mo
     assert build_task(RunConfig.from_flat(small_config)).data.full_val_chunks is None
     monkeypatch.setattr(train_data, "FULL_FINAL_VALIDATION_LIMIT", 10**9)
     assert build_task(RunConfig.from_flat(small_config)).data.full_val_chunks is not None
+
+
+def test_a_long_epoch_in_chunks_is_the_whole_epoch_bit_for_bit(small_config):
+    small_config.steps_per_epoch = chunks.WHOLE_EPOCH_STEPS + 44  # chunks of 128, 128, 44
+    task = build_task(RunConfig.from_flat(small_config))
+    epoch = chunks.ChunkedEpoch(task)
+    assert epoch.sizes() == [128, 128, chunks.WHOLE_EPOCH_STEPS + 44 - 256]
+    epoch.compile_programs(task.initial_state(small_config.seed), *task.train_data(1))
+    chunked, _ = epoch.run(
+        task.initial_state(small_config.seed), *task.train_data(1), stop=lambda: False
+    )
+    whole = task.make_train_epoch(small_config.steps_per_epoch)
+    reference, _ = whole(task.initial_state(small_config.seed), *task.train_data(1))
+    same = jax.tree.map(lambda a, b: bool((a == b).all()), chunked, reference)
+    assert jax.tree.all(same)
+    stopped = epoch.run(
+        task.initial_state(small_config.seed), *task.train_data(1), stop=lambda: True
+    )
+    assert stopped is None
