@@ -13,6 +13,7 @@ recent `max_len` tokens by a full forward pass, exactly as the uncached seed did
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from collections.abc import Callable
@@ -71,20 +72,36 @@ def make_prefill(model: TinyTransformer) -> Callable[..., Any]:
     return jax.jit(prefill)
 
 
-@functools.cache  # every Generator of the same model and sampling shares its programs
-def make_generate(
+@functools.cache  # every Generator of the same model shares it
+def make_prompt_prefill(model: TinyTransformer, bucket: int) -> Callable[..., Any]:
+    """A jitted `(params, cache, prompt, start, prompt_len) -> (logits_V, cache)`:
+    `prompt[start : start + bucket]` prefilled on top of a cache that holds positions
+    `[0, start)`, and the logits after the prompt's last token. Only this small program
+    is compiled per bucket; the decode loop that follows is one for every bucket."""
+
+    def prefill(params, cache, buffer, start, prompt_len):
+        # The buffer holds max_len + max_new_tokens, so the bucket never needs clamping.
+        chunk = jax.lax.dynamic_slice_in_dim(buffer, start, bucket)
+        logits, variables = model.apply(
+            {"params": params, "cache": cache}, chunk[None], decode_start=start, mutable=["cache"]
+        )
+        return logits[0, prompt_len - start - 1], variables["cache"]
+
+    return jax.jit(prefill)
+
+
+@functools.cache  # every Generator of the same model and sampling shares it
+def make_decode(
     model: TinyTransformer,
     cfg: SamplingConfig,
-    bucket: int,
     stop_tokens: tuple[tuple[int, ...], ...],
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """A jitted `(params, cache, prompt, start, prompt_len, seed) -> (buffer, end)`.
+    """A jitted `(params, cache, buffer, logits, prompt_len, seed) -> (buffer, end)`: the
+    reply decoded after a prefilled prompt (`logits` are those after its last token).
 
-    `prompt` holds the whole prompt, right-padded to `max_len + max_new_tokens`; the KV
-    `cache` already holds positions `[0, start)` (a cached prefix, or nothing when
-    `start` is 0), and `prompt[start : start + bucket]` is prefilled on top of it.
     The n-th new token is drawn with `fold_in(key(seed), n)`, as the serving engine draws
     a request's n-th token, so a seed gives the same reply in the REPL and over HTTP.
+    `cfg.seed` is not read here (the seed is an argument): key this on `seed=0`.
     """
     max_len = model.config.max_len
     stops = tuple(jnp.asarray(tokens, jnp.int32) for tokens in stop_tokens)
@@ -103,13 +120,8 @@ def make_generate(
         window = jax.lax.dynamic_slice_in_dim(buffer, end - max_len, max_len)
         return model.apply({"params": params}, window[None])[0, -1], cache
 
-    def generate(params, cache, buffer, start, prompt_len, seed):
+    def decode(params, cache, buffer, first_logits, prompt_len, seed):
         key = jax.random.key(seed)
-        # The buffer holds max_len + max_new_tokens, so the bucket never needs clamping.
-        chunk = jax.lax.dynamic_slice_in_dim(buffer, start, bucket)
-        logits, variables = model.apply(
-            {"params": params, "cache": cache}, chunk[None], decode_start=start, mutable=["cache"]
-        )
 
         def step(carry, next_logits):
             end, logits, cache, buffer, key, _ = carry
@@ -131,8 +143,7 @@ def make_generate(
             in_cache = end < max_len if fits else True
             return ~done & (end - prompt_len < cfg.max_new_tokens) & in_cache
 
-        first_logits = logits[0, prompt_len - start - 1]
-        carry = (prompt_len, first_logits, variables["cache"], buffer, key, False)
+        carry = (prompt_len, first_logits, cache, buffer, key, False)
         # While the text fits in max_len, each token goes through the KV cache; beyond
         # that (rare: long histories) each token needs a full forward of the last max_len.
         carry = jax.lax.while_loop(lambda c: more(c, True), lambda c: step(c, cached), carry)
@@ -140,11 +151,12 @@ def make_generate(
         end, _, _, buffer, _, _ = carry
         return buffer, end
 
-    return jax.jit(generate)
+    return jax.jit(decode)
 
 
 class Generator:
-    """Turns prompt text into reply text with a trained model; compiles once per bucket.
+    """Turns prompt text into reply text with a trained model: one decode loop, and a
+    prefill compiled once per prompt bucket.
 
     `cache_prefix(text)` keeps the KV cache of a prefix that every prompt shares (the
     system prompt), so each reply only prefills what follows it. Decoding stops at any of
@@ -166,16 +178,10 @@ class Generator:
         )
         self.calls = 0  # the c-th reply (from 0) samples with seed cfg.seed + c
         self._lock = threading.Lock()
-        self._compiled: dict[int, Callable[..., tuple[jax.Array, jax.Array]]] = {}
+        self._decode = make_decode(model, dataclasses.replace(cfg, seed=0), self.stop_tokens)
         self._empty_cache: Any = None
         self._prefix_tokens = np.zeros(0, np.int32)
         self._prefix_cache: Any = None
-
-    def compiled(self, bucket: int) -> Callable[..., tuple[jax.Array, jax.Array]]:
-        """The jitted decode loop for prompt parts padded to `bucket` tokens."""
-        if bucket not in self._compiled:
-            self._compiled[bucket] = make_generate(self.model, self.cfg, bucket, self.stop_tokens)
-        return self._compiled[bucket]
 
     def cache_prefix(self, text: str) -> None:
         """Remember a shared prompt prefix; its KV cache is computed on first use."""
@@ -210,9 +216,10 @@ class Generator:
         with self._lock:  # a warm-up compile in another thread finishes first
             start, cache = self._start_and_cache(prompt)
             bucket = bucket_length(len(prompt) - start, max_len - start)
-            generate = self.compiled(bucket)
-            out, end = generate(
-                self.params, cache, buffer, start, len(prompt), np.uint32(seed % 2**32)
+            prefill = make_prompt_prefill(self.model, bucket)
+            logits, cache = prefill(self.params, cache, buffer, start, len(prompt))
+            out, end = self._decode(
+                self.params, cache, buffer, logits, len(prompt), np.uint32(seed % 2**32)
             )
         # Host sync: the reply's tokens come back once, after the whole decode loop.
         end = int(end)
