@@ -151,7 +151,7 @@ def make_decode(
         end, _, _, buffer, _, _ = carry
         return buffer, end
 
-    return jax.jit(decode)
+    return jax.jit(decode, donate_argnums=2)  # the buffer is written in place
 
 
 class Generator:
@@ -178,7 +178,6 @@ class Generator:
         )
         self.calls = 0  # the c-th reply (from 0) samples with seed cfg.seed + c
         self._lock = threading.Lock()
-        self._decode = make_decode(model, dataclasses.replace(cfg, seed=0), self.stop_tokens)
         self._empty_cache: Any = None
         self._prefix_tokens = np.zeros(0, np.int32)
         self._prefix_cache: Any = None
@@ -217,8 +216,12 @@ class Generator:
             start, cache = self._start_and_cache(prompt)
             bucket = bucket_length(len(prompt) - start, max_len - start)
             prefill = make_prompt_prefill(self.model, bucket)
+            buffer = jnp.asarray(buffer)  # sent to the device once, read by both programs
             logits, cache = prefill(self.params, cache, buffer, start, len(prompt))
-            out, end = self._decode(
+            decode = make_decode(
+                self.model, dataclasses.replace(self.cfg, seed=0), self.stop_tokens
+            )
+            out, end = decode(
                 self.params, cache, buffer, logits, len(prompt), np.uint32(seed % 2**32)
             )
         # Host sync: the reply's tokens come back once, after the whole decode loop.
