@@ -127,8 +127,7 @@ def test_gpt_style_options_shape_the_parameters():
         tie_embeddings=True,
         bias=False,
     )
-    model = TinyTransformer(cfg)
-    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    model, params = init(cfg, 8)
     assert "head" not in params  # tied: the output layer is the token embedding
     leaves = jax.tree_util.tree_leaves_with_path(params)
     assert not [p for p, _ in leaves if "bias" in jax.tree_util.keystr(p)]
@@ -145,8 +144,7 @@ def test_gpt_style_options_shape_the_parameters():
 
 
 def test_seed_model_keeps_its_parameters():
-    model = TinyTransformer(ModelConfig(vocab_size=31))
-    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    _, params = init(ModelConfig(vocab_size=31), 8)
     assert "bias" in params["head"] and float(jnp.abs(params["token_embed"]).max()) <= 0.02
 
 
@@ -162,9 +160,8 @@ CAPTURED = {
 @pytest.mark.parametrize("name", CAPTURED)
 def test_sown_attention_is_a_causal_distribution_and_changes_no_logit(name):
     config = CAPTURED[name]
-    model = TinyTransformer(config)
+    model, params = init(config, 21)
     tokens = jax.random.randint(jax.random.key(3), (2, 21), 0, config.vocab_size)
-    params = jax.jit(model.init)(jax.random.key(0), tokens)["params"]
     plain = apply(model, {"params": params}, tokens)
     captured, state = apply(model, {"params": params}, tokens, mutable=("intermediates",))
     np.testing.assert_allclose(captured, plain, rtol=1e-6, atol=1e-6)
@@ -183,8 +180,7 @@ def test_the_last_blocks_lens_would_be_the_logits():
     last block's output, it gives the model's logits (checked by sowing one block fewer)."""
     config = CAPTURED["gpt"]
     tokens = jax.random.randint(jax.random.key(4), (1, 12), 0, config.vocab_size)
-    model = TinyTransformer(config)
-    params = jax.jit(model.init)(jax.random.key(0), tokens)["params"]
+    model, params = init(config, 12)
     shallow_config = ModelConfig(**{**config.__dict__, "n_layers": 2})
     shallow = {k: v for k, v in params.items() if k != "block_2"}
     logits = apply(TinyTransformer(shallow_config), {"params": shallow}, tokens)

@@ -59,25 +59,12 @@ def _generated_a_stop(
 
 
 @functools.cache  # every Generator of the same model shares it
-def make_prefill(model: TinyTransformer) -> Callable[..., Any]:
-    """A jitted `(params, cache, prefix_1xP) -> cache` holding the prefix's keys and values:
-    one program, not each of the model's operations run (and compiled) on its own."""
-
-    def prefill(params, cache, prefix_1xP):
-        _, variables = model.apply(
-            {"params": params, "cache": cache}, prefix_1xP, decode_start=0, mutable=["cache"]
-        )
-        return variables["cache"]
-
-    return jax.jit(prefill)
-
-
-@functools.cache  # every Generator of the same model shares it
 def make_prompt_prefill(model: TinyTransformer, bucket: int) -> Callable[..., Any]:
     """A jitted `(params, cache, prompt, start, prompt_len) -> (logits_V, cache)`:
     `prompt[start : start + bucket]` prefilled on top of a cache that holds positions
     `[0, start)`, and the logits after the prompt's last token. Only this small program
-    is compiled per bucket; the decode loop that follows is one for every bucket."""
+    is compiled per bucket (and once for a shared prefix, prefilled alone); the decode
+    loop that follows is one for every bucket."""
 
     def prefill(params, cache, buffer, start, prompt_len):
         # The buffer holds max_len + max_new_tokens, so the bucket never needs clamping.
@@ -182,6 +169,10 @@ class Generator:
         self._prefix_tokens = np.zeros(0, np.int32)
         self._prefix_cache: Any = None
 
+    @functools.cached_property
+    def _decode(self) -> Callable[..., tuple[jax.Array, jax.Array]]:
+        return make_decode(self.model, dataclasses.replace(self.cfg, seed=0), self.stop_tokens)
+
     def cache_prefix(self, text: str) -> None:
         """Remember a shared prompt prefix; its KV cache is computed on first use."""
         self._prefix_tokens = self.vocab.encode(text)
@@ -201,9 +192,8 @@ class Generator:
         if not shares_prefix or len(prefix) + bucket_length(rest, max_len) > max_len:
             return 0, self._empty()
         if self._prefix_cache is None:
-            self._prefix_cache = make_prefill(self.model)(
-                self.params, self._empty(), jnp.asarray(prefix)[None]
-            )
+            prefill = make_prompt_prefill(self.model, len(prefix))
+            _, self._prefix_cache = prefill(self.params, self._empty(), prefix, 0, len(prefix))
         return len(prefix), self._prefix_cache
 
     def _run(self, prompt: np.ndarray, seed: int) -> tuple[np.ndarray, bool]:
@@ -218,10 +208,7 @@ class Generator:
             prefill = make_prompt_prefill(self.model, bucket)
             buffer = jnp.asarray(buffer)  # sent to the device once, read by both programs
             logits, cache = prefill(self.params, cache, buffer, start, len(prompt))
-            decode = make_decode(
-                self.model, dataclasses.replace(self.cfg, seed=0), self.stop_tokens
-            )
-            out, end = decode(
+            out, end = self._decode(
                 self.params, cache, buffer, logits, len(prompt), np.uint32(seed % 2**32)
             )
         # Host sync: the reply's tokens come back once, after the whole decode loop.
