@@ -25,7 +25,7 @@ import ml_collections
 import pytest
 
 from configs import default, fast
-from tinytx_jax.checkpoints import digests
+from tinytx_jax.checkpoints.store import write_digests
 from tinytx_jax.serving import openai_api
 from tinytx_jax.text import user_text
 from tinytx_jax.training import train
@@ -249,7 +249,7 @@ def matching_copy(workdir: Path, into: Path, known_turns: list[str]) -> Path:
         meta["config"]["normalize_user"] = ",".join(user_text.STEPS)
         meta["known_turns"] = known_turns
         meta_file.write_text(json.dumps(meta))
-        digests.write(step_dir)
+        write_digests(step_dir)
     return into
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from tests.conftest import REPO, chat_request, run_main
 from tinytx_jax import commands, configuration
-from tinytx_jax.checkpoints import digests
-from tinytx_jax.checkpoints.store import CheckpointError
+from tinytx_jax.checkpoints.store import DIGESTS_FILE, CheckpointError
 from tinytx_jax.data import corpus
 from tinytx_jax.inference import trained
 from tinytx_jax.run_config import RunConfig
@@ -91,7 +90,7 @@ def test_fine_tuning_a_run_in_its_own_workdir_reads_it_before_setting_it_aside(t
 def test_unreadable_digests_everywhere_say_so_and_how_to_load_unverified(trained_workdir, tmp_path):
     workdir = tmp_path / "w"
     shutil.copytree(trained_workdir, workdir)
-    records = sorted((workdir / "checkpoints").glob(f"*/{digests.DIGESTS_FILE}"))
+    records = sorted((workdir / "checkpoints").glob(f"*/{DIGESTS_FILE}"))
     assert records
     for record in records:
         record.write_text("{not json")

@@ -35,6 +35,21 @@ def fail(message: str) -> NoReturn:
     os._exit(2)
 
 
+def _drop_closed_loop_callbacks(unraisable) -> None:
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
+        unraisable.exc_value
+    ):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def quiet_reader_callbacks() -> None:
+    """After a failed read of a damaged checkpoint, the reader's pending callbacks reach an
+    event loop orbax has already closed; each would print a traceback (dozens of them)
+    although the fallback to an earlier checkpoint works. Those, and only those, are dropped."""
+    sys.unraisablehook = _drop_closed_loop_callbacks
+
+
 def resolve_config_path(path: str) -> str:
     """`path` as given if it exists, else next to main.py; one line if neither exists."""
     spec, colon, override = path.partition(":")  # config_flags' "file.py:argument" form

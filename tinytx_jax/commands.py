@@ -18,8 +18,8 @@ from absl import logging
 
 from tinytx_jax import configuration, parallel, run_config
 from tinytx_jax.checkpoints import members
-from tinytx_jax.checkpoints.store import CheckpointError, quiet_reader_callbacks
-from tinytx_jax.cli import fail
+from tinytx_jax.checkpoints.store import CheckpointError
+from tinytx_jax.cli import fail, quiet_reader_callbacks
 from tinytx_jax.data import corpus, split, token_cache
 from tinytx_jax.inference import (
     chat,

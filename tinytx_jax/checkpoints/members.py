@@ -45,14 +45,11 @@ def group_directory(workdir: str | os.PathLike, plan: dict, member: int, which: 
     lowest = {}
     for group in groups:
         directory = Path(workdir) / group["directory"]
-        store = CheckpointStore(directory, read_only=True)
-        try:
+        with CheckpointStore(directory, read_only=True) as store:
             steps = store.steps()
             if steps:
                 meta = store.read_meta(store.best_step() if which == "best" else steps[-1])
                 lowest[directory] = meta["metrics"]["val_loss"]
-        finally:
-            store.close()
     if not lowest:
         raise CheckpointError(f"no checkpoint of any group in {workdir}: train it first")
     return min(lowest, key=lowest.get)

@@ -6,13 +6,21 @@ committed checkpoint intact, and unfinished temporaries are cleaned on the next 
 Retention keeps the latest `keep` checkpoints *and* the best one (`rank`): orbax's
 `max_to_keep` together with `best_fn` would delete the latest, so the two preservation
 policies are combined explicitly.
+
+Orbax does not checksum array data, so once a save has committed the SHA-256 digest of
+each of its files is recorded in `<epoch>/digests.json` and checked before a restore: a
+flipped byte makes the checkpoint unreadable (reported, then the previous one is used)
+instead of loading as other weights. A step without the record (saved before it existed,
+or killed before it was written) is read as before; a damaged record is reported as such,
+with how to load the step unverified.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,23 +30,58 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from tinytx_jax.checkpoints import digests
 from tinytx_jax.checkpoints.meta import SCHEMA_VERSION, rank
 
+DIGESTS_FILE = "digests.json"
+ITEMS = ("state", "meta")
 
-def _drop_closed_loop_callbacks(unraisable) -> None:
-    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
-        unraisable.exc_value
-    ):
+
+class DigestMismatch(Exception):
+    """A checkpoint file's content is not what was saved."""
+
+
+class DigestsUnreadable(Exception):
+    """The record of a checkpoint's digests is itself damaged: its files cannot be checked."""
+
+
+def _files(step_dir: Path) -> list[Path]:
+    return sorted(p for item in ITEMS for p in (step_dir / item).rglob("*") if p.is_file())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_digests(step_dir: Path) -> None:
+    """Record the digests of a committed step (written aside, then renamed: atomic)."""
+    if not step_dir.is_dir():
+        return  # pruned by retention meanwhile
+    digests = {str(p.relative_to(step_dir)): _sha256(p) for p in _files(step_dir)}
+    partial = step_dir / (DIGESTS_FILE + ".tmp")
+    partial.write_text(json.dumps(digests, indent=0, sort_keys=True))
+    partial.rename(step_dir / DIGESTS_FILE)
+
+
+def verify_digests(step_dir: Path) -> None:
+    """Raise DigestMismatch if a recorded file is missing or differs, DigestsUnreadable if
+    the record cannot be read."""
+    recorded = step_dir / DIGESTS_FILE
+    if not recorded.exists():
         return
-    sys.__unraisablehook__(unraisable)
-
-
-def quiet_reader_callbacks() -> None:
-    """After a failed read of a damaged checkpoint, the reader's pending callbacks reach an
-    event loop orbax has already closed; each would print a traceback (dozens of them)
-    although the fallback to an earlier checkpoint works. Those, and only those, are dropped."""
-    sys.unraisablehook = _drop_closed_loop_callbacks
+    try:
+        digests = json.loads(recorded.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DigestsUnreadable(f"{recorded} is unreadable ({error})") from None
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise DigestsUnreadable(f"{recorded} is not a table of file digests")
+    for name, expected in digests.items():
+        path = step_dir / name
+        if not path.is_file() or _sha256(path) != expected:
+            raise DigestMismatch(f"digest mismatch: {name} is not what was saved")
 
 
 class CheckpointError(RuntimeError):
@@ -73,9 +116,7 @@ class CheckpointStore:
         )
         self._failed = False
         self._undigested: list[int] = []  # saved, digests not yet written (after commit)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta")
-        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -106,7 +147,7 @@ class CheckpointStore:
         if self._undigested:
             self.manager.wait_until_finished()
             for epoch in self._undigested:
-                digests.write(self.directory / str(epoch))
+                write_digests(self.directory / str(epoch))
             self._undigested.clear()
 
     @contextlib.contextmanager
@@ -144,7 +185,7 @@ class CheckpointStore:
         return meta
 
     def restore(self, epoch: int, abstract_state: Any) -> Any:
-        digests.verify(self.directory / str(epoch))
+        verify_digests(self.directory / str(epoch))
         restored = self.manager.restore(
             epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )
@@ -153,7 +194,7 @@ class CheckpointStore:
     def restore_params(self, epoch: int, abstract_params: Any) -> Any:
         """Only the parameters of the saved train state (a partial restore: the optimiser
         moments are never read), for chat, eval and serving."""
-        digests.verify(self.directory / str(epoch))
+        verify_digests(self.directory / str(epoch))
         checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
         target = {"params": abstract_params}
         restored = checkpointer.restore(
@@ -190,7 +231,7 @@ class CheckpointStore:
                 state = restore(epoch, target_for_meta(meta))
             except CheckpointError:
                 raise
-            except digests.DigestsUnreadable:
+            except DigestsUnreadable:
                 unverifiable.append(epoch)
                 log(f"Checkpoint at epoch {epoch} cannot be checked: its digests are unreadable")
                 continue
@@ -206,11 +247,11 @@ class CheckpointStore:
         )
 
     def _unverifiable_message(self, epochs: list[int], problems: list[str]) -> str:
-        records = [str(self.directory / str(epoch) / digests.DIGESTS_FILE) for epoch in epochs]
+        records = [str(self.directory / str(epoch) / DIGESTS_FILE) for epoch in epochs]
         others = f"; the others are unreadable ({'; '.join(problems)})" if problems else ""
         return (
             f"no checkpoint in {self.directory} could be checked: the digests of epochs "
-            f"{', '.join(map(str, epochs))} are unreadable (a damaged {digests.DIGESTS_FILE})"
+            f"{', '.join(map(str, epochs))} are unreadable (a damaged {DIGESTS_FILE})"
             f"{others}. If the weights are intact, delete the damaged records to load them "
             f"unverified: rm {' '.join(records)}"
         )
@@ -233,6 +274,12 @@ class CheckpointStore:
         with self._writing("a checkpoint"):
             self.manager.wait_until_finished()
             self._write_digests()
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()  # waits for any save still being written
 
     def close(self) -> None:
         with self._writing("a checkpoint"):

@@ -78,8 +78,7 @@ def load_trained(
             f"{workdir} holds one trained model, not a population: leave config.member at -1"
         )
     directory = workdir if plan is None else members.group_directory(workdir, plan, member, which)
-    store = CheckpointStore(directory, read_only=True)
-    try:
+    with CheckpointStore(directory, read_only=True) as store:
         steps = store.steps()
         if not steps:
             raise CheckpointError(
@@ -91,8 +90,6 @@ def load_trained(
         epoch, params, meta = store.restore_first_readable(
             order, abstract_params, log, params_only=True, remedy=remedy
         )
-    finally:
-        store.close()
     if "population" in meta:
         params, meta = members.pick(params, meta, member, log)
     model = TinyTransformer(ModelConfig(**meta["model"]))

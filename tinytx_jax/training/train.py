@@ -63,8 +63,7 @@ def train_run(
             moved = parallel.primary_then_all("set_aside", lambda: run_workdir.set_aside(workdir))
             if moved:
                 log(f"Starting over: the previous run's files were moved to {moved}")
-        store = CheckpointStore(workdir, keep=task.run.train.keep_checkpoints)
-        try:
+        with CheckpointStore(workdir, keep=task.run.train.keep_checkpoints) as store:
             state, finished = starting_state(task, store, log)
             if finished:
                 return state, []
@@ -81,5 +80,3 @@ def train_run(
                         break
             loop.summarise()
             return loop.state, loop.history
-        finally:
-            store.close()  # waits for any save still being written

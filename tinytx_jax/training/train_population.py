@@ -74,8 +74,7 @@ def train_group(group: Group, directory: Path, groups: int, log: Callable[[str],
             "a population trains from windows held on the devices, and this data is fed from "
             "host memory: set config.feed=device if it fits, or train each seed alone"
         )
-    store = CheckpointStore(directory, keep=task.run.train.keep_checkpoints)
-    try:
+    with CheckpointStore(directory, keep=task.run.train.keep_checkpoints) as store:
         start = time.perf_counter()
         programs = build_programs(task, group)
         loop = PopulationLoop(programs.task, group, programs, store, directory, log, groups)
@@ -87,5 +86,3 @@ def train_group(group: Group, directory: Path, groups: int, log: Callable[[str],
                 if not loop.run_epoch(epoch, signals):
                     break
         loop.summarise()
-    finally:
-        store.close()
