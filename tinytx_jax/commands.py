@@ -157,7 +157,8 @@ def train_then_use(
             train_population.train_population(config, workdir, set_cpu_devices=set_devices)
         else:
             if not (distributed or forced):
-                parallel.use_cpu_devices(solo_cpu_devices(config))
+                batch, requested = config.train.batch_size, config.host.cpu_devices
+                parallel.use_cpu_devices(parallel.cpu_device_count(batch, requested))
             early = config.host.compile_cache and text and parallel.is_primary()
             on_task = head_start.compile_sample_early(config.use, prompt) if early else None
             train.train_run(config, workdir, print if parallel.is_primary() else quiet, on_task)
@@ -167,12 +168,6 @@ def train_then_use(
         print("Sample:")
         mode = "sample"
     use_checkpoint(config.use, workdir, mode, prompt)
-
-
-def solo_cpu_devices(config: run_config.RunConfig) -> int:
-    """The XLA devices a CPU splits into for one run: its batch's share of the cores."""
-    cores = len(os.sched_getaffinity(0))
-    return parallel.cpu_device_count(config.train.batch_size, config.host.cpu_devices, cores)
 
 
 def use_checkpoint(

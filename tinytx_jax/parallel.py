@@ -61,13 +61,15 @@ def to_global(host_array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(host_array.shape, sharding, lambda index: host_array[index])
 
 
-def cpu_device_count(batch_size: int, requested: int, cores: int) -> int:
-    """How many XLA devices a CPU run splits into: `requested`, or (0) the most cores that
-    divide the batch. XLA:CPU runs a small model's matmuls on barely more than one core;
-    two devices on two cores each take half the batch (docs/measured.md)."""
+def cpu_device_count(batch_size: int, requested: int) -> int:
+    """How many XLA devices a CPU run splits into: `requested`, or (0) the most of this
+    process's cores that divide the batch. XLA:CPU runs a small model's matmuls on barely
+    more than one core; two devices on two cores each take half the batch
+    (docs/measured.md)."""
     if requested:
         return requested
-    return max(d for d in range(1, max(cores, 1) + 1) if batch_size % d == 0)
+    cores = len(os.sched_getaffinity(0))
+    return max(d for d in range(1, cores + 1) if batch_size % d == 0)
 
 
 def use_cpu_devices(count: int) -> None:
