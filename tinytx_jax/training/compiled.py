@@ -41,25 +41,38 @@ class TurnCheck:
 
 
 def compile_steps(task: Task, state: TrainState) -> CompiledSteps:
-    """Compile ahead of time, so that no epoch's timing includes compilation."""
+    """A solo run's programs, compiled ahead of time so that no epoch's timing includes
+    compilation."""
     end_epoch = make_end_epoch(
         task.plateau, task.run.optim.plateau_enabled, task.schedule, optim.PLATEAU_MIN_DELTA
     )
-    train_epoch = ChunkedEpoch(task)
-    train_epoch.compile_programs(state, *task.train_data(1))
     val_loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(task.mesh))
-    evaluate = make_evaluate(task.model)
+    end_epoch = end_epoch.lower(state, val_loss).compile()
+    return compile_programs(task, state, ChunkedEpoch(task), lambda fn: fn, end_epoch)
+
+
+def compile_programs(
+    task: Task,
+    state: TrainState,
+    train_epoch: ChunkedEpoch,
+    per_member: Callable[[Callable[..., jax.Array]], Callable[..., jax.Array]],
+    end_epoch: Callable[..., tuple[TrainState, jax.Array]],
+) -> CompiledSteps:
+    """The epoch, validation and exact-match programs, compiled alike for a solo run and a
+    population's group: `per_member` turns a function of one model's parameters into one
+    of every member's (for a solo run, the function itself); `end_epoch` is compiled."""
+    train_epoch.compile_programs(state, *task.train_data(1))
+    evaluate = per_member(make_evaluate(task.model))
     check_turns = {}
     for name, (batch, arrays) in task.data.turn_rows.items():
-        check = exact_match.make_turn_check(task.model, batch.num_turns)
+        check = per_member(exact_match.make_turn_check(task.model, batch.num_turns))
         check_turns[name] = TurnCheck(check.lower(state.params, *arrays).compile(), batch, arrays)
+    full = task.data.full_val_chunks
     return CompiledSteps(
         train_epoch,
         evaluate.lower(state.params, *task.data.val_chunks).compile(),
-        evaluate.lower(state.params, *task.data.full_val_chunks).compile()
-        if task.data.full_val_chunks
-        else None,
-        end_epoch.lower(state, val_loss).compile(),
+        evaluate.lower(state.params, *full).compile() if full else None,
+        end_epoch,
         check_turns,
     )
 

@@ -20,11 +20,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tinytx_jax.data.train_data import TrainData
-from tinytx_jax.scoring import exact_match
-from tinytx_jax.scoring.loss import make_evaluate
 from tinytx_jax.training import optim
 from tinytx_jax.training.chunks import ChunkedEpoch
-from tinytx_jax.training.compiled import CompiledSteps, TurnCheck
+from tinytx_jax.training.compiled import CompiledSteps, compile_programs
 from tinytx_jax.training.population import Group
 from tinytx_jax.training.state import TrainState, init_train_state
 from tinytx_jax.training.steps import end_epoch_update
@@ -162,7 +160,7 @@ def member_task(task: Task, group: Group) -> tuple[Task, Callable[[dict], Any], 
 
 def build_programs(task: Task, group: Group) -> GroupPrograms:
     """Spread the group's members over the devices, place its data there, and compile its
-    programs ahead of time, as compile_steps does for a solo run."""
+    programs ahead of time, as a solo run's are (`compiled.compile_programs`)."""
     members = Members.over_devices(len(group.members), task.run.population.member_batching)
     task = dataclasses.replace(task, data=placed_everywhere(task.data, members))
     task, tx_for, plateau = member_task(task, group)
@@ -198,24 +196,15 @@ def build_programs(task: Task, group: Group) -> GroupPrograms:
             state, val_loss, plateau, enabled, schedule, optim.PLATEAU_MIN_DELTA, floor
         )
 
-    train_epoch = ChunkedEpoch(task, members)
-    train_epoch.compile_programs(state, *task.train_data(1))
-    evaluate = jax.jit(members.each(make_evaluate(task.model), "m..."))
-    val_loss = jax.ShapeDtypeStruct((members.count,), jnp.float32, sharding=members.sharding)
     spec = "mmm" if floors is not None else "mm"
     end = jax.jit(members.each(end_epoch, spec, gated=True), donate_argnums=1)
+    val_loss = jax.ShapeDtypeStruct((members.count,), jnp.float32, sharding=members.sharding)
     end_args = (members.abstract_flags, state, val_loss) + ((floors,) if floors is not None else ())
-    check_turns = {}
-    for name, (batch, arrays) in task.data.turn_rows.items():
-        check = members.each(exact_match.make_turn_check(task.model, batch.num_turns), "m...")
-        compiled = jax.jit(check).lower(state.params, *arrays).compile()
-        check_turns[name] = TurnCheck(compiled, batch, arrays)
-    full = task.data.full_val_chunks
-    steps = CompiledSteps(
-        train_epoch,
-        evaluate.lower(state.params, *task.data.val_chunks).compile(),
-        evaluate.lower(state.params, *full).compile() if full else None,
+    steps = compile_programs(
+        task,
+        state,
+        ChunkedEpoch(task, members),
+        lambda fn: jax.jit(members.each(fn, "m...")),
         end.lower(*end_args).compile(),
-        check_turns,
     )
     return GroupPrograms(task, steps, members, initial_state, floors)
