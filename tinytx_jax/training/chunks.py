@@ -29,7 +29,7 @@ CHUNK_STEPS = 128  # longer ones, this many per call: ~1 s of the fast config, ~
 class ChunkedEpoch:
     """`run(state, *train_data, stop)`: one epoch; (state, mean loss), or None if `stop()`
     said so between two chunks. With `members`, a population's: every function runs for
-    each member (population_steps.Members), the keys and losses have a leading member axis.
+    each member (member_axis.Members), the keys and losses have a leading member axis.
     """
 
     def __init__(self, task, members=None):

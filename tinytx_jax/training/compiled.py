@@ -15,6 +15,7 @@ from tinytx_jax.scoring import exact_match
 from tinytx_jax.scoring.loss import make_evaluate
 from tinytx_jax.training import optim
 from tinytx_jax.training.chunks import ChunkedEpoch
+from tinytx_jax.training.member_axis import Members
 from tinytx_jax.training.state import TrainState
 from tinytx_jax.training.steps import make_end_epoch
 from tinytx_jax.training.task import Task
@@ -48,19 +49,23 @@ def compile_steps(task: Task, state: TrainState) -> CompiledSteps:
     )
     val_loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(task.mesh))
     end_epoch = end_epoch.lower(state, val_loss).compile()
-    return compile_programs(task, state, ChunkedEpoch(task), lambda fn: fn, end_epoch)
+    return compile_programs(task, state, end_epoch)
 
 
 def compile_programs(
     task: Task,
     state: TrainState,
-    train_epoch: ChunkedEpoch,
-    per_member: Callable[[Callable[..., jax.Array]], Callable[..., jax.Array]],
     end_epoch: Callable[..., tuple[TrainState, jax.Array]],
+    members: Members | None = None,
 ) -> CompiledSteps:
-    """The epoch, validation and exact-match programs, compiled alike for a solo run and a
-    population's group: `per_member` turns a function of one model's parameters into one
-    of every member's (for a solo run, the function itself); `end_epoch` is compiled."""
+    """The epoch, validation and exact-match programs, compiled alike for a solo run and
+    for a population's group (`members`: each program runs once per member);
+    `end_epoch` comes compiled."""
+
+    def per_member(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+        return fn if members is None else jax.jit(members.each(fn, "m..."))
+
+    train_epoch = ChunkedEpoch(task, members)
     train_epoch.compile_programs(state, *task.train_data(1))
     evaluate = per_member(make_evaluate(task.model))
     check_turns = {}

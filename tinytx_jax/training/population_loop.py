@@ -21,12 +21,10 @@ from tinytx_jax.training import metrics, population
 from tinytx_jax.training.chunks import ChunkedEpoch
 from tinytx_jax.training.compiled import measure_exact_match
 from tinytx_jax.training.epoch_loop import Interrupted, interrupted_after, interrupted_during
+from tinytx_jax.training.member_axis import Members
 from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.training.population import Group
-from tinytx_jax.training.population_steps import (
-    GroupPrograms,
-    Members,
-)
+from tinytx_jax.training.population_steps import GroupPrograms
 from tinytx_jax.training.resume import check_compatible, run_meta
 from tinytx_jax.training.state import TrainState, count_params
 from tinytx_jax.training.stopping import stop_reason

@@ -1,12 +1,6 @@
-"""A population group's device programs: every member of the group in one program.
-
-The members lie along a leading axis of the train state, spread over the devices
-(`shard_map` over a `members` mesh axis). On each device its members run one after
-another (`lax.map`), each as its solo run would on one device, to the last bit; or
-batched (`vmap`), which pays on an accelerator, while on a CPU it was slower and its
-rounding differs from a solo run's (docs/populations.md). `config.member_batching`
-chooses; `auto` takes vmap on GPU and TPU, map on CPU.
-"""
+"""A population group's device programs: every member of the group in one program, its
+data placed where the members are, each member's optimiser values in its state
+(member_axis.py spreads the members and runs a function for each)."""
 
 from __future__ import annotations
 
@@ -17,120 +11,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tinytx_jax.data.train_data import TrainData
 from tinytx_jax.training import optim
-from tinytx_jax.training.chunks import ChunkedEpoch
 from tinytx_jax.training.compiled import CompiledSteps, compile_programs
+from tinytx_jax.training.member_axis import Members
 from tinytx_jax.training.population import Group
 from tinytx_jax.training.state import TrainState, init_train_state
 from tinytx_jax.training.steps import end_epoch_update
 from tinytx_jax.training.task import Task
-
-MEMBERS = "members"
-
-
-def devices_for(count: int, available: int) -> int:
-    """The most devices, at most `available`, that `count` members split over evenly."""
-    return max(n for n in range(1, available + 1) if count % n == 0)
-
-
-@dataclasses.dataclass(frozen=True)
-class Members:
-    """`count` members spread evenly over the devices of `mesh` (axis `members`)."""
-
-    count: int
-    mesh: Mesh
-    batched: bool  # vmap over a device's members, not lax.map
-
-    @classmethod
-    def over_devices(cls, count: int, batching: str = "map") -> Members:
-        devices = jax.devices()[: devices_for(count, jax.device_count())]
-        if batching == "auto":
-            batching = "map" if jax.default_backend() == "cpu" else "vmap"
-        return cls(count, Mesh(np.array(devices), (MEMBERS,)), batching == "vmap")
-
-    @property
-    def sharding(self) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec(MEMBERS))
-
-    @property
-    def everywhere(self) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec())
-
-    def each(self, fn: Callable[..., Any], spec: str, gated: bool = False) -> Callable[..., Any]:
-        """`fn` for every member. `spec` has one letter per argument, `m` for one with a
-        leading member axis, `.` for one all members share; a trailing `...` shares the
-        rest. Every output has a leading member axis. `gated`: the first argument is each
-        member's `active` flag, and an inactive member skips `fn` (its first argument, the
-        state, comes back as it was; the other outputs are zeros)."""
-        if gated:
-            spec = "m" + spec
-
-        def for_members(*args):
-            letters = (
-                spec[:-3] + "." * (len(args) - len(spec) + 3) if spec.endswith("...") else spec
-            )
-            per_member = [letter == "m" for letter in letters]
-
-            def on_device(*local):
-                def one(mine):
-                    merged = [
-                        m if p else a for m, a, p in zip(mine, local, per_member, strict=True)
-                    ]
-                    if not gated:
-                        return fn(*merged)
-                    active, *given = merged
-                    return jax.lax.cond(active, fn, _skipped(fn), *given)
-
-                own = [a if p else None for a, p in zip(local, per_member, strict=True)]
-                return jax.vmap(one)(own) if self.batched else jax.lax.map(one, own)
-
-            specs = tuple(PartitionSpec(MEMBERS) if p else PartitionSpec() for p in per_member)
-            # check_vma off: the member functions are written for one device (their scans'
-            # zero carries would each need marking as varying over the members).
-            return jax.shard_map(
-                on_device,
-                mesh=self.mesh,
-                in_specs=specs,
-                out_specs=PartitionSpec(MEMBERS),
-                check_vma=False,
-            )(*args)
-
-        return for_members
-
-    def flags(self, active: np.ndarray) -> jax.Array:
-        """Each member's `active` flag, placed as the members are."""
-        return jax.device_put(np.asarray(active, bool), self.sharding)
-
-    @property
-    def abstract_flags(self) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct((self.count,), jnp.bool_, sharding=self.sharding)
-
-
-def _skipped(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """What a stopped member gets instead of `fn`: its state back, zeros for the rest."""
-
-    def skip(state, *rest):
-        outputs = jax.eval_shape(fn, state, *rest)
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), outputs[1:])
-        return (state, *zeros)
-
-    return skip
-
-
-def placed_everywhere(data: TrainData, members: Members) -> TrainData:
-    """The group's data (built for one device) on every device the members use."""
-
-    def place(tree):
-        return jax.tree.map(
-            lambda a: jax.device_put(a, members.everywhere) if isinstance(a, jax.Array) else a,
-            tree,
-        )
-
-    fields = {f.name: place(getattr(data, f.name)) for f in dataclasses.fields(data)}
-    return dataclasses.replace(data, **fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,9 +49,9 @@ def member_task(task: Task, group: Group) -> tuple[Task, Callable[[dict], Any], 
 def build_programs(task: Task, group: Group) -> GroupPrograms:
     """Spread the group's members over the devices, place its data there, and compile its
     programs ahead of time, as a solo run's are (`compiled.compile_programs`)."""
-    members = Members.over_devices(len(group.members), task.run.population.member_batching)
-    task = dataclasses.replace(task, data=placed_everywhere(task.data, members))
     task, tx_for, plateau = member_task(task, group)
+    members = Members.over_devices(len(group.members), task.run.population.member_batching)
+    task = dataclasses.replace(task, data=members.placed(task.data))
     values = {name: jnp.asarray(listed) for name, listed in group.swept.items()}
     seeds = jnp.asarray([member.seed for member in group.members], jnp.int32)
     init = jax.jit(
@@ -200,11 +88,5 @@ def build_programs(task: Task, group: Group) -> GroupPrograms:
     end = jax.jit(members.each(end_epoch, spec, gated=True), donate_argnums=1)
     val_loss = jax.ShapeDtypeStruct((members.count,), jnp.float32, sharding=members.sharding)
     end_args = (members.abstract_flags, state, val_loss) + ((floors,) if floors is not None else ())
-    steps = compile_programs(
-        task,
-        state,
-        ChunkedEpoch(task, members),
-        lambda fn: jax.jit(members.each(fn, "m...")),
-        end.lower(*end_args).compile(),
-    )
+    steps = compile_programs(task, state, end.lower(*end_args).compile(), members)
     return GroupPrograms(task, steps, members, initial_state, floors)

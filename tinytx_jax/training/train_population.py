@@ -16,10 +16,11 @@ from tinytx_jax.configuration import ConfigError
 from tinytx_jax.run_config import RunConfig
 from tinytx_jax.training import population, population_report
 from tinytx_jax.training import workdir as run_workdir
+from tinytx_jax.training.member_axis import devices_for
 from tinytx_jax.training.memory import check_fits_in_memory
 from tinytx_jax.training.population import Group
 from tinytx_jax.training.population_loop import PopulationLoop
-from tinytx_jax.training.population_steps import build_programs, devices_for
+from tinytx_jax.training.population_steps import build_programs
 from tinytx_jax.training.task import build_task
 
 
