@@ -42,7 +42,8 @@ from tinytx_jax.training import (
     workdir,
 )
 
-MODES = ("train_and_chat", "train", "chat", "eval", "sample", "plot", "report", "serve", "inspect")
+TRAINING_OR_USING = ("train_and_chat", "train", "chat", "eval", "sample")
+MODES = (*TRAINING_OR_USING, "plot", "report", "serve", "inspect")
 EXPECTED_ERRORS = (
     configuration.ConfigError,
     corpus.DataError,
@@ -118,12 +119,12 @@ def run(
         elif mode == "report":
             print(population_report.report(workdir))
             print(f"Wrote {population_report.plot_population(workdir)}")
-        elif mode == "serve":
-            start.serve_checkpoint(config.use, config.serve, workdir, listen, to_stderr)
         elif mode == "inspect":
             inspect_checkpoint(config.use, workdir, prompt, text_file)
-        else:
+        elif mode in TRAINING_OR_USING:
             train_then_use(mode, config, workdir, prompt, distributed)
+        elif mode == "serve":
+            start.serve_checkpoint(config.use, config.serve, workdir, listen, to_stderr)
     except epoch_loop.Interrupted as interrupted:
         print(interrupted, flush=True)
         sys.exit(128 + interrupted.signum)
