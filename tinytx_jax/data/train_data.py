@@ -74,7 +74,7 @@ def build_train_data(
         *train_arrays,
         *validation,
         turn_rows={
-            name: (batch, rows_on_devices(batch.arrays, mesh))
+            name: (batch, windows.rows_on_devices(batch.arrays, mesh))
             for name, conversations in (
                 ("exact_match", parts.train_conversations),
                 ("val_exact_match", parts.heldout_conversations),
@@ -140,19 +140,13 @@ def validation_rows(run: RunConfig, parts: split.Split, source: str, mesh: jax.s
         val_mask = parts.val_mask if reply_only else None
         sampled = windows.sampled_windows(parts.val_tokens, count, data.block_size, val_mask)
     if sampled is None:
-        return rows_on_devices(whole, mesh), int(weights.sum()), None, int(weights.sum())
-    full = rows_on_devices(whole, mesh) if weights.sum() <= FULL_FINAL_VALIDATION_LIMIT else None
-    return rows_on_devices(sampled, mesh), int(sampled[-1].sum()), full, int(weights.sum())
-
-
-def rows_on_devices(
-    chunks: tuple[np.ndarray, ...], mesh: jax.sharding.Mesh
-) -> tuple[jax.Array, ...]:
-    """Evaluation rows (validation, exact match) in groups, split over the devices: each
-    scores its share."""
-    grouped = windows.grouped_rows(chunks, mesh.size)
-    sharding = parallel.rows_sharded(mesh, axis=1)
-    return tuple(parallel.to_global(a, sharding) for a in grouped)
+        return windows.rows_on_devices(whole, mesh), int(weights.sum()), None, int(weights.sum())
+    full = (
+        windows.rows_on_devices(whole, mesh)
+        if weights.sum() <= FULL_FINAL_VALIDATION_LIMIT
+        else None
+    )
+    return windows.rows_on_devices(sampled, mesh), int(sampled[-1].sum()), full, int(weights.sum())
 
 
 def window_starts(parts: split.Split, block_size: int, source: str) -> np.ndarray:

@@ -1,11 +1,16 @@
-"""Token arrays into model rows: validation chunks, grouped rows, windows.
+"""Token arrays into model rows: validation chunks, grouped rows, windows, and grouped
+rows placed over the devices.
 
-Plain numpy on the host; the training loop moves the arrays to the device once.
+The rows are built in plain numpy on the host; `rows_on_devices` moves them to the
+devices once, each device holding its share of every group.
 """
 
 from __future__ import annotations
 
+import jax
 import numpy as np
+
+from tinytx_jax import parallel
 
 
 def validation_chunks(
@@ -85,3 +90,13 @@ def sampled_windows(
     windows = tokens[offsets].astype(np.int32)
     mask = np.ones((count, chunk_len)) if loss_mask is None else loss_mask[offsets[:, 1:]]
     return windows[:, :-1], windows[:, 1:], mask.astype(np.float32)
+
+
+def rows_on_devices(
+    chunks: tuple[np.ndarray, ...], mesh: jax.sharding.Mesh
+) -> tuple[jax.Array, ...]:
+    """Evaluation rows (validation, exact match) in groups, split over the devices: each
+    scores its share."""
+    grouped = grouped_rows(chunks, mesh.size)
+    sharding = parallel.rows_sharded(mesh, axis=1)
+    return tuple(parallel.to_global(a, sharding) for a in grouped)
