@@ -16,6 +16,7 @@ import numpy as np
 from tinytx_jax import interrupt, parallel
 from tinytx_jax.checkpoints.meta import rank
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstract_like
+from tinytx_jax.configuration import ConfigError
 from tinytx_jax.data import corpus
 from tinytx_jax.training import metrics, population
 from tinytx_jax.training.chunks import ChunkedEpoch
@@ -24,11 +25,11 @@ from tinytx_jax.training.epoch_loop import Interrupted, interrupted_after, inter
 from tinytx_jax.training.member_axis import Members
 from tinytx_jax.training.metrics import EpochMetrics, format_epoch_line
 from tinytx_jax.training.population import Group
-from tinytx_jax.training.population_steps import GroupPrograms
+from tinytx_jax.training.population_steps import GroupPrograms, build_programs
 from tinytx_jax.training.resume import check_compatible, run_meta
 from tinytx_jax.training.state import TrainState, count_params
 from tinytx_jax.training.stopping import stop_reason
-from tinytx_jax.training.task import Task
+from tinytx_jax.training.task import Task, build_task
 
 
 @dataclasses.dataclass
@@ -246,3 +247,26 @@ class PopulationLoop:
             f"{time.perf_counter() - self.start:.1f} s "
             f"({self.train_seconds:.1f} s training); checkpoints in {self.store.directory}"
         )
+
+
+def train_group(group: Group, directory: Path, groups: int, log: Callable[[str], None]) -> None:
+    """Train one group of a population in `directory`: its task, programs and loop
+    (`groups`: how many the population has, for its lines)."""
+    task = build_task(group.run, log, mesh=parallel.make_mesh(1))
+    if task.data.host_feed:
+        raise ConfigError(
+            "a population trains from windows held on the devices, and this data is fed from "
+            "host memory: set config.feed=device if it fits, or train each seed alone"
+        )
+    with CheckpointStore(directory, keep=task.run.train.keep_checkpoints) as store:
+        start = time.perf_counter()
+        programs = build_programs(task, group)
+        loop = PopulationLoop(programs.task, group, programs, store, directory, log, groups)
+        if loop.resume():
+            return
+        loop.announce(programs.members, time.perf_counter() - start)
+        with interrupt.SignalCatcher() as signals, loop:
+            for epoch in range(loop.saved_epoch + 1, task.run.train.epochs + 1):
+                if not loop.run_epoch(epoch, signals):
+                    break
+        loop.summarise()
