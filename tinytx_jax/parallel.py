@@ -47,12 +47,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-
-
 def rows_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
-    """Rows of an evaluation array (axis `axis`) split over the devices."""
+    """Rows (a batch's windows, or an evaluation array's at `axis`) split over the devices."""
     return NamedSharding(mesh, PartitionSpec(*([None] * axis), DATA_AXIS))
 
 

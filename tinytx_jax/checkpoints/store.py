@@ -256,16 +256,6 @@ class CheckpointStore:
             f"unverified: rm {' '.join(records)}"
         )
 
-    def set_aside_steps(self, steps: list[int]) -> Path:
-        """Move whole step directories out of the managed tree (kept, never deleted)."""
-        target = self.directory.with_name(
-            f"checkpoints.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
-        target.mkdir(parents=True, exist_ok=True)
-        for step in steps:
-            (self.directory / str(step)).rename(target / str(step))
-        return target
-
     def reload(self) -> None:
         """Re-read the step directories (after files were moved)."""
         self.manager.reload()

@@ -10,6 +10,7 @@ from tinytx_jax.checkpoints.meta import make_meta
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstract_like
 from tinytx_jax.model.transformer import ModelConfig
 from tinytx_jax.training import init_from
+from tinytx_jax.training import workdir as run_workdir
 from tinytx_jax.training.metrics import EpochMetrics
 from tinytx_jax.training.state import TrainState
 from tinytx_jax.training.stopping import stop_reason
@@ -90,7 +91,8 @@ def restore_for_resume(
     unreadable = [step for step in steps if step > epoch]
     if unreadable:  # the resumed run will save these epochs again
         moved = parallel.primary_then_all(
-            "set_aside_unreadable", lambda: store.set_aside_steps(unreadable)
+            "set_aside_unreadable",
+            lambda: run_workdir.set_aside_checkpoints(store.directory, unreadable),
         )
         store.reload()
         log(f"Moved the unreadable checkpoints to {moved}")

@@ -71,7 +71,7 @@ def make_step(
     """`(state, step_key, tokens_N, weights_N | None, starts_S | None) -> (state, loss)`:
     one training step on windows drawn from `step_key`, anywhere or, given `starts_S`, at
     one of those positions (conversation starts)."""
-    batch_sharding = parallel.batch_sharded(mesh) if mesh else None
+    batch_sharding = parallel.rows_sharded(mesh) if mesh else None
 
     def windows_BxW(array_N: jax.Array, starts_B: jax.Array) -> jax.Array:
         # dynamic_slice clamps a start that would run past the end; the starts drawn

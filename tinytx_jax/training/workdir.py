@@ -3,7 +3,8 @@
 `flock` on `WORKDIR/train.lock` is released however the process ends (even `kill -9`), so a
 stale lock file never blocks the next run; the file only names the current holder. Chat,
 eval and sampling do not take it: they read committed checkpoints while a run trains.
-Starting over (`config.resume=False`) moves the earlier run's files aside, never deletes them.
+Starting over (`config.resume=False`) moves the earlier run's files aside, and resuming
+past unreadable checkpoints moves those aside: nothing is deleted.
 """
 
 from __future__ import annotations
@@ -63,4 +64,14 @@ def set_aside(workdir: str | os.PathLike) -> Path | None:
     target.mkdir()
     for path in present:
         path.rename(target / path.name)
+    return target
+
+
+def set_aside_checkpoints(directory: Path, steps: list[int]) -> Path:
+    """Move the step directories `steps` out of the checkpoint `directory` into a sibling
+    `checkpoints.unreadable-<time>/`, where no checkpoint manager looks (kept, never deleted)."""
+    target = directory.with_name(f"checkpoints.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    target.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        (directory / str(step)).rename(target / str(step))
     return target
