@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from tinytx_jax import run_config
-from tinytx_jax.model.transformer import ModelConfig
+from tinytx_jax.model.config import ModelConfig
 from tinytx_jax.training.task import build_task
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config to time.")

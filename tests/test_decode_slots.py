@@ -13,7 +13,8 @@ from tinytx_jax.inference.decode_requests import Request
 from tinytx_jax.inference.decode_slots import DecodeSlots
 from tinytx_jax.inference.generation import Generator
 from tinytx_jax.inference.sampling import SamplingConfig, held_back, stop_prefixes
-from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
+from tinytx_jax.model.config import ModelConfig
+from tinytx_jax.model.transformer import TinyTransformer
 from tinytx_jax.text import dialogs, vocabulary
 
 QUESTIONS = ("hi", "what is 2+2?", "what color is the sky?", "hello", "hi there")

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinytx_jax.model.transformer import ModelConfig, TinyTransformer, empty_kv_cache
+from tinytx_jax.model.config import ModelConfig
+from tinytx_jax.model.transformer import TinyTransformer, empty_kv_cache
 
 VOCAB = 31
 

@@ -9,7 +9,8 @@ import pytest
 from tests.test_model import VOCAB, apply, init
 from tests.test_model import random_tokens as tokens
 from tinytx_jax.model import attention
-from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
+from tinytx_jax.model.config import ModelConfig
+from tinytx_jax.model.transformer import TinyTransformer
 from tinytx_jax.training import optim, train
 
 MODERN = dict(

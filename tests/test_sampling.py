@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tinytx_jax.inference import generation, sampling, trained
-from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
+from tinytx_jax.model.config import ModelConfig
+from tinytx_jax.model.transformer import TinyTransformer
 from tinytx_jax.text import dialogs, vocabulary
 
 

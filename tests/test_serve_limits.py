@@ -22,7 +22,8 @@ import uvicorn
 from tinytx_jax.configuration import DIALOGS
 from tinytx_jax.inference.decode_slots import DecodeSlots
 from tinytx_jax.inference.trained import TrainedModel
-from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
+from tinytx_jax.model.config import ModelConfig
+from tinytx_jax.model.transformer import TinyTransformer
 from tinytx_jax.serving import openai_api, server
 from tinytx_jax.serving.service import ChatService, ServeSettings
 from tinytx_jax.text import dialogs, vocabulary

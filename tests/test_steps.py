@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
+from tinytx_jax.model.config import ModelConfig
+from tinytx_jax.model.transformer import TinyTransformer
 from tinytx_jax.scoring.loss import cross_entropy
 from tinytx_jax.training import optim
 from tinytx_jax.training.state import init_train_state

@@ -27,7 +27,7 @@ from tinytx_jax.configuration import (
     check,
     require,
 )
-from tinytx_jax.model.transformer import ModelConfig
+from tinytx_jax.model.config import ModelConfig
 
 
 def _section(cls: type, flat: ml_collections.ConfigDict, **given: Any) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 
-from tinytx_jax.model.transformer import ModelConfig
+from tinytx_jax.model.config import ModelConfig
 
 SCHEMA_VERSION = 1
 EXACT_MATCH_WEIGHT = 1e9  # any difference in exact match outweighs any in typed match

@@ -20,7 +20,8 @@ import ml_collections
 from tinytx_jax.checkpoints import members
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore
 from tinytx_jax.configuration import TEXT
-from tinytx_jax.model.transformer import ModelConfig, TinyTransformer
+from tinytx_jax.model.config import ModelConfig
+from tinytx_jax.model.transformer import TinyTransformer
 from tinytx_jax.run_config import RunConfig
 from tinytx_jax.text import user_text
 from tinytx_jax.text.known_questions import KnownTurns

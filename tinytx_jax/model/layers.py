@@ -6,14 +6,12 @@ Tensor names carry their shapes: N rows, D model width, F features.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:
-    from tinytx_jax.model.transformer import ModelConfig
+from tinytx_jax.model.config import ModelConfig
 
 INIT_RANGE = 0.02
 

@@ -20,7 +20,7 @@ import numpy as np
 from tinytx_jax import configuration
 from tinytx_jax.checkpoints.store import CheckpointError
 from tinytx_jax.inference import trained
-from tinytx_jax.model.transformer import ModelConfig
+from tinytx_jax.model.config import ModelConfig
 from tinytx_jax.text.vocabulary import MAX_VOCABULARY, Vocabulary
 
 # Fields that only say how a model is initialised or trained, not what its parameters are.

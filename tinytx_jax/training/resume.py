@@ -8,7 +8,7 @@ from collections.abc import Callable
 from tinytx_jax import parallel
 from tinytx_jax.checkpoints.meta import make_meta
 from tinytx_jax.checkpoints.store import CheckpointError, CheckpointStore, abstract_like
-from tinytx_jax.model.transformer import ModelConfig
+from tinytx_jax.model.config import ModelConfig
 from tinytx_jax.training import init_from
 from tinytx_jax.training import workdir as run_workdir
 from tinytx_jax.training.metrics import EpochMetrics
